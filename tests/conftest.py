@@ -1,0 +1,12 @@
+"""Shared test set-up. Areas keep their own fixtures in tests/<area>_fixtures.py."""
+
+from __future__ import annotations
+
+import os
+
+# No model-hub or dataset downloads, ever: transformers must only read local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Two shared cores: keep torch from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
