@@ -1,0 +1,517 @@
+"""The iPhone runner's Swift sources, checked without a Swift toolchain (none exists on Linux).
+
+What this proves: every .swift file parses with tree-sitter-swift (no ERROR/MISSING node); the Codable wire
+structs use exactly the JSON keys of bench/deploy/schemas/*.json (required keys always encoded, nullable keys
+via @Nullable, optional job keys decoded as optionals); the names the runner hard-codes (compute units,
+thermal/battery states, default feature names, container file names) equal the host's; project.yml and
+build.sh are what the README promises. What it cannot prove: that the code type-checks and links against the
+iOS SDK, or that Core ML behaves as assumed — that needs a Mac (runner/build.sh) and an iPhone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+tree_sitter = pytest.importorskip("tree_sitter")
+tree_sitter_swift = pytest.importorskip("tree_sitter_swift")
+
+from bench.deploy import contract  # noqa: E402
+
+RUNNER = Path(__file__).resolve().parents[1] / "runner"
+SOURCES = RUNNER / "BenchRunner"
+SWIFT_FILES = sorted(SOURCES.glob("*.swift"))
+
+# Swift wire struct -> path of its JSON Schema object ("#" = root, then keys inside the schema document).
+RESULT_STRUCTS = {
+    "ResultFile": (),
+    "DeviceConditions": ("$defs", "device"),
+    "CompileRecord": ("$defs", "compile"),
+    "LoadPair": ("$defs", "load_pair"),
+    "StepRecord": ("$defs", "step"),
+    "Sample": ("$defs", "sample"),
+    "ComputePlanRecord": ("$defs", "compute_plan"),
+    "OpRecord": ("$defs", "op"),
+}
+JOB_STRUCTS = {
+    "JobHeader": (),
+    "Job": (),
+    "JobModel": ("$defs", "model"),
+    "DecodeSettings": ("$defs", "model", "properties", "decode"),
+    "FeatureNames": ("$defs", "model", "properties", "io"),
+    "JobInput": ("$defs", "model", "properties", "inputs", "items"),
+    "JobStep": ("$defs", "step"),
+}
+# Job keys the runner deliberately does not read.
+JOB_KEYS_IGNORED_BY_RUNNER = {"created_at"}
+# Structs that read only part of their object on purpose (the full read is another struct).
+PARTIAL_READERS = {"JobHeader"}
+
+
+@dataclass
+class SwiftProperty:
+    name: str
+    optional: bool
+    nullable_wrapper: bool
+    is_let: bool = False
+    has_value: bool = False
+
+    def memberwise(self) -> str | None:
+        """How Swift's synthesized memberwise init takes this property: "required", "defaulted" or None (absent)."""
+        if self.is_let and self.has_value:
+            return None
+        if self.has_value or (self.optional and not self.is_let and not self.nullable_wrapper):
+            return "defaulted"
+        return "required"
+
+
+@dataclass
+class SwiftStruct:
+    name: str
+    file: str
+    inherits: set[str]
+    properties: dict[str, SwiftProperty] = field(default_factory=dict)
+    coding_keys: dict[str, str] | None = None
+    has_init: bool = False
+
+    def json_keys(self) -> dict[str, SwiftProperty]:
+        if self.coding_keys is None:
+            return dict(self.properties)
+        return {self.coding_keys[name]: prop for name, prop in self.properties.items() if name in self.coding_keys}
+
+
+@lru_cache(maxsize=1)
+def parser():
+    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_swift.language()))
+
+
+def parse(source: bytes):
+    return parser().parse(source)
+
+
+def problems(tree) -> list[str]:
+    found = []
+
+    def walk(node):
+        if node.type == "ERROR" or node.is_missing:
+            kind = "missing" if node.is_missing else "syntax error"
+            found.append(f"line {node.start_point[0] + 1}: {kind} near {node.text[:50]!r}")
+        for child in node.children:
+            walk(child)
+
+    walk(tree.root_node)
+    return found
+
+
+def text(node) -> str:
+    return node.text.decode("utf-8")
+
+
+def strip_backticks(name: str) -> str:
+    return name.strip("`")
+
+
+def declaration_keyword(node) -> str:
+    return node.children[0].type  # "struct" | "class" | "enum" | "extension" | "actor"
+
+
+def parse_property(node) -> SwiftProperty | None:
+    """A stored instance property, or None for static/computed ones (those are never encoded)."""
+    modifiers = [child for child in node.children if child.type == "modifiers"]
+    modifier_text = " ".join(text(m) for m in modifiers)
+    if re.search(r"\bstatic\b|\bclass\b|\blazy\b", modifier_text) or node.child_by_field_name("computed_value"):
+        return None
+    pattern = node.child_by_field_name("name")
+    if pattern is None:
+        return None
+    annotation = next((child for child in node.children if child.type == "type_annotation"), None)
+    optional = annotation is not None and annotation.child_by_field_name("name").type == "optional_type"
+    binding = next((child for child in node.children if child.type == "value_binding_pattern"), None)
+    return SwiftProperty(
+        name=strip_backticks(text(pattern)), optional=optional, nullable_wrapper="@Nullable" in modifier_text,
+        is_let=binding is not None and text(binding).startswith("let"),
+        has_value=node.child_by_field_name("value") is not None)
+
+
+def parse_coding_keys(node) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    body = node.child_by_field_name("body")
+    for entry in (child for child in body.children if child.type == "enum_entry"):
+        last = None
+        for child in entry.children:
+            if child.type == "simple_identifier":
+                last = strip_backticks(text(child))
+                keys[last] = last
+            elif child.type == "line_string_literal" and last is not None:
+                keys[last] = text(child).strip('"')
+    return keys
+
+
+@lru_cache(maxsize=1)
+def swift_structs() -> dict[str, SwiftStruct]:
+    structs: dict[str, SwiftStruct] = {}
+
+    def visit(node, file: str):
+        if node.type == "class_declaration" and declaration_keyword(node) == "struct":
+            name = text(node.child_by_field_name("name"))
+            inherits = {text(child).split(".")[-1] for child in node.children if child.type == "inheritance_specifier"}
+            struct = SwiftStruct(name=name, file=file, inherits=inherits)
+            for member in node.child_by_field_name("body").children:
+                if member.type == "property_declaration":
+                    prop = parse_property(member)
+                    if prop is not None:
+                        struct.properties[prop.name] = prop
+                elif member.type == "class_declaration" and text(member.child_by_field_name("name")) == "CodingKeys":
+                    struct.coding_keys = parse_coding_keys(member)
+                elif member.type == "init_declaration":
+                    struct.has_init = True
+            structs[name] = struct
+        for child in node.children:
+            if child.type != "function_declaration":
+                visit(child, file)
+
+    for path in SWIFT_FILES:
+        visit(parse(path.read_bytes()).root_node, path.name)
+    return structs
+
+
+def schema_object(kind: str, path: tuple[str, ...]) -> dict:
+    node = contract.schema(kind)
+    for key in path:
+        node = node[key]
+    return node
+
+
+def resolve(kind: str, node: dict) -> dict:
+    while "$ref" in node:
+        node = schema_object(kind, tuple(node["$ref"].removeprefix("#/").split("/")))
+    return node
+
+
+def allows_null(kind: str, node: dict) -> bool:
+    node = resolve(kind, node)
+    types = node.get("type")
+    if types == "null" or (isinstance(types, list) and "null" in types):
+        return True
+    return any(allows_null(kind, option) for option in node.get("anyOf", []) + node.get("oneOf", []))
+
+
+def string_literals_in_function(function_name: str) -> set[str]:
+    """Every string literal inside the Swift function (or initializer body) of that name."""
+    found: set[str] = set()
+
+    def collect(node):
+        if node.type == "line_str_text":
+            found.add(text(node))
+        for child in node.children:
+            collect(child)
+
+    def visit(node):
+        name = node.child_by_field_name("name") if node.type == "function_declaration" else None
+        if name is not None and text(name) == function_name:
+            collect(node)
+        for child in node.children:
+            visit(child)
+
+    for path in SWIFT_FILES:
+        visit(parse(path.read_bytes()).root_node)
+    return found
+
+
+def initializer_literals(struct_name: str) -> set[str]:
+    found: set[str] = set()
+
+    def collect(node):
+        if node.type == "line_str_text":
+            found.add(text(node))
+        for child in node.children:
+            collect(child)
+
+    def visit(node, inside: bool):
+        if node.type == "class_declaration":
+            inside = text(node.child_by_field_name("name")) == struct_name
+        if inside and node.type == "init_declaration":
+            collect(node)
+        for child in node.children:
+            visit(child, inside)
+
+    for path in SWIFT_FILES:
+        visit(parse(path.read_bytes()).root_node, False)
+    return found
+
+
+def static_string_constants(enum_name: str) -> dict[str, str | int]:
+    values: dict[str, str | int] = {}
+
+    def visit(node):
+        if node.type == "class_declaration" and text(node.child_by_field_name("name")) == enum_name:
+            for member in node.child_by_field_name("body").children:
+                if member.type != "property_declaration":
+                    continue
+                name = text(member.child_by_field_name("name"))
+                value = member.child_by_field_name("value")
+                if value is not None and value.type == "line_string_literal":
+                    values[name] = text(value).strip('"')
+                elif value is not None and value.type == "integer_literal":
+                    values[name] = int(text(value))
+        for child in node.children:
+            visit(child)
+
+    for path in SWIFT_FILES:
+        visit(parse(path.read_bytes()).root_node)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def test_the_runner_has_its_sources():
+    names = {path.name for path in SWIFT_FILES}
+    assert {"BenchRunnerApp.swift", "Contract.swift", "JobRunner.swift", "Captioner.swift"} <= names
+
+
+@pytest.mark.parametrize("path", SWIFT_FILES, ids=lambda path: path.name)
+def test_swift_file_parses_without_errors(path):
+    assert problems(parse(path.read_bytes())) == [], f"{path.name} does not parse"
+
+
+def test_the_parser_does_flag_broken_swift():
+    """Guard against a parser that accepts anything: a broken declaration must produce an ERROR/MISSING node."""
+    assert problems(parse(b"struct Broken { let x: }\nfunc f( {"))
+
+
+# ----------------------------------------------------------------------------------------------- wire keys
+
+
+@pytest.mark.parametrize("struct_name", sorted(RESULT_STRUCTS))
+def test_result_structs_encode_exactly_the_schema_keys(struct_name):
+    struct = swift_structs()[struct_name]
+    schema = schema_object("result", RESULT_STRUCTS[struct_name])
+    keys = struct.json_keys()
+    assert "Encodable" in struct.inherits or "Codable" in struct.inherits
+    assert set(keys) == set(schema["properties"]), f"{struct_name} vs result schema {RESULT_STRUCTS[struct_name]}"
+    for key in schema["required"]:
+        prop = keys[key]
+        # A plain optional is left out of the JSON when nil; a required key must always be written.
+        assert not prop.optional or prop.nullable_wrapper, f"{struct_name}.{key} is required: use @Nullable"
+    for key, prop in keys.items():
+        nullable = allows_null("result", schema["properties"][key])
+        assert prop.optional == nullable, f"{struct_name}.{key}: Swift optional={prop.optional}, schema null={nullable}"
+
+
+@pytest.mark.parametrize("struct_name", sorted(JOB_STRUCTS))
+def test_job_structs_decode_only_schema_keys(struct_name):
+    struct = swift_structs()[struct_name]
+    schema = schema_object("job", JOB_STRUCTS[struct_name])
+    keys = struct.json_keys()
+    required = set(schema.get("required", []))
+    assert "Decodable" in struct.inherits or "Codable" in struct.inherits
+    assert set(keys) <= set(schema["properties"]), f"{struct_name} reads keys the job schema does not have"
+    for key, prop in keys.items():
+        if not prop.optional:
+            assert key in required, f"{struct_name}.{key} is non-optional in Swift but optional in the job schema"
+    if struct_name not in PARTIAL_READERS:
+        assert required - set(keys) <= JOB_KEYS_IGNORED_BY_RUNNER, f"{struct_name} ignores required job keys"
+
+
+def test_key_comparison_can_fail():
+    """The struct/schema comparison sees a renamed key (so the tests above are not vacuous)."""
+    source = SOURCES.joinpath("Contract.swift").read_text().replace("var total_ns: UInt64", "var totalNs: UInt64")
+    tree = parse(source.encode())
+    sample = None
+
+    def visit(node):
+        nonlocal sample
+        if node.type == "class_declaration" and text(node.child_by_field_name("name")) == "Sample":
+            sample = {p.name for m in node.child_by_field_name("body").children
+                      if m.type == "property_declaration" and (p := parse_property(m))}
+        for child in node.children:
+            visit(child)
+
+    visit(tree.root_node)
+    assert sample is not None and "totalNs" in sample and "total_ns" not in sample
+    assert sample != set(schema_object("result", ("$defs", "sample"))["properties"])
+
+
+def test_golden_result_keys_are_exactly_what_swift_writes():
+    """Walk the golden result: every object's keys equal the Swift struct that writes it."""
+    result = json.loads((Path(__file__).parent / "golden" / "result.v1.json").read_text())
+    structs = swift_structs()
+
+    def keys(name):
+        return set(structs[name].json_keys())
+
+    assert set(result) == keys("ResultFile")
+    assert set(result["device"]) == keys("DeviceConditions")
+    for item in result["compiles"]:
+        assert set(item) == keys("CompileRecord")
+    for step in result["steps"]:
+        assert set(step) == keys("StepRecord")
+        assert set(step["cold_load_ns"]) == set(step["warm_load_ns"]) == keys("LoadPair")
+        for sample in step["warmup"] + step["samples"]:
+            assert set(sample) == keys("Sample")
+        if step["compute_plan"]:
+            assert set(step["compute_plan"]) == keys("ComputePlanRecord")
+            for op in step["compute_plan"]["encoder"] + step["compute_plan"]["decoder"]:
+                assert set(op) == keys("OpRecord")
+
+
+def memberwise_calls() -> list[tuple[str, int, str, list[str | None]]]:
+    """(file, line, struct name, argument labels) of every call `StructName(...)` to a struct without its own init."""
+    structs = {name: s for name, s in swift_structs().items() if not s.has_init}
+    calls = []
+
+    def visit(node, file):
+        if node.type == "call_expression" and node.children[0].type == "simple_identifier":
+            callee = text(node.children[0])
+            suffix = next((c for c in node.children if c.type == "call_suffix"), None)
+            arguments = next((c for c in suffix.children if c.type == "value_arguments"), None) if suffix else None
+            if callee in structs and arguments is not None:
+                labels = []
+                for argument in (c for c in arguments.children if c.type == "value_argument"):
+                    label = argument.child_by_field_name("name")
+                    labels.append(strip_backticks(text(label)) if label is not None else None)
+                calls.append((file, node.start_point[0] + 1, callee, labels))
+        for child in node.children:
+            visit(child, file)
+
+    for path in SWIFT_FILES:
+        visit(parse(path.read_bytes()).root_node, path.name)
+    return calls
+
+
+def memberwise_problem(struct: SwiftStruct, labels: list[str | None]) -> str | None:
+    """Why a call would not match Swift's synthesized memberwise initializer (labels in declaration order)."""
+    parameters = [(name, prop.memberwise()) for name, prop in struct.properties.items() if prop.memberwise()]
+    order = [name for name, _ in parameters]
+    if None in labels:
+        return "unlabelled argument"
+    unknown = [label for label in labels if label not in order]
+    if unknown:
+        return f"no memberwise parameter {unknown}"
+    positions = [order.index(label) for label in labels]
+    if positions != sorted(positions) or len(set(positions)) != len(positions):
+        return f"labels {labels} out of declaration order {order}"
+    missing = [name for name, kind in parameters if kind == "required" and name not in labels]
+    return f"missing required {missing}" if missing else None
+
+
+def test_memberwise_initializer_calls_match_the_structs():
+    """A Swift compile error we can catch without a compiler: memberwise-init labels must follow declaration order."""
+    calls = memberwise_calls()
+    assert {name for _, _, name, _ in calls} >= {"ResultFile", "DeviceConditions", "Sample", "OpRecord", "StepRecord"}
+    structs = swift_structs()
+    problems_found = [f"{file}:{line}: {name}: {problem}" for file, line, name, labels in calls
+                      if (problem := memberwise_problem(structs[name], labels))]
+    assert problems_found == []
+
+
+def test_memberwise_check_can_fail():
+    sample = swift_structs()["Sample"]
+    good = ["image_id", "repeat", "encoder_ns", "decoder_ns", "total_ns", "thermal_state", "t_ns", "tokens"]
+    assert memberwise_problem(sample, good) is None
+    assert "out of declaration order" in memberwise_problem(sample, [good[1], good[0], *good[2:]])
+    assert "missing required ['tokens']" in memberwise_problem(sample, good[:-1])
+    step = swift_structs()["StepRecord"]
+    assert memberwise_problem(step, ["variant_id", "compute_unit"]) is None  # the rest have defaults
+
+
+# ----------------------------------------------------------------------------------------------- names
+
+
+def test_compute_units_match_the_host():
+    assert string_literals_in_function("computeUnits") == set(contract.COMPUTE_UNITS)
+
+
+def test_thermal_and_battery_states_match_the_schema():
+    assert string_literals_in_function("thermalState") == set(contract.THERMAL_STATES)
+    assert string_literals_in_function("batteryState") == set(contract.BATTERY_STATES)
+
+
+def test_compute_device_names_match_the_schema():
+    expected = set(contract.schema("result")["$defs"]["compute_device"]["enum"])
+    assert string_literals_in_function("deviceName") == expected
+
+
+def test_default_feature_names_match_the_host():
+    assert initializer_literals("ResolvedFeatureNames") == set(contract.DEFAULT_IO.values())
+    source = SOURCES.joinpath("Contract.swift").read_text()
+    for key, default in contract.DEFAULT_IO.items():
+        assert re.search(rf"names\?\.{key} \?\? \"{default}\"", source), f"default of {key} differs"
+
+
+def test_container_names_and_versions_match_the_host():
+    names = static_string_constants("ContractNames")
+    assert names == {
+        "containerFolder": contract.CONTAINER_ROOT.split("/")[-1],
+        "jobsFolder": contract.JOBS_DIR,
+        "resultsFolder": contract.RESULTS_DIR,
+        "jobFile": contract.JOB_FILE,
+        "partialResultFile": contract.PARTIAL_RESULT_FILE,
+        "resultFile": contract.RESULT_FILE,
+        "doneFile": contract.DONE_FILE,
+        "jobSchema": contract.JOB_KIND,
+        "resultSchema": contract.RESULT_KIND,
+        "jobSchemaVersion": contract.JOB_VERSION,
+        "resultSchemaVersion": contract.RESULT_VERSION,
+    }
+    assert contract.CONTAINER_ROOT.split("/")[0] == "Documents"  # the runner resolves .documentDirectory
+
+
+def test_result_statuses_written_by_the_runner_are_known():
+    source = SOURCES.joinpath("JobRunner.swift").read_text()
+    written = set(re.findall(r'status(?:\s*=|:)\s*"(\w+)"', source))
+    assert written and written <= set(contract.RESULT_STATUSES)
+
+
+def test_runner_uses_the_apis_the_contract_relies_on():
+    """Cheap guard that the measured quantities come from the intended APIs (semantics need a device)."""
+    source = "\n".join(path.read_text() for path in SWIFT_FILES)
+    for needle in ("MLModel.compileModel(at:", "MLModel.load(contentsOf:", "clock_gettime_nsec_np(CLOCK_UPTIME_RAW)",
+                   "ProcessInfo.processInfo.thermalState", "isBatteryMonitoringEnabled = true",
+                   "isLowPowerModeEnabled", "isIdleTimerDisabled = true", "#available(iOS 17.4, *)",
+                   "MLComputePlan.load(contentsOf:", "deviceUsage(for:", "estimatedCost(of:",
+                   'Logger(subsystem: "bench.runner"', '"--job"', '"BENCH_JOB"', '"BENCH_JOB_ID"', "rename("):
+        assert needle in source, needle
+
+
+# ----------------------------------------------------------------------------------------------- project
+
+
+def test_project_yml_has_the_promised_settings():
+    spec = yaml.safe_load(RUNNER.joinpath("project.yml").read_text())
+    assert spec["name"] == "BenchRunner"
+    assert spec["options"]["deploymentTarget"]["iOS"] == "16.0"
+    target = spec["targets"]["BenchRunner"]
+    assert target["type"] == "application" and target["platform"] == "iOS"
+    assert target["deploymentTarget"] == "16.0"
+    assert [source["path"] for source in target["sources"]] == ["BenchRunner"]
+    info = target["info"]["properties"]
+    assert info["UIFileSharingEnabled"] is True and info["LSSupportsOpeningDocumentsInPlace"] is True
+    settings = target["settings"]["base"]
+    assert settings["PRODUCT_BUNDLE_IDENTIFIER"] == "org.bench.runner"
+    assert settings["CODE_SIGN_STYLE"] == "Automatic" and settings["CODE_SIGN_IDENTITY"] == "Apple Development"
+    assert settings["CODE_SIGN_INJECT_BASE_ENTITLEMENTS"] == "YES"  # keeps get-task-allow
+    assert target["settings"]["configs"]["Release"]["SWIFT_OPTIMIZATION_LEVEL"] == "-O"
+    assert spec["schemes"]["BenchRunner"]["run"]["config"] == "Release"
+
+
+def test_build_script_is_valid_bash_and_refuses_linux_clearly():
+    script = RUNNER / "build.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text_ = script.read_text()
+    for needle in ("xcodegen generate", "-scheme BenchRunner", "-configuration", "-sdk iphoneos",
+                   "-allowProvisioningUpdates", "DEVELOPMENT_TEAM=", "BenchRunner.ipa", "get-task-allow"):
+        assert needle in text_, needle
+    if shutil.which("uname") and subprocess.run(["uname", "-s"], capture_output=True, text=True).stdout.strip() != "Darwin":
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0
+        assert "needs macOS" in done.stderr and done.stderr.count("\n") == 1
