@@ -1,0 +1,146 @@
+"""`bench devices`: the inventory against what is attached, with health; install the runner; list and prune what a
+device holds. Only argument parsing and printing live here; the work is bench.deploy.api."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DeviceOption = Annotated[str | None, typer.Option(
+    "--device", "-d", help="Inventory name or UDID (default: the only attached device).")]
+InventoryOption = Annotated[Path | None, typer.Option(
+    "--inventory", help="devices.yaml (default: <workspace>/devices.yaml).")]
+
+
+def register(app: typer.Typer) -> None:
+    devices = typer.Typer(help="iPhones: inventory, health, runner install, what each device holds.",
+                          invoke_without_command=True, no_args_is_help=False)
+    devices.callback()(overview_command)
+    devices.command("install")(install_command)
+    devices.command("ls-models")(list_command)
+    devices.command("prune")(prune_command)
+    devices.command("status")(status_command)
+    app.add_typer(devices, name="devices")
+
+
+def _inventory(path: Path | None):
+    from bench.deploy.inventory import load_inventory
+    from bench.paths import Workspace
+
+    return load_inventory(path or Workspace.current().devices_file)
+
+
+def overview_command(ctx: typer.Context, inventory: InventoryOption = None) -> None:
+    """Attached devices against devices.yaml: trust, Developer Mode, disk image / tunnel, battery, runner."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from bench.cli._common import console
+    from bench.deploy.api import survey
+
+    with console().status("asking usbmuxd and each device …"):
+        result = survey(_inventory(inventory))
+    if result.usbmux_problem:
+        console().print(f"[yellow]{result.usbmux_problem}[/]", highlight=False)
+    console().print(_table(result))
+    for row in result.rows:
+        for problem in (row.health.problems if row.health else []):
+            console().print(f"  [yellow]{row.info.name or row.info.udid}[/]: {problem}", highlight=False)
+        if row.info.mismatch:
+            console().print(f"  [yellow]{row.info.name or row.info.udid}[/]: reports {row.info.mismatch}",
+                            highlight=False)
+
+
+def _yes_no(value) -> str:
+    return "–" if value is None else ("[green]yes[/]" if value else "[red]no[/]")
+
+
+def _table(result):
+    from rich.table import Table
+
+    table = Table(title="iPhones", show_lines=False)
+    for column in ("state", "name", "udid", "model", "iOS", "paired", "dev mode", "DDI / tunnel", "battery",
+                   "charging", "runner", "tags"):
+        table.add_column(column, no_wrap=column in ("state", "name", "udid"), overflow="fold")
+    colours = {"ready": "green", "attention": "yellow", "missing": "red", "unknown": "cyan", "gone": "red"}
+    for row in result.rows:
+        info, health = row.info, row.health
+        model = info.model_identifier or (f"({info.expected_model})" if info.expected_model else "")
+        os_version = info.os_version or (f"({info.expected_os})" if info.expected_os else "")
+        if health is None or not health.paired:
+            link = battery = charging = runner = "–"
+            dev_mode = "–"
+        else:
+            link = _yes_no(health.ddi_mounted if health.ddi_mounted is not None else health.tunnel)
+            link = ("DDI " if health.ddi_mounted is not None else "tunnel ") + link
+            temperature = f" {health.battery_temperature_c:.1f}°C" if health.battery_temperature_c is not None else ""
+            battery = f"{health.battery_percent}%{temperature}" if health.battery_percent is not None else "?"
+            charging = _yes_no(health.charging)
+            runner = (f"{health.runner.version} ({health.runner.build})" if health.runner else "[red]not installed[/]")
+            dev_mode = _yes_no(health.developer_mode)
+        table.add_row(f"[{colours[row.state]}]{row.state}[/]", info.name or "", info.udid, model, os_version,
+                      _yes_no(info.paired) if info.connected else "–", dev_mode, link, battery, charging, runner,
+                      ",".join(info.tags) + ("" if info.enabled else " (disabled)"))
+    return table
+
+
+def install_command(
+    package: Annotated[Path, typer.Argument(help="Runner .ipa file or .app directory (built by runner/build.sh).")],
+    device: DeviceOption = None,
+    inventory: InventoryOption = None,
+) -> None:
+    """Install or upgrade the benchmark runner."""
+    from bench.cli._common import console
+    from bench.deploy.api import install_runner, resolve_device
+
+    udid = resolve_device(device, _inventory(inventory))
+    with console().status(f"installing {package.name} on {udid} …"):
+        app = install_runner(udid, package)
+    console().print(f"installed {app.bundle_id} {app.version} ({app.build}) on {udid}" if app else "installed")
+
+
+def list_command(device: DeviceOption = None, inventory: InventoryOption = None) -> None:
+    """What the runner's container holds: model packages (by content hash), inputs, jobs, results."""
+    from bench.cli._common import console
+    from bench.deploy.api import held, resolve_device
+
+    udid = resolve_device(device, _inventory(inventory))
+    holding = held(udid)
+    console().print(f"{udid}: {len(holding.models)} model packages, {len(holding.inputs)} inputs, "
+                    f"{len(holding.jobs)} jobs, {len(holding.results)} results, "
+                    f"{len(holding.leftovers)} interrupted pushes")
+    for sha in holding.models:
+        console().print(f"  models/{sha}")
+
+
+def prune_command(
+    device: DeviceOption = None,
+    inventory: InventoryOption = None,
+    keep: Annotated[list[str] | None, typer.Option(
+        "--keep", help="Also keep this model package hash (repeatable).")] = None,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="Remove every model package, even those of local variants.")] = False,
+    keep_jobs: Annotated[bool, typer.Option("--keep-jobs", help="Keep old jobs and results.")] = False,
+) -> None:
+    """Delete model packages no local variant uses, inputs, interrupted pushes, and old jobs/results."""
+    from bench.cli._common import console
+    from bench.deploy.api import prune, resolve_device, workspace_package_hashes
+    from bench.paths import Workspace
+
+    udid = resolve_device(device, _inventory(inventory))
+    kept = set(keep or ()) | (set() if everything else workspace_package_hashes(Workspace.current().variants_dir))
+    removed = prune(udid, kept, set(), jobs=not keep_jobs)
+    console().print(f"{udid}: removed {len(removed)} item(s)")
+
+
+def status_command(device: DeviceOption = None, inventory: InventoryOption = None,
+                   timeout: Annotated[float, typer.Option(help="Seconds to wait for the runner.")] = 120.0) -> None:
+    """Thermal state (from the runner) and battery (from diagnostics) right now."""
+    from bench.cli._common import console
+    from bench.deploy.api import device_status, resolve_device
+
+    udid = resolve_device(device, _inventory(inventory))
+    status = device_status(udid, timeout)
+    console().print(f"{udid}: thermal {status.thermal_state}, battery {status.battery_level}, "
+                    f"{status.battery_temperature_c} °C, {status.battery_state}, low power {status.low_power_mode}")

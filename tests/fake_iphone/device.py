@@ -1,0 +1,218 @@
+"""One fake iPhone: identity, trust, files on disk, installed apps, processes, faults and counters; lockdownd."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .wire import close, read_plist, write_plist
+
+LOCKDOWN_PORT = 62078
+HOST_ID = "FA4E0000-0000-0000-0000-000000000001"
+DVT_SERVICE = "com.apple.instruments.remoteserver.DVTSecureSocketProxy"
+
+
+@dataclass
+class Faults:
+    """What goes wrong on this phone. Tests flip these; the fake reads them when the moment comes."""
+
+    untrusted: bool = False  # no pair record: lockdown StartSession fails
+    unplug_after_bytes: int | None = None  # detach once this many AFC bytes were written (to paths with the marker)
+    unplug_path_marker: str = "/models/"
+    runner_crash: bool = False  # runner exits after writing result.partial.json, no DONE
+    crash_before_done: bool = False  # runner writes a complete-looking result.json, then dies before DONE
+    runner_hang: bool = False  # runner never finishes (until killed)
+    malformed_result: bool = False  # result.json is not JSON, then DONE
+    oversized_result: bool = False  # result.json larger than 64 MiB, then DONE
+    thermal_serious_probes: int = 0  # the first N status jobs report "serious", later ones "nominal"
+    install_verification_fails: bool = False  # installd answers ApplicationVerificationFailed
+    runner_seconds: float = 0.05  # simulated work per step
+
+
+@dataclass
+class App:
+    bundle_id: str
+    version: str
+    build: str
+
+
+@dataclass
+class FakeIPhone:
+    root: Path
+    udid: str = "00008110-000A1B2C3D4E5F60"
+    product_type: str = "iPhone14,2"
+    hardware_model: str = "D63AP"
+    ios: str = "16.7.2"
+    build: str = "20H115"
+    name: str = "Fake iPhone"
+    developer_mode: bool = True
+    ddi_mounted: bool = True
+    battery_percent: int = 87
+    battery_centi_celsius: int = 3120
+    charging: bool = True
+    low_power_mode: bool = False
+    faults: Faults = field(default_factory=Faults)
+    apps: dict[str, App] = field(default_factory=dict)
+    runner_bundle_id: str = "org.bench.runner"
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        (self.root / "media").mkdir(parents=True, exist_ok=True)
+        self.device_id = 0
+        self.mux = None
+        self.plugged = True
+        self.bytes_written: collections.Counter[str] = collections.Counter()  # AFC WRITE payload bytes per path
+        self.requests: collections.Counter[str] = collections.Counter()  # lockdown requests and service starts
+        self.launches: list[dict] = []
+        self.processes: dict[int, str] = {}  # pid -> bundle id
+        self.runner_tasks: dict[int, asyncio.Task] = {}  # pid -> the runner stand-in's task
+        self.file_events: list[tuple[str, str]] = []  # ("write"|"rename", path) in the order the phone saw them
+        self.status_probes = 0
+        self.syslog_subscribers: list[asyncio.Queue] = []
+        self._ports: dict[int, str] = {LOCKDOWN_PORT: "lockdownd"}
+        self._next_port = itertools.count(49200)
+        self._next_pid = itertools.count(401)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._unplug_counted = 0
+
+    # ---- state ----------------------------------------------------------------------------------------------------
+    @property
+    def trusted(self) -> bool:
+        return not self.faults.untrusted
+
+    def container(self, bundle_id: str) -> Path:
+        path = self.root / "containers" / bundle_id
+        (path / "Documents").mkdir(parents=True, exist_ok=True)
+        return path
+
+    def bench_dir(self, bundle_id: str | None = None) -> Path:
+        return self.container(bundle_id or self.runner_bundle_id) / "Documents" / "bench"
+
+    def install_app(self, bundle_id: str, version: str = "1.0", build: str = "1") -> None:
+        self.apps[bundle_id] = App(bundle_id, version, build)
+        self.container(bundle_id)
+
+    def model_bytes_written(self) -> int:
+        return sum(n for path, n in self.bytes_written.items() if "/models/" in path)
+
+    def pair_record(self, buid: str) -> dict:
+        return {"HostID": HOST_ID, "SystemBUID": buid, "HostCertificate": b"", "HostPrivateKey": b"",
+                "DeviceCertificate": b"", "RootCertificate": b"", "RootPrivateKey": b"", "EscrowBag": b"fake",
+                "WiFiMACAddress": "00:00:00:00:00:00"}
+
+    def lockdown_values(self) -> dict:
+        return {"ProductType": self.product_type, "ProductVersion": self.ios, "BuildVersion": self.build,
+                "DeviceName": self.name, "HardwareModel": self.hardware_model, "UniqueDeviceID": self.udid,
+                "CPUArchitecture": "arm64e", "DeviceClass": "iPhone", "UniqueChipID": 0x1A2B3C4D5E6F,
+                "SerialNumber": "FAKE" + self.udid[-8:], "ProductName": "iPhone OS",
+                "WiFiAddress": "00:00:00:00:00:00", "ChipID": 0x8110, "BoardId": 0x0C, "DevicePublicKey": b""}
+
+    # ---- plugging -------------------------------------------------------------------------------------------------
+    def unplug(self) -> None:
+        """Detach: usbmuxd stops listing the phone and every open connection drops (call on the fake's loop)."""
+        self.plugged = False
+        self.drop_connections()
+
+    def replug(self) -> None:
+        self.plugged = True
+
+    def drop_connections(self) -> None:
+        for writer in list(self._writers):
+            close(writer)
+        self._writers.clear()
+
+    def count_write(self, path: str, n: int) -> None:
+        self.bytes_written[path] += n
+        limit = self.faults.unplug_after_bytes
+        if limit is not None and self.faults.unplug_path_marker in path:
+            self._unplug_counted += n
+            if self._unplug_counted >= limit:
+                self.faults.unplug_after_bytes = None
+                self._unplug_counted = 0
+                self.unplug()
+
+    # ---- syslog ---------------------------------------------------------------------------------------------------
+    def log(self, process: str, pid: int, message: str) -> None:
+        line = f"Nov 29 03:00:00 {self.name.replace(' ', '-')} {process}[{pid}] <Notice>: {message}"
+        for queue in self.syslog_subscribers:
+            queue.put_nowait(line)
+
+    # ---- connections ----------------------------------------------------------------------------------------------
+    def handler_for(self, port: int):
+        return self._ports.get(port)
+
+    async def serve(self, service: str, reader, writer) -> None:
+        from . import services
+
+        self._writers.add(writer)
+        try:
+            if service == "lockdownd":
+                await self._lockdownd(reader, writer)
+            else:
+                await services.serve(self, service, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            return
+        finally:
+            self._writers.discard(writer)
+            close(writer)
+
+    async def _lockdownd(self, reader, writer) -> None:
+        session = False
+        while True:
+            request = await read_plist(reader)
+            if request is None:
+                return
+            name = request.get("Request")
+            self.requests[name] += 1
+            reply = {"Request": name}
+            if name == "QueryType":
+                reply["Type"] = "com.apple.mobile.lockdown"
+            elif name == "GetValue":
+                reply.update(self._get_value(request.get("Domain"), request.get("Key")))
+            elif name == "StartSession":
+                if not self.trusted or request.get("HostID") != HOST_ID:
+                    reply["Error"] = "InvalidHostID"
+                else:
+                    session = True
+                    reply.update(SessionID="FAKE-SESSION", EnableSessionSSL=False)
+            elif name == "StopSession":
+                session = False
+                reply["Result"] = "Success"
+            elif name == "StartService":
+                reply.update(self._start_service(request.get("Service"), session))
+            elif name in ("SetValue", "RemoveValue"):
+                reply["Error"] = "SetProhibited"
+            else:
+                reply["Error"] = "InvalidRequest"
+            await write_plist(writer, reply)
+
+    def _get_value(self, domain, key) -> dict:
+        if domain == "com.apple.security.mac.amfi" and key == "DeveloperModeStatus":
+            return {"Value": self.developer_mode}
+        values = self.lockdown_values()
+        if domain is None and key is None:
+            return {"Value": values}
+        if domain is None and key in values:
+            return {"Value": values[key]}
+        return {"Error": "MissingValue"}
+
+    def _start_service(self, service: str, session: bool) -> dict:
+        from . import services
+
+        self.requests[f"service:{service}"] += 1
+        if not session:
+            return {"Error": "InvalidHostID"}
+        if service not in services.KNOWN:
+            return {"Error": "InvalidService"}
+        if service == DVT_SERVICE and (not self.ddi_mounted or int(self.ios.split(".")[0]) >= 17):
+            return {"Error": "InvalidService"}  # what a phone without the Developer Disk Image answers
+        port = next(self._next_port)
+        self._ports[port] = service
+        return {"Port": port, "Service": service, "EnableServiceSSL": False}
+
+    # ---- processes ------------------------------------------------------------------------------------------------
+    def new_pid(self) -> int:
+        return next(self._next_pid)

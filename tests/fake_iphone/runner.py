@@ -1,0 +1,207 @@
+"""The runner stand-in: what the Swift app does, minus Core ML, honouring docs/contracts.md §5.
+
+Launched through DVT, it reads Documents/bench/jobs/<job_id>/job.json, checks every model and input it names is
+present, and for each step produces plausible raw samples: deterministic (seeded by variant, compute unit, image and
+repeat) latencies that depend on the package size and the compute unit, with a thermal state per sample. It writes
+results/<job_id>/result.partial.json after each model, result.json atomically, then DONE. Faults come from
+device.faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+UNIT_FACTOR = {"cpuOnly": 1.0, "cpuAndGPU": 0.55, "cpuAndNeuralEngine": 0.3, "all": 0.28}
+RUNNER_PROCESS = "BenchRunner"
+
+
+def launch(device, bundle_id: str, arguments: list[str], environment: dict, options: dict):
+    from .dvt import not_installed
+
+    device.launches.append({"bundle_id": bundle_id, "arguments": arguments, "environment": environment})
+    if bundle_id not in device.apps:
+        return not_installed(bundle_id)
+    if options.get("KillExisting"):
+        for pid, bundle in list(device.processes.items()):
+            if bundle == bundle_id:
+                kill(device, pid)
+    pid = device.new_pid()
+    device.processes[pid] = bundle_id
+    job_id = environment.get("BENCH_JOB_ID")
+    if job_id is None and "--job" in arguments:
+        job_id = arguments[arguments.index("--job") + 1]
+    task = asyncio.get_running_loop().create_task(_run(device, bundle_id, pid, job_id))
+    device.runner_tasks[pid] = task
+    return pid
+
+
+def kill(device, pid: int) -> None:
+    device.processes.pop(pid, None)
+    task = device.runner_tasks.pop(pid, None)
+    if task is not None:
+        task.cancel()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _seeded(*parts) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little"))
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+async def _run(device, bundle_id: str, pid: int, job_id: str | None) -> None:
+    log = lambda message: device.log(RUNNER_PROCESS, pid, message)  # noqa: E731
+    bench = device.container(bundle_id) / "Documents" / "bench"
+    faults = device.faults
+    try:
+        log(f"runner started, job {job_id}")
+        if job_id is None:
+            log("no job given; exiting")
+            return
+        job_path = bench / "jobs" / job_id / "job.json"
+        results = bench / "results" / job_id
+        try:
+            job = json.loads(job_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log(f"cannot read job: {err}")
+            _finish(results, _result(device, job_id, "failed", f"cannot read job.json: {err}", [], []))
+            return
+        if job.get("mode") == "status":
+            device.status_probes += 1
+            log("status probe")
+            _finish(results, _result(device, job_id, "complete", None, [], [], thermal=_thermal_now(device)))
+            return
+        try:
+            await _measure(device, job, bench, results, log)
+        except _Crash:
+            return  # the process dies: no result.json, no DONE
+    except asyncio.CancelledError:
+        log("killed")
+        raise
+    finally:
+        device.processes.pop(pid, None)
+
+
+def _thermal_now(device) -> str:
+    if device.status_probes <= device.faults.thermal_serious_probes:
+        return "serious"
+    return "nominal"
+
+
+async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
+    faults = device.faults
+    steps_out, compiles = [], []
+    started = _now()
+    clock = 0
+    models = {m["variant_id"]: m for m in job["models"]}
+    done_models: set[str] = set()
+    for step in job["steps"]:
+        model = models[step["variant_id"]]
+        unit = step["compute_unit"]
+        encoder, decoder = bench / model["encoder"], bench / model["decoder"]
+        missing = [p for p in (encoder, decoder) if not p.is_dir()]
+        missing += [bench / i["path"] for i in model["inputs"] if not (bench / i["path"]).is_file()]
+        if model["variant_id"] not in done_models:
+            for package, path in (("encoder", encoder), ("decoder", decoder)):
+                compiles.append({"variant_id": model["variant_id"], "package": package,
+                                 "compile_ns": None if missing else 40_000_000 + _tree_bytes(path) * 3})
+        log(f"step {model['variant_id']} {unit}")
+        await asyncio.sleep(faults.runner_seconds)
+        if missing:
+            steps_out.append(_step(model, unit, f"missing on device: {', '.join(p.name for p in missing)}", [], []))
+        else:
+            size = _tree_bytes(encoder) + _tree_bytes(decoder)
+            warm = [_sample(device, model, unit, i, r, size, clock + r) for r in range(job["warmup"])
+                    for i in model["inputs"][:1]]
+            samples = []
+            for repeat in range(job["repeats"]):
+                for image in model["inputs"]:
+                    clock += 1
+                    samples.append(_sample(device, model, unit, image, repeat, size, clock))
+            steps_out.append(_step(model, unit, None, warm, samples))
+        done_models.add(model["variant_id"])
+        last_of_model = all(s["variant_id"] != model["variant_id"] for s in job["steps"][len(steps_out):])
+        if last_of_model:
+            partial = _result(device, job["job_id"], "partial", None, compiles, steps_out, started=started)
+            _write_atomic(results / "result.partial.json", json.dumps(partial).encode())
+            if faults.runner_crash:
+                log("*** Terminating app due to uncaught exception (fake crash)")
+                raise _Crash()
+    if faults.runner_hang:
+        log("hanging")
+        await asyncio.Event().wait()
+    final = _result(device, job["job_id"], "complete", None, compiles, steps_out, started=started)
+    if faults.malformed_result:
+        _write_atomic(results / "result.json", b'{"schema": "bench.result", "schema_version": 1, "job_id": ')
+    elif faults.oversized_result:
+        results.mkdir(parents=True, exist_ok=True)
+        with open(results / "result.json", "wb") as handle:
+            handle.truncate(65 * 1024 * 1024)  # sparse: 65 MiB without writing them
+    else:
+        _write_atomic(results / "result.json", json.dumps(final).encode())
+    if faults.crash_before_done:
+        log("*** killed by the watchdog before DONE (fake crash)")
+        raise _Crash()
+    (results / "DONE").write_bytes(b"")
+    log("done")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _sample(device, model: dict, unit: str, image: dict, repeat: int, size: int, clock: int) -> dict:
+    rng = _seeded(device.udid, model["variant_id"], unit, image["image_id"], repeat)
+    base = (2_000_000 + size * 40) * UNIT_FACTOR[unit]
+    encoder_ns = int(base * rng.uniform(0.95, 1.08))
+    steps = rng.randint(4, min(12, model["decode"]["max_length"]))
+    decoder_ns = [int(base * 0.2 * rng.uniform(0.9, 1.1)) for _ in range(steps)]
+    # Generated ids without bos, eos included: one per decoder step (docs/runner.md).
+    tokens = [rng.randint(1000, 30000) for _ in range(steps - 1)] + [model["decode"]["eos_id"]]
+    return {"image_id": image["image_id"], "repeat": repeat, "encoder_ns": encoder_ns, "decoder_ns": decoder_ns,
+            "total_ns": encoder_ns + sum(decoder_ns), "thermal_state": "fair" if clock % 7 == 6 else "nominal",
+            "t_ns": clock * 50_000_000, "tokens": tokens}
+
+
+def _step(model: dict, unit: str, error, warmup: list, samples: list) -> dict:
+    rng = _seeded(model["variant_id"], unit, "load")
+    load = lambda scale: None if error else int(scale * rng.uniform(0.9, 1.1))  # noqa: E731
+    return {"variant_id": model["variant_id"], "compute_unit": unit, "error": error,
+            "cold_load_ns": {"encoder": load(300e6), "decoder": load(200e6)},
+            "warm_load_ns": {"encoder": load(30e6), "decoder": load(20e6)},
+            "first_prediction_ns": load(50e6), "warmup": warmup, "samples": samples, "compute_plan": None}
+
+
+def _result(device, job_id: str, status: str, error, compiles: list, steps: list, *, started: str | None = None,
+            thermal: str = "nominal") -> dict:
+    app = device.apps.get(device.runner_bundle_id)
+    return {"schema": "bench.result", "schema_version": 1, "job_id": job_id, "status": status, "error": error,
+            "runner_version": f"{app.version} ({app.build})" if app else "unknown",
+            "started_at": started or _now(), "finished_at": _now() if status != "partial" else None,
+            "device": {"model_identifier": device.product_type, "os_version": device.ios, "os_build": device.build,
+                       "low_power_mode": device.low_power_mode, "battery_level": device.battery_percent / 100,
+                       "battery_state": "charging" if device.charging else "unplugged", "thermal_state": thermal},
+            "compiles": compiles, "steps": steps}
+
+
+def _finish(results: Path, result: dict) -> None:
+    _write_atomic(results / "result.json", json.dumps(result).encode())
+    (results / "DONE").write_bytes(b"")
