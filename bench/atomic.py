@@ -12,11 +12,27 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _publishable(fd_or_path: int | str) -> None:
+    """mkstemp creates 0600 files; give the final file the permissions a plain open() would."""
+    mode = 0o666 & ~_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def write_bytes(path: Path | str, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _publishable(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -65,6 +81,8 @@ def temporary_path(final: Path | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            _publishable(tmp)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,348 @@
+"""`bench explain A B`: why variant A is slower (or faster) than B on one device and compute unit — from data.
+
+Three layers of evidence, most direct first:
+1. measured: latency (median, CI of the shift, verdict) and load times (compile / cold / warm / first prediction);
+2. static: the stored packages' difference (ops and decompression ops added, weight formats, bytes, duplicated tensors),
+   from the variant manifests' `measured` analysis (never from the recipe);
+3. compute plan (when the run recorded MLComputePlan): ops that moved off the Neural Engine or to another unit,
+   supported units lost, and shares of Core ML's *estimated* cost that moved. A per-op time is the package's measured
+   median time × the op's estimated cost share: an ESTIMATE, and labelled so everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from bench.errors import InputError, did_you_mean
+from bench.report import verdicts as stats
+from bench.report.load import RunData
+
+ESTIMATE = "estimate"
+NEURAL_ENGINE = "Neural Engine"
+
+
+def unit_name(raw: Any) -> str:
+    """Core ML device names as people read them (the runner may write neuralEngine / ane / NeuralEngine)."""
+    text = str(raw or "").strip()
+    low = text.lower().replace("_", "").replace(" ", "")
+    if "neural" in low or low in ("ane", "ne"):
+        return NEURAL_ENGINE
+    if "gpu" in low:
+        return "GPU"
+    if "cpu" in low:
+        return "CPU"
+    return text or "unknown"
+
+
+# ----------------------------------------------------------------------------------------------- resolution
+def _variant_names(run: RunData) -> dict[str, str]:
+    from bench.report.data import variant_name
+
+    return {job["variant_id"]: variant_name(job["variant_id"], run.variants.get(job["variant_id"])) for job in run.jobs}
+
+
+def resolve_variant(run: RunData, wanted: str) -> str:
+    names = _variant_names(run)
+    if wanted in names:
+        return wanted
+    matches = [vid for vid, name in names.items() if name == wanted]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InputError(f"variant name {wanted!r} is ambiguous in run {run.run_id}: {', '.join(sorted(matches))}")
+    raise did_you_mean(f"variant in run {run.run_id}", wanted, sorted(set(names.values())))
+
+
+def _jobs_for(run: RunData, variant_id: str) -> list[dict]:
+    return [job for job in run.jobs if job["variant_id"] == variant_id]
+
+
+def _target_matches(target: dict, device: str | None) -> bool:
+    if device is None:
+        return True
+    return device in {str(target.get(k)) for k in ("id", "model", "name", "kind")}
+
+
+def pick_jobs(run: RunData, a_id: str, b_id: str, device: str | None, compute_unit: str | None) -> tuple[dict, dict]:
+    """The two jobs to compare: same target and compute unit; defaults prefer a phone and `all`."""
+    from bench.report.data import KIND_ORDER, UNIT_ORDER
+
+    pairs = []
+    for job_a in _jobs_for(run, a_id):
+        for job_b in _jobs_for(run, b_id):
+            ta, tb = job_a.get("target") or {}, job_b.get("target") or {}
+            if ta.get("id") != tb.get("id") or job_a["compute_unit"] != job_b["compute_unit"]:
+                continue
+            if not _target_matches(ta, device) or (compute_unit and job_a["compute_unit"] != compute_unit):
+                continue
+            pairs.append((KIND_ORDER.get(ta.get("kind"), 9), UNIT_ORDER.get(job_a["compute_unit"], 9), job_a, job_b))
+    if not pairs:
+        where = " ".join(x for x in (f"device {device}" if device else "", f"compute unit {compute_unit}"
+                                     if compute_unit else "") if x) or "any common target and compute unit"
+        raise InputError(f"run {run.run_id} has no measurements of both variants on {where}; "
+                         "see `bench report` for what was measured")
+    pairs.sort(key=lambda p: (p[0], p[1]))
+    return pairs[0][2], pairs[0][3]
+
+
+# ----------------------------------------------------------------------------------------------- measured
+def _job_samples(run: RunData, job: dict):
+    s = run.samples
+    target = job.get("target") or {}
+    mask = (~s["is_warmup"].astype(bool)) & (s["variant_id"] == job["variant_id"]) & \
+           (s["target_id"] == target.get("id")) & (s["compute_unit"] == job["compute_unit"])
+    return s.loc[mask]
+
+
+def _median_ms(frame, column: str) -> float | None:
+    values = frame[column].dropna()
+    return float(values.median()) / 1e6 if len(values) else None
+
+
+def measured_difference(run: RunData, job_a: dict, job_b: dict, name_a: str, name_b: str) -> dict[str, Any]:
+    sa, sb = _job_samples(run, job_a), _job_samples(run, job_b)
+    verdict = stats.compare_latency(sb["latency_ns"].to_numpy(), sa["latency_ns"].to_numpy(),
+                                    key=f"{name_a} vs {name_b}", metric="latency median")
+    loads = []
+    from bench.report.data import load_ns
+
+    for field_name, label in (("compile", "compile"), ("cold_load", "cold load"), ("warm_load", "warm load"),
+                              ("first_prediction", "first prediction")):
+        a, b = load_ns(job_a, field_name), load_ns(job_b, field_name)
+        loads.append({"what": label, "a_ms": a / 1e6 if a is not None else None, "b_ms": b / 1e6 if b is not None else None,
+                      "delta_ms": (a - b) / 1e6 if a is not None and b is not None else None,
+                      "note": "single measurement per job (no CI)"})
+    parts = []
+    for column, label in (("encoder_ns", "encoder"), ("decoder_ns", "decoder")):
+        a, b = _median_ms(sa, column), _median_ms(sb, column)
+        parts.append({"package": label, "a_ms": a, "b_ms": b,
+                      "delta_ms": a - b if a is not None and b is not None else None})
+    return {"latency": verdict.to_dict(), "loads": loads, "packages": parts,
+            "n_a": int(len(sa)), "n_b": int(len(sb))}
+
+
+# ----------------------------------------------------------------------------------------------- static
+def static_difference(manifest_a: dict | None, manifest_b: dict | None) -> dict[str, Any] | None:
+    """What differs in the stored packages (from `measured`, never from the recipe)."""
+    if not manifest_a or not manifest_b:
+        return None
+    ma, mb = manifest_a.get("measured") or {}, manifest_b.get("measured") or {}
+
+    def count_delta(key: str) -> list[dict]:
+        a, b = ma.get(key) or {}, mb.get(key) or {}
+        return [{"op": op, "a": a.get(op, 0), "b": b.get(op, 0), "delta": a.get(op, 0) - b.get(op, 0)}
+                for op in sorted(set(a) | set(b)) if a.get(op, 0) != b.get(op, 0)]
+
+    tensors_a = {(t.get("package"), t.get("name")): t for t in ma.get("tensors") or []}
+    tensors_b = {(t.get("package"), t.get("name")): t for t in mb.get("tensors") or []}
+    formats = []
+    for key in sorted(set(tensors_a) & set(tensors_b), key=str):
+        ta, tb = tensors_a[key], tensors_b[key]
+        if (ta.get("storage"), ta.get("bits"), ta.get("sparsity")) != (tb.get("storage"), tb.get("bits"), tb.get("sparsity")):
+            formats.append({"package": key[0], "tensor": key[1], "b": _format(tb), "a": _format(ta),
+                            "bytes_b": tb.get("bytes"), "bytes_a": ta.get("bytes")})
+    storage_a = Counter(t.get("storage") for t in tensors_a.values())
+    storage_b = Counter(t.get("storage") for t in tensors_b.values())
+    return {
+        "bytes": {k: {"a": ma.get(k), "b": mb.get(k)} for k in ("total_bytes", "weight_bytes")},
+        "sparsity": {"a": ma.get("sparsity"), "b": mb.get("sparsity")},
+        "bits_per_weight": {"a": ma.get("bits_per_weight"), "b": mb.get("bits_per_weight")},
+        "op_counts": count_delta("op_counts"),
+        "decompression_ops": count_delta("decompression_ops"),
+        "weight_formats": {"a": dict(sorted(storage_a.items(), key=str)), "b": dict(sorted(storage_b.items(), key=str))},
+        "tensors_changed": formats,
+        "duplicated_tensors": {"a": ma.get("duplicated_tensors") or [], "b": mb.get("duplicated_tensors") or []},
+    }
+
+
+def _format(tensor: dict) -> str:
+    sparsity = tensor.get("sparsity") or 0
+    extra = f", {sparsity:.0%} zeros" if sparsity else ""
+    return f"{tensor.get('storage')} {tensor.get('dtype')} ({tensor.get('bits')} bit{extra})"
+
+
+# ----------------------------------------------------------------------------------------------- compute plan
+def compute_plan_difference(plan_a: dict | None, plan_b: dict | None, package_ms_a: dict[str, float | None],
+                            package_ms_b: dict[str, float | None]) -> dict[str, Any] | None:
+    """Compare two MLComputePlans op by op (matched by package and op name). Times are estimates."""
+    if not plan_a or not plan_b:
+        return None
+
+    def ops(plan: dict) -> dict[tuple[str, str], dict]:
+        return {(package, str(op.get("name"))): op for package, items in plan.items() for op in items or []}
+
+    a, b = ops(plan_a), ops(plan_b)
+
+    def est(package: str, cost: float | None, times: dict) -> float | None:
+        total = times.get(package)
+        return total * cost if total is not None and cost is not None else None
+
+    moved, lost = [], []
+    for key in sorted(set(a) & set(b)):
+        oa, ob = a[key], b[key]
+        unit_a, unit_b = unit_name(oa.get("preferred")), unit_name(ob.get("preferred"))
+        row = {"package": key[0], "op": key[1], "type": oa.get("type"), "b_unit": unit_b, "a_unit": unit_a,
+               "b_cost": ob.get("cost"), "a_cost": oa.get("cost"),
+               "b_est_ms": est(key[0], ob.get("cost"), package_ms_b), "a_est_ms": est(key[0], oa.get("cost"), package_ms_a)}
+        if unit_a != unit_b:
+            moved.append(row)
+        gone = sorted({unit_name(u) for u in ob.get("supported") or []} - {unit_name(u) for u in oa.get("supported") or []})
+        if gone:
+            lost.append({**row, "units_lost": gone})
+    added = defaultdict(lambda: {"count": 0, "cost": 0.0, "est_ms": 0.0, "units": Counter()})
+    for key in sorted(set(a) - set(b)):
+        op = a[key]
+        group = added[str(op.get("type"))]
+        group["count"] += 1
+        group["cost"] += float(op.get("cost") or 0)
+        group["est_ms"] += est(key[0], op.get("cost"), package_ms_a) or 0.0
+        group["units"][unit_name(op.get("preferred"))] += 1
+    removed = Counter(str(b[key].get("type")) for key in set(b) - set(a))
+    shares = []
+    for package in sorted(set(plan_a) | set(plan_b)):
+        for unit in sorted({unit_name(op.get("preferred")) for op in (plan_a.get(package) or []) + (plan_b.get(package) or [])}):
+            share_a = sum(float(op.get("cost") or 0) for op in plan_a.get(package) or [] if unit_name(op.get("preferred")) == unit)
+            share_b = sum(float(op.get("cost") or 0) for op in plan_b.get(package) or [] if unit_name(op.get("preferred")) == unit)
+            shares.append({"package": package, "unit": unit, "b_share": share_b, "a_share": share_a,
+                           "b_est_ms": est(package, share_b, package_ms_b), "a_est_ms": est(package, share_a, package_ms_a)})
+    off_ne = [m for m in moved if m["b_unit"] == NEURAL_ENGINE]
+    destinations = Counter(m["a_unit"] for m in off_ne)
+    total_a = sum(v for v in package_ms_a.values() if v is not None) or None
+    return {
+        "label": "per-op times are estimates: the package's measured median time × Core ML's estimated cost share",
+        "moved": moved, "supported_lost": lost,
+        "added": [{"type": t, "count": g["count"], "est_ms": g["est_ms"],
+                   "time_share": g["est_ms"] / total_a if total_a else None,
+                   "units": dict(g["units"])} for t, g in sorted(added.items())],
+        "removed": dict(sorted(removed.items())),
+        "unit_shares": shares,
+        "off_neural_engine": {"count": len(off_ne), "to": dict(sorted(destinations.items())),
+                              "b_cost_by_package": {p: sum(float(m["b_cost"] or 0) for m in off_ne if m["package"] == p)
+                                                    for p in sorted({m["package"] for m in off_ne})},
+                              "b_est_ms": sum(m["b_est_ms"] or 0.0 for m in off_ne),
+                              "a_est_ms": sum(m["a_est_ms"] or 0.0 for m in off_ne)},
+        "ops": {"a": len(a), "b": len(b)},
+    }
+
+
+# ----------------------------------------------------------------------------------------------- the answer
+def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_unit: str | None = None) -> dict[str, Any]:
+    """Everything `bench explain` prints: measured deltas, static diff, compute-plan diff, and a short answer."""
+    a_id, b_id = resolve_variant(run, a), resolve_variant(run, b)
+    if a_id == b_id:
+        raise InputError(f"explain needs two different variants, got {a!r} twice")
+    job_a, job_b = pick_jobs(run, a_id, b_id, device, compute_unit)
+    names = _variant_names(run)
+    name_a, name_b = names[a_id], names[b_id]
+    measured = measured_difference(run, job_a, job_b, name_a, name_b)
+    package_ms_a = {p["package"]: p["a_ms"] for p in measured["packages"]}
+    package_ms_b = {p["package"]: p["b_ms"] for p in measured["packages"]}
+    # From the manifests' `measured` analysis (bench.build's `models diff` compares the packages themselves; the
+    # manifests carry the same facts and exist even when the packages were pruned from this machine).
+    static = static_difference(run.variants.get(a_id), run.variants.get(b_id))
+    plan = compute_plan_difference(job_a.get("compute_plan"), job_b.get("compute_plan"), package_ms_a, package_ms_b)
+    target = job_a.get("target") or {}
+    from bench.report.data import target_label
+
+    result = {
+        "run_id": run.run_id, "a": {"name": name_a, "variant_id": a_id}, "b": {"name": name_b, "variant_id": b_id},
+        "target": target_label(target.get("kind"), target.get("model"), target.get("name")),
+        "target_kind": target.get("kind"), "compute_unit": job_a["compute_unit"],
+        "measured": measured, "static": static, "compute_plan": plan,
+    }
+    result["answer"] = summarize(result)
+    return result
+
+
+def summarize(result: dict[str, Any]) -> list[str]:
+    """A few sentences that answer the question, each backed by a number above."""
+    lines = []
+    name_a, name_b = result["a"]["name"], result["b"]["name"]
+    lat = result["measured"]["latency"]
+    if lat.get("relative") is not None:
+        lo, hi = lat.get("ci95") or (None, None)
+        ci = f", 95% CI {lo:+.1%} … {hi:+.1%}" if lo is not None else ""
+        word = "slower" if lat["relative"] > 0 else "faster"
+        lines.append(f"{name_a} is {abs(lat['relative']):.1%} {word} than {name_b} on {result['target']} / "
+                     f"{result['compute_unit']}: median {lat['current']:.1f} ms vs {lat['baseline']:.1f} ms{ci} "
+                     f"— {lat['outcome']} ({lat['detail']}).")
+    if result["target_kind"] == "host-torch":
+        lines.append("These are host-torch numbers: host emulation (not Core ML); they say nothing about the phone.")
+    parts = [p for p in result["measured"]["packages"] if p["delta_ms"] is not None]
+    if parts:
+        lines.append("Measured split: " + "; ".join(f"{p['package']} {p['delta_ms']:+.1f} ms" for p in parts) + ".")
+    static = result["static"]
+    if static:
+        added = [d for d in static["decompression_ops"] if d["delta"] > 0]
+        if added:
+            lines.append("Static: the stored package adds " + ", ".join(f"{d['delta']} {d['op']}" for d in added)
+                         + f" op(s) (weights: {_formats_line(static['weight_formats']['a'])} vs "
+                           f"{_formats_line(static['weight_formats']['b'])}).")
+        bytes_a, bytes_b = static["bytes"]["total_bytes"]["a"], static["bytes"]["total_bytes"]["b"]
+        if bytes_a and bytes_b:
+            lines.append(f"Size on disk {bytes_a / 1e6:.1f} MB vs {bytes_b / 1e6:.1f} MB ({bytes_a / bytes_b - 1:+.1%}): "
+                         "smaller files do not mean less work at run time.")
+    plan = result["compute_plan"]
+    if plan:
+        off = plan["off_neural_engine"]
+        if off["count"]:
+            to = ", ".join(f"{n} to {u}" for u, n in off["to"].items())
+            shares = ", ".join(f"{share:.0%} of the {package}" for package, share in off["b_cost_by_package"].items())
+            lines.append(f"Compute plan: {off['count']} op(s) left the Neural Engine ({to}); in {name_b} they carried "
+                         f"{shares} estimated cost; ≈{off['b_est_ms']:.1f} ms there vs ≈{off['a_est_ms']:.1f} ms now "
+                         f"({ESTIMATE}).")
+        lost = [r for r in plan["supported_lost"]]
+        if lost:
+            lines.append(f"{len(lost)} op(s) lost support for " + ", ".join(sorted({u for r in lost for u in r["units_lost"]}))
+                         + f" in {name_a}.")
+        for group in plan["added"]:
+            lines.append(f"{group['count']} {group['type']} op(s) appear in {name_a} (preferred unit: "
+                         + ", ".join(f"{u} {n}" for u, n in group["units"].items())
+                         + f"), ≈{group['est_ms']:.1f} ms, {group['time_share'] or 0:.0%} of {name_a}'s time ({ESTIMATE}).")
+        ne = [s for s in plan["unit_shares"] if s["unit"] == NEURAL_ENGINE]
+        for share in ne:
+            lines.append(f"{share['package']}: Neural Engine share of estimated cost {share['b_share']:.0%} → "
+                         f"{share['a_share']:.0%} ({ESTIMATE}).")
+    elif result["target_kind"] == "iphone":
+        lines.append("No compute plan recorded for this pair (run with compute_plan on iOS 17.4+ to see per-op units).")
+    conclusion = _conclusion(result)
+    if conclusion:
+        lines.append(conclusion)
+    return lines
+
+
+def _conclusion(result: dict[str, Any]) -> str | None:
+    """One sentence that puts the evidence together — only when the data supports each part of it."""
+    lat, plan, static = result["measured"]["latency"], result["compute_plan"], result["static"]
+    if lat.get("outcome") != "DIFFERENT" or not lat.get("regression"):
+        return None
+    causes = []
+    if static and any(d["delta"] > 0 for d in static["decompression_ops"]):
+        causes.append("weights stored compressed must be decompressed at run time")
+    if plan and plan["off_neural_engine"]["count"]:
+        causes.append(f"{plan['off_neural_engine']['count']} op(s) no longer run on the Neural Engine")
+    if not causes:
+        return None
+    return (f"So: {result['a']['name']} is smaller on disk but slower because " + " and ".join(causes)
+            + "; the compute-plan parts rest on Core ML's cost estimates.")
+
+
+def _formats_line(formats: dict) -> str:
+    return ", ".join(f"{n} {k}" for k, n in formats.items()) or "none"
+
+
+def sweep_explanations(run: RunData, table) -> list[dict[str, Any]]:
+    """Explain every pruned variant against its dense twin (same precision and input size) where both were measured."""
+    explanations = []
+    rows = [r for _, r in table.iterrows()]
+    for row in rows:
+        if not row["target_sparsity"] or row["emulated"]:
+            continue
+        twins = [r for r in rows if not r["target_sparsity"] and r["precision"] == row["precision"]
+                 and r["image_size"] == row["image_size"] and r["target_id"] == row["target_id"]
+                 and r["compute_unit"] == row["compute_unit"]]
+        if twins:
+            explanations.append(explain(run, row["variant_id"], twins[0]["variant_id"], device=row["target_id"],
+                                        compute_unit=row["compute_unit"]))
+    return explanations

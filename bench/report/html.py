@@ -1,0 +1,79 @@
+"""One self-contained HTML file: bench/report/templates/report.html filled with the report's JSON and plotly.js inline.
+
+No network: plotly.js is embedded from the installed plotly package (`plotly.offline.get_plotlyjs()`), the data as JSON
+inside <script type="application/json"> escaped so no string can close the script element; the page builds its tables
+with textContent, so device-supplied strings are never parsed as HTML.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from bench.report import cells, figures
+from bench.report.data import HOST_EMULATION, ReportData
+from bench.report.escape import json_for_script
+from bench.report.terminal import explanation_tables
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
+
+
+def view_model(report: ReportData) -> dict[str, Any]:
+    """Everything the page shows, as strings and figure specs (the template only places them)."""
+    figs = {f["id"]: f for f in figures.all_figures(report)}
+    sections = [{"id": "results", "title": "Results per variant × target × compute unit",
+                 "notes": ["Latency: median with the 95 % CI of the median (order statistics); warm-ups excluded.",
+                           *("Signature — " + s for s in cells.signatures(report))],
+                 "tables": [{"title": g["title"], "emulated": g["emulated"], "columns": cells.RESULT_COLUMNS,
+                             "rows": g["rows"]} for g in cells.result_groups(report)]}]
+    if report.baseline:
+        regressions = report.regressions
+        sections.append({"id": "verdicts", "title": f"Verdicts vs {report.baseline['kind']} "
+                                                     f"{', '.join(report.baseline['run_ids'])}",
+                         "notes": [f"{len(regressions)} regression(s)." if regressions else "No regressions.",
+                                   "Latency: Mann–Whitney U and Kolmogorov–Smirnov (α = 0.01, Bonferroni) and a ≥ 3 % "
+                                   "median shift; quality: paired bootstrap; size and sparsity: exact."],
+                         "tables": [{"title": "Verdicts (latency, and every size / sparsity / quality change)",
+                                     "columns": cells.VERDICT_COLUMNS,
+                                     "rows": [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]}]})
+    def add(section_id: str, title: str, ids: list[str], notes: list[str] | None = None) -> None:
+        present = [i for i in ids if i in figs]
+        if present:
+            sections.append({"id": section_id, "title": title, "figures": present, "notes": notes or []})
+
+    add("quality-speed", "Latency vs BLEU", ["pareto"],
+        [f"Crosses are host-torch points: {HOST_EMULATION}."])
+    add("studies", "The seed's studies", ["sparsity-size", "sparsity-latency", "sparsity-bleu", "precision", "layers",
+                                          "input-size"])
+    add("compute-units", "Compute-unit comparison", ["compute-units"])
+    add("trends", "Nightly trend", ["trends"])
+    if report.explanations:
+        sections.append({"id": "explain", "title": "Why are the pruned variants slower? (bench explain)",
+                         "notes": ["Per-op times are ESTIMATES: the package's measured median time × Core ML's "
+                                   "estimated cost share of the op (MLComputePlan), never a measurement."]})
+        for index, explanation in enumerate(report.explanations):
+            figure = figures.explanation_figure(index, explanation)
+            if figure:
+                figs[figure["id"]] = figure
+            sections.append({"id": f"explain-{index}", "level": 3, "title": cells.explanation_summary(explanation),
+                             "answer": explanation["answer"],
+                             "tables": [{"title": t, "columns": c, "rows": r} for t, c, r in explanation_tables(explanation)],
+                             "figures": [figure["id"]] if figure else []})
+    return {"title": f"bench report — {report.run_id}",
+            "subtitle": f"run {report.run_id}, created {report.created_at}",
+            "banner": list(report.notes), "sections": sections, "figures": figs}
+
+
+def render_html(report: ReportData) -> str:
+    import plotly.offline
+
+    from bench.report.data import _jsonable
+    from bench.report.escape import html_text
+
+    model = _jsonable(view_model(report))
+    plotly_js = plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
+    values = {"TITLE": html_text(model["title"]), "REPORT_JSON": json_for_script(model), "PLOTLY_JS": plotly_js}
+    template = TEMPLATE.read_text(encoding="utf-8")
+    # one pass, so text inserted for one placeholder is never searched for another
+    return re.sub(r"\{\{(TITLE|REPORT_JSON|PLOTLY_JS)\}\}", lambda m: values[m.group(1)], template)

@@ -1,0 +1,52 @@
+"""Markdown rendering (CI job summaries). Cells are escaped: pipes, backticks, emphasis and raw HTML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import cells
+from bench.report.data import ReportData
+from bench.report.escape import markdown as esc
+from bench.report.terminal import explanation_tables
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(esc(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(esc(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render_report(report: ReportData) -> str:
+    lines = [f"## bench report — run {esc(report.run_id)}", "", f"Created {esc(report.created_at)}.", ""]
+    for group in cells.result_groups(report):
+        lines += [f"### {esc(group['title'])}", ""]
+        if group["emulated"]:
+            lines += ["*Host emulation (not Core ML): decompressed weights in PyTorch on the host CPU.*", ""]
+        lines += _table(cells.RESULT_COLUMNS, group["rows"]) + [""]
+    if report.baseline:
+        lines += [f"### Verdicts vs {esc(report.baseline['kind'])} {esc(', '.join(report.baseline['run_ids']))}", ""]
+        regressions = report.regressions
+        lines += [f"**{len(regressions)} regression(s)**" if regressions else "**No regressions.**", ""]
+        shown = [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]
+        lines += _table(cells.VERDICT_COLUMNS, shown) + [""]
+        same = sum(1 for v in report.verdicts if v.outcome == "SAME" and not v.metric.startswith("latency"))
+        lines += [f"{same} size / sparsity / quality comparisons were SAME (not listed).", ""]
+    if report.explanations:
+        lines += ["### Why are the pruned variants slower?", ""]
+        for explanation in report.explanations:
+            lines += [f"- **{esc(cells.explanation_summary(explanation))}**: " + esc(explanation["answer"][0])]
+        lines += [""]
+    signatures = cells.signatures(report)
+    if signatures:
+        lines += ["Signatures: " + "; ".join(f"`{s.replace('`', '')}`" for s in signatures), ""]
+    for note in report.notes:
+        lines += [f"> note: {esc(note)}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_explanation(explanation: dict[str, Any]) -> str:
+    lines = [f"### {esc(cells.explanation_summary(explanation))}", ""]
+    lines += [f"- {esc(line)}" for line in explanation["answer"]] + [""]
+    for title, columns, rows in explanation_tables(explanation):
+        lines += [f"**{esc(title)}**", ""] + _table(columns, rows) + [""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,97 @@
+"""`bench explain`: the seed's question ("why does the sparse model run slower?") answered from the fixture run's data."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.errors import InputError
+from bench.report.explain import NEURAL_ENGINE, compute_plan_difference, explain, static_difference, unit_name
+from bench.report.load import load_run
+from report_fixtures import CURRENT
+
+
+@pytest.fixture(scope="module")
+def run():
+    return load_run(CURRENT)
+
+
+@pytest.fixture(scope="module")
+def sparse_vs_dense(run):
+    return explain(run, "prune-0.20", "fp32")
+
+
+def test_defaults_pick_the_phone_and_all(sparse_vs_dense):
+    assert sparse_vs_dense["target_kind"] == "iphone" and sparse_vs_dense["compute_unit"] == "all"
+
+
+def test_measured_latency_delta_with_ci(sparse_vs_dense):
+    latency = sparse_vs_dense["measured"]["latency"]
+    assert latency["outcome"] == "DIFFERENT" and latency["regression"]
+    assert latency["ci95"][0] > 0.5  # the 20 %-sparse model is > 50 % slower, CI included
+    loads = {row["what"]: row for row in sparse_vs_dense["measured"]["loads"]}
+    assert loads["first prediction"]["delta_ms"] > 0 and loads["cold load"]["delta_ms"] > 0
+
+
+def test_static_part_shows_decompression_ops_and_formats(sparse_vs_dense):
+    static = sparse_vs_dense["static"]
+    added = {d["op"]: d["delta"] for d in static["decompression_ops"]}
+    assert added["constexpr_sparse_to_dense"] > 0
+    assert static["weight_formats"]["a"].get("sparse", 0) > 0 and "sparse" not in static["weight_formats"]["b"]
+    assert static["bytes"]["total_bytes"]["a"] < static["bytes"]["total_bytes"]["b"]
+    assert static["duplicated_tensors"]["a"]
+
+
+def test_compute_plan_part_shows_ops_leaving_the_neural_engine(sparse_vs_dense):
+    plan = sparse_vs_dense["compute_plan"]
+    assert plan["off_neural_engine"]["count"] > 0
+    assert all(m["b_unit"] == NEURAL_ENGINE and m["a_unit"] != NEURAL_ENGINE for m in plan["moved"])
+    assert any(NEURAL_ENGINE in lost["units_lost"] for lost in plan["supported_lost"])
+    added = {g["type"]: g for g in plan["added"]}
+    assert added["constexpr_sparse_to_dense"]["count"] > 0 and added["constexpr_sparse_to_dense"]["est_ms"] > 0
+    ne = [s for s in plan["unit_shares"] if s["unit"] == NEURAL_ENGINE]
+    assert all(s["a_share"] < s["b_share"] for s in ne)
+    assert "estimate" in plan["label"]
+
+
+def test_answer_labels_every_per_op_time_an_estimate(sparse_vs_dense):
+    answer = sparse_vs_dense["answer"]
+    assert answer[0].startswith("prune-0.20 is") and "slower than fp32" in answer[0]
+    assert any("left the Neural Engine" in line for line in answer)
+    assert any("constexpr_sparse_to_dense" in line for line in answer)
+    assert all("(estimate)" in line for line in answer if "≈" in line)
+
+
+def test_the_pruning_sweep_is_explained(run):
+    """Seed: 20 % sparse is slowest; 36 % and 48.8 % are faster than 20 % though smaller — fewer ops left the NE."""
+    by_name = {name: explain(run, name, "fp32") for name in ("prune-0.20", "prune-0.36", "prune-0.488")}
+    moved = {name: e["compute_plan"]["off_neural_engine"]["count"] for name, e in by_name.items()}
+    assert moved["prune-0.20"] > moved["prune-0.36"] == moved["prune-0.488"] > 0
+    slower = {name: e["measured"]["latency"]["relative"] for name, e in by_name.items()}
+    assert slower["prune-0.20"] > slower["prune-0.36"]
+
+
+def test_compute_unit_and_device_selection(run):
+    result = explain(run, "prune-0.20", "fp32", device="iPhone14,2", compute_unit="cpuOnly")
+    assert result["compute_unit"] == "cpuOnly" and result["compute_plan"] is None
+    assert any("No compute plan" in line for line in result["answer"])
+    host = explain(run, "int8", "fp32", device="host-torch")
+    assert any("host emulation (not Core ML)" in line for line in host["answer"])
+
+
+def test_errors_are_input_errors(run):
+    with pytest.raises(InputError, match="did you mean"):
+        explain(run, "prune-0.2", "fp32")
+    with pytest.raises(InputError, match="no measurements of both"):
+        explain(run, "prune-0.36", "fp32", compute_unit="cpuOnly")
+    with pytest.raises(InputError, match="two different"):
+        explain(run, "fp32", "fp32")
+
+
+def test_unit_names():
+    assert {unit_name(x) for x in ("neuralEngine", "ANE", "NeuralEngine")} == {NEURAL_ENGINE}
+    assert unit_name("gpu") == "GPU" and unit_name("CPU") == "CPU"
+
+
+def test_plan_diff_without_plans_is_none():
+    assert compute_plan_difference(None, {"encoder": []}, {}, {}) is None
+    assert static_difference(None, {}) is None
