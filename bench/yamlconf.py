@@ -57,7 +57,7 @@ def _first_problem(err: ValidationError, root, path: Path) -> InputError:
     location = tuple(problem["loc"])
     node, line = _node_at(root, location)
     key = ".".join(str(part) for part in location) or "(top level)"
-    message = problem["msg"]
+    message = problem["msg"].removeprefix("Value error, ")  # a validator's own message reads better bare
     if problem["type"] == "missing":
         message = "required key is missing"
     elif problem["type"] == "extra_forbidden":

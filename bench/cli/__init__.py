@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.errors import BenchError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code
     except BenchError as err:
         _print_error(str(err))
         return err.exit_code

@@ -1,0 +1,302 @@
+"""Build a compression matrix into content-addressed variant directories.
+
+Cache: a variant's id is `<name>-<hash12>` where the hash covers (base weights hash, recipe, target, image size,
+resize, decoder length, coremltools/torch versions, exporter version). A variant whose directory already has a
+manifest is reused without loading torch or coremltools at all. Each variant is written in a temporary directory
+and renamed into place (bench.atomic.directory): an interrupted build leaves nothing that looks complete.
+A variant that fails (conversion error, verification miss) is reported at the end; the others still build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.build.matrix import Matrix, PlannedVariant, Recipe
+from bench.errors import BenchError, BuildError, InputError
+from bench.paths import BUILTIN_CAPTIONER_DIR, Workspace
+
+# Bump when the exported graphs or the compression code change in a way that changes the bytes.
+EXPORTER_VERSION = 2
+
+
+@dataclass
+class VariantResult:
+    name: str
+    variant_id: str
+    status: str  # built | cached | failed
+    seconds: float
+    error: str | None = None
+    manifest: Any = None
+
+
+@dataclass
+class BuildReport:
+    results: list[VariantResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def of(self, status: str) -> list[VariantResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[VariantResult]:
+        return self.of("failed")
+
+    def by_name(self) -> dict[str, VariantResult]:
+        return {r.name: r for r in self.results}
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """start: a variant begins; step: a stage inside it (detail says which); done: finished (status)."""
+
+    kind: str
+    name: str
+    index: int
+    total: int
+    detail: str = ""
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def resolve_source(source: str, workspace: Workspace) -> Path:
+    if source == "builtin":
+        return BUILTIN_CAPTIONER_DIR
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else (workspace.root / path)
+
+
+def base_weights_sha256(checkpoint: Path) -> str:
+    """Hash of the checkpoint's weights file (what load_captioner reports), without importing torch."""
+    from bench.train.captioner import check_checkpoint_dir, sha256_file, weights_file
+
+    return sha256_file(weights_file(check_checkpoint_dir(checkpoint)))
+
+
+def tool_versions() -> dict[str, str | None]:
+    from bench.store.environment import package_versions
+
+    return package_versions(("coremltools", "torch"))
+
+
+def cache_key(recipe: Recipe, weights_sha256: str, image_size: int, decoder_length: int,
+              versions: dict[str, str | None]) -> dict[str, Any]:
+    return {
+        "base_weights_sha256": weights_sha256,
+        "recipe": recipe.model_dump(mode="json"),
+        "target": recipe.target,
+        "image_size": image_size,
+        "resize": recipe.resize,
+        "decoder_length": decoder_length,
+        "versions": dict(versions),
+        "exporter_version": EXPORTER_VERSION,
+    }
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _quiet_coremltools() -> None:
+    """coremltools' per-pass tqdm bars and version warnings would drown our own progress output."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module="coremltools")
+    warnings.filterwarnings("ignore", message=".*has not been tested with coremltools.*")
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+
+class _Session:
+    """State shared by the variants of one build: the loaded captioner and its converted (uncompressed) models."""
+
+    def __init__(self, checkpoint: Path, weights_sha256: str):
+        self.checkpoint, self.weights_sha256 = checkpoint, weights_sha256
+        self._captioner = None
+        self._exports: dict[tuple, tuple[Any, dict, float]] = {}
+
+    @property
+    def captioner(self):
+        if self._captioner is None:
+            from bench.train.captioner import load_captioner
+
+            self._captioner = load_captioner(self.checkpoint)
+        return self._captioner
+
+    def exported(self, recipe: Recipe, image_size: int, decoder_length: int):
+        """(ExportedPair, weights map, candidates per package, seconds converting) — converted once per build."""
+        key = (recipe.precision, recipe.target, image_size, decoder_length)
+        fresh = key not in self._exports
+        if fresh:
+            from bench.build.export import export_pair
+            from bench.build.torch_weights import map_weights, resize_vision_input
+
+            from bench.build.analyze import analyze_package, constant_values
+            from bench.build.compress import candidates
+
+            started = time.perf_counter()
+            model = resize_vision_input(self.captioner.model, image_size)
+            pair = export_pair(model, image_size=image_size, decoder_length=decoder_length,
+                               target=recipe.target, precision=recipe.precision)
+            maps, unmapped, cands = {}, {}, {}
+            with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+                for package, mlmodel in (("encoder", pair.encoder), ("decoder", pair.decoder)):
+                    path = Path(tmp) / f"{package}.mlpackage"
+                    mlmodel.save(str(path))
+                    constants = constant_values(path)
+                    maps[package], unmapped[package] = map_weights(constants, model)
+                    cands[package] = candidates(analyze_package(path, hash_duplicates=False), constants,
+                                                maps[package])
+            used = {t["param"] for mapping in maps.values() for targets in mapping.values() for t in targets}
+            never = sorted(set(unmapped["encoder"]) & set(unmapped["decoder"]) - used)
+            self._exports[key] = (pair, {"packages": maps, "unmapped_params": never}, cands,
+                                  time.perf_counter() - started)
+        pair, weights_map, cands, seconds = self._exports[key]
+        return pair, weights_map, cands, seconds if fresh else 0.0  # conversion is charged to its first variant
+
+
+def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None, *,
+                 progress: Progress | None = None, only: list[str] | None = None,
+                 trust_coremltools_pruner: bool = False) -> BuildReport:
+    """Build every variant of the matrix (or the names in `only`) into the workspace's variants directory."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace)) if workspace else Workspace.current()
+    started = time.perf_counter()
+    planned = matrix.planned()
+    if only:
+        known = {p.name for p in planned}
+        for name in only:
+            if name not in known:
+                from bench.errors import did_you_mean
+
+                raise did_you_mean("variant name", name, known)
+        planned = [p for p in planned if p.name in only]
+    checkpoint = resolve_source(matrix.source, ws)
+    weights_sha256 = base_weights_sha256(checkpoint)
+    defaults = _captioner_defaults(checkpoint)
+    versions = tool_versions()
+    session = _Session(checkpoint, weights_sha256)
+    report = BuildReport()
+    notify = progress or (lambda event: None)
+    for index, item in enumerate(planned):
+        notify(ProgressEvent("start", item.name, index, len(planned)))
+        t0 = time.perf_counter()
+        image_size = item.recipe.image_size or defaults["image_size"]
+        decoder_length = item.recipe.decoder_length or defaults["max_length"]
+        key = cache_key(item.recipe, weights_sha256, image_size, decoder_length, versions)
+        variant_id = f"{item.name}-{key_hash(key)[:12]}"
+        final = ws.variants_dir / variant_id
+        try:
+            if (final / "manifest.json").is_file():
+                from bench.build.variants import read_manifest
+
+                result = VariantResult(item.name, variant_id, "cached", 0.0, manifest=read_manifest(final))
+            else:
+                manifest = _build_one(session, item, key, variant_id, final, image_size, decoder_length,
+                                      lambda detail: notify(ProgressEvent("step", item.name, index, len(planned), detail)),
+                                      trust_coremltools_pruner)
+                result = VariantResult(item.name, variant_id, "built", 0.0, manifest=manifest)
+        except BenchError as err:
+            result = VariantResult(item.name, variant_id, "failed", 0.0, error=str(err))
+        except Exception as err:  # a coremltools/torch failure in one variant must not stop the others
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            result = VariantResult(item.name, variant_id, "failed", 0.0, error=f"{type(err).__name__}: {first_line}")
+        result.seconds = time.perf_counter() - t0
+        report.results.append(result)
+        notify(ProgressEvent("done", item.name, index, len(planned), result.status))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _captioner_defaults(checkpoint: Path) -> dict[str, int]:
+    """Image size and decode length of the checkpoint, read from its files (no torch import on cache hits)."""
+    from bench.train.captioner import DEFAULT_MAX_LENGTH, read_metadata
+
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read: {err}", file=str(checkpoint / "config.json")) from None
+    vision = config.get("vision_config") or {}
+    metadata = read_metadata(checkpoint)
+    return {"image_size": int(vision.get("image_size", 384)),
+            "max_length": int(metadata.get("decode", {}).get("max_length", DEFAULT_MAX_LENGTH))}
+
+
+def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], variant_id: str, final: Path,
+               image_size: int, decoder_length: int, step: Callable[[str], None], trust_coremltools_pruner: bool):
+    from bench import atomic
+    from bench.build.analyze import analyze_package, tree_sha256
+    from bench.build.compress import compress_model
+    from bench.build.export import DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT
+    from bench.build.variants import KIND, MANIFEST, PACKAGES, WEIGHTS_MAP, VariantManifest
+    from bench.build.verify import measured_summary, verify_variant
+    from bench.store import records
+    from bench.store.environment import host_environment
+
+    _quiet_coremltools()
+    recipe = item.recipe
+    step("convert")
+    pair, weights_map, cands, convert_seconds = session.exported(recipe, image_size, decoder_length)
+    captioner = session.captioner
+    t0 = time.perf_counter()
+    with atomic.directory(final) as tmp:
+        plans, analyses, packages = {}, {}, {}
+        for package, mlmodel in (("encoder", pair.encoder), ("decoder", pair.decoder)):
+            step(f"compress {package}")
+            compressed, plans[package] = compress_model(
+                mlmodel, recipe, cands[package], package,
+                trust_coremltools_pruner=trust_coremltools_pruner,
+            )
+            compressed.save(str(tmp / f"{package}.mlpackage"))
+        compress_seconds = time.perf_counter() - t0
+        step("verify")
+        t1 = time.perf_counter()
+        for package in PACKAGES:
+            path = tmp / f"{package}.mlpackage"
+            analyses[package] = analyze_package(path, package=package)
+            analyses[package].path = f"{package}.mlpackage"
+            packages[package] = {
+                "path": f"{package}.mlpackage", "bytes": analyses[package].bytes,
+                "weight_bytes": analyses[package].weight_bytes, "sha256": tree_sha256(path),
+                "params": analyses[package].params, "nonzero_params": analyses[package].nonzero_params,
+                "op_counts": analyses[package].op_counts, "decompression_ops": analyses[package].decompression_ops,
+                "opset": analyses[package].opset,
+            }
+        verification = verify_variant(item.name, recipe.precision, plans, analyses,
+                                      expects_compression=bool(recipe.compressions))
+        verification["plan"] = {p: {"selected": sorted(plan.selected), "untouched": len(plan.untouched),
+                                    "skipped": plan.skipped} for p, plan in plans.items()}
+        analyze_seconds = time.perf_counter() - t1
+        atomic.write_json(tmp / WEIGHTS_MAP, weights_map)
+        variant_hash = hashlib.sha256(
+            (packages["encoder"]["sha256"] + packages["decoder"]["sha256"]).encode()).hexdigest()
+        manifest = VariantManifest(
+            variant_id=variant_id, name=item.name, variant_hash=variant_hash, cache_key=key,
+            recipe=recipe.model_dump(mode="json"), target=recipe.target, image_size=image_size,
+            resize=recipe.resize, decoder_length=decoder_length,
+            decode={**captioner.decode.to_dict()},
+            source={"path": str(session.checkpoint), "name": captioner.name,
+                    "weights_sha256": session.weights_sha256},
+            io={"encoder": {"inputs": analyses["encoder"].inputs, "outputs": analyses["encoder"].outputs,
+                            "input": ENCODER_INPUT, "output": ENCODER_OUTPUT},
+                "decoder": {"inputs": analyses["decoder"].inputs, "outputs": analyses["decoder"].outputs,
+                            "input_names": list(DECODER_INPUTS), "output": DECODER_OUTPUT,
+                            "usage": "step t: input_ids[0..t] filled (ids[0]=bos), attention_mask 1 up to t, "
+                                     "read logits[0, t]"},
+                "preprocessing": {**captioner.preprocessing.to_dict(), "image_size": image_size,
+                                  "resize": recipe.resize}},
+            packages=packages, measured=measured_summary(analyses, plans), verification=verification,
+            build={"convert_seconds": round(convert_seconds, 3), "compress_seconds": round(compress_seconds, 3),
+                   "analyze_seconds": round(analyze_seconds, 3),
+                   "unmapped_params": weights_map["unmapped_params"]},
+            environment=host_environment(),
+        )
+        records.write(tmp / MANIFEST, KIND, manifest.to_record())
+    manifest._directory = final
+    return manifest

@@ -1,0 +1,189 @@
+"""Post-training compression of a converted package, following one recipe (coremltools.optimize.coreml).
+
+Two coremltools problems are worked around here (shared/notes/coreml-on-linux.md):
+- Bug 1: magnitude pruning of float16 weights with more than 65,504 elements prunes nothing (the percentile is
+  computed in float16 and overflows). We compute each weight's threshold in float32 ourselves and hand coremltools
+  a per-constant threshold pruner, which keeps the fp16 non-zero values.
+- Bug 2: `op_type_configs` raises "compression config conflict" when one constant feeds ops of different types
+  (the tied word embedding feeds a gather and a linear). We always select constants by name from
+  `get_weights_metadata` and pass `op_name_configs` with `global_config=None`.
+Only constants that map to a PyTorch parameter are ever compressed: the causal mask the exporter bakes in is not a
+weight and pruning it would break attention.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.build.matrix import Recipe
+
+EMBEDDING_NAME = re.compile(r"(^|_)(position_embedding|position_embeddings|word_embeddings|class_embedding)(_|$)")
+LINEAR_OPS = {"linear", "matmul"}
+
+
+@dataclass
+class Candidate:
+    """A compressible weight constant of the converted model."""
+
+    name: str
+    params: list[str]
+    numel: int
+    child_op_types: set[str]
+    value: Any  # numpy array (dense, as converted)
+
+
+@dataclass
+class Plan:
+    """What the recipe asked of each constant: verification checks the stored package against it."""
+
+    package: str
+    selected: dict[str, dict[str, Any]] = field(default_factory=dict)  # const name -> expectations
+    untouched: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # selected but not applicable: const name -> reason
+
+
+def candidates(analysis, constants: dict[str, Any], weights_map: dict[str, list[dict]]) -> dict[str, Candidate]:
+    """Weight constants that map to PyTorch parameters, with the op types that read them (from the stored
+    uncompressed package: bench.build.analyze)."""
+    found = {}
+    for tensor in analysis.tensors:
+        if tensor.name not in weights_map or tensor.name not in constants:
+            continue
+        found[tensor.name] = Candidate(
+            name=tensor.name, params=[m["param"] for m in weights_map[tensor.name]], numel=tensor.params,
+            child_op_types=set(tensor.child_op_types), value=constants[tensor.name],
+        )
+    return found
+
+
+def is_embedding(candidate: Candidate) -> bool:
+    return "gather" in candidate.child_op_types or bool(EMBEDDING_NAME.search(candidate.name))
+
+
+def select(cands: dict[str, Candidate], recipe: Recipe) -> list[str]:
+    """Names of the constants the recipe compresses (layer selection + minimum size)."""
+    selection = recipe.layers.select if recipe.layers else "all"
+    pattern = re.compile(recipe.layers.pattern) if recipe.layers and recipe.layers.pattern else None
+    chosen = []
+    for name, cand in cands.items():
+        if cand.numel <= recipe.min_elements:
+            continue
+        if selection == "conv" and not cand.child_op_types <= {"conv"}:
+            continue
+        if selection == "embedding" and not is_embedding(cand):
+            continue
+        if selection == "linear" and (not cand.child_op_types <= LINEAR_OPS or is_embedding(cand)):
+            continue
+        if selection == "all_but_embedding" and is_embedding(cand):
+            continue
+        if pattern is not None and not (pattern.search(name) or any(pattern.search(p) for p in cand.params)):
+            continue
+        chosen.append(name)
+    return sorted(chosen)
+
+
+def not_applicable(candidate: Candidate, recipe: Recipe) -> str | None:
+    """Why a selected weight cannot take the recipe's block/group structure (coremltools would skip it silently;
+    we record it in the manifest instead and leave the weight dense)."""
+    import numpy as np
+
+    shape = candidate.value.shape
+    q, p = recipe.quantize, recipe.palettize
+    flat = candidate.value.reshape(-1)
+    if flat.size and np.all(flat == flat[0]):
+        # e.g. freshly initialised zero biases: nothing to prune or quantize (coremltools skips them)
+        return f"constant tensor (every value {float(flat[0])})"
+    if q and q.granularity == "per_block" and (len(shape) < 2 or shape[1] % q.block_size):
+        return f"input axis of shape {list(shape)} not divisible by block size {q.block_size}"
+    if p and p.granularity == "per_grouped_channel" and shape[0] % p.group_size:
+        return f"{shape[0]} output channels not divisible by group size {p.group_size}"
+    if recipe.prune and recipe.prune.n_m and (len(shape) < 2 or shape[1] < recipe.prune.n_m[1]):
+        return f"shape {list(shape)} too small for {recipe.prune.n_m[0]}:{recipe.prune.n_m[1]} blocks"
+    return None
+
+
+def float32_threshold(value, sparsity: float) -> float:
+    """The magnitude at or below which `sparsity` of the elements lie, computed in float32 (bug 1) and snapped to
+    a magnitude that actually occurs, so comparing it in the weight's own dtype (fp16) is exact."""
+    import numpy as np
+
+    magnitudes = np.abs(np.asarray(value, dtype=np.float32)).reshape(-1)
+    if sparsity <= 0:
+        return 0.0
+    cut = np.percentile(magnitudes, sparsity * 100)
+    below = magnitudes[magnitudes <= cut]
+    return float(below.max()) if below.size else 0.0
+
+
+def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package: str,
+                   *, trust_coremltools_pruner: bool = False):
+    """Apply the recipe's compressions to one converted model. Returns (model, Plan).
+
+    `trust_coremltools_pruner=True` uses coremltools' own magnitude pruner (bug 1 included); it exists only so a
+    test can show that verification turns that silent failure into a BuildError.
+    """
+    import coremltools.optimize.coreml as cto
+
+    chosen = select(cands, recipe)
+    skipped = {name: why for name in chosen if (why := not_applicable(cands[name], recipe))}
+    chosen = [name for name in chosen if name not in skipped]
+    plan = Plan(package=package, selected={name: {} for name in chosen},
+                untouched=sorted(set(cands) - set(chosen)), skipped=skipped)
+    if not recipe.compressions or not chosen:
+        return mlmodel, plan
+
+    model = mlmodel
+    names = {name: name for name in chosen}  # current op name of each chosen constant
+    if recipe.prune is not None:
+        model = _prune(model, recipe, cands, chosen, trust_coremltools_pruner, plan)
+        names = {name: f"{name}_sparsified" for name in chosen}
+    joint = recipe.prune is not None
+    if recipe.palettize is not None:
+        p = recipe.palettize
+        config = cto.OpPalettizerConfig(
+            nbits=p.bits, mode=p.mode, granularity=p.granularity,
+            group_size=p.group_size if p.granularity == "per_grouped_channel" else 32, weight_threshold=0,
+        )
+        model = cto.palettize_weights(
+            model, cto.OptimizationConfig(global_config=None, op_name_configs={names[n]: config for n in chosen}),
+            joint_compression=joint,
+        )
+        for name in chosen:
+            plan.selected[name]["palettize"] = p.bits
+    if recipe.quantize is not None:
+        q = recipe.quantize
+        config = cto.OpLinearQuantizerConfig(
+            mode=q.mode, dtype=f"int{q.bits}", granularity=q.granularity,
+            block_size=q.block_size if q.granularity == "per_block" else None, weight_threshold=0,
+        )
+        model = cto.linear_quantize_weights(
+            model, cto.OptimizationConfig(global_config=None, op_name_configs={names[n]: config for n in chosen}),
+            joint_compression=joint,
+        )
+        for name in chosen:
+            plan.selected[name]["quantize"] = q.bits
+    return model, plan
+
+
+def _prune(model, recipe: Recipe, cands, chosen, trust_coremltools_pruner: bool, plan: Plan):
+    import coremltools.optimize.coreml as cto
+
+    prune = recipe.prune
+    configs = {}
+    for name in chosen:
+        if prune.n_m is not None:
+            configs[name] = cto.OpMagnitudePrunerConfig(n_m_ratio=tuple(prune.n_m), weight_threshold=0)
+            plan.selected[name]["prune"] = prune.n_m[0] / prune.n_m[1]
+            plan.selected[name]["n_m"] = list(prune.n_m)
+            continue
+        if trust_coremltools_pruner:
+            configs[name] = cto.OpMagnitudePrunerConfig(target_sparsity=prune.sparsity, weight_threshold=0)
+        else:
+            configs[name] = cto.OpThresholdPrunerConfig(
+                threshold=float32_threshold(cands[name].value, prune.sparsity),
+                minimum_sparsity_percentile=0.0, weight_threshold=0,
+            )
+        plan.selected[name]["prune"] = prune.sparsity
+    return cto.prune_weights(model, cto.OptimizationConfig(global_config=None, op_name_configs=configs))

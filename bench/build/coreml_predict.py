@@ -1,0 +1,75 @@
+"""Caption through Core ML itself (coremltools predict) with a chosen compute unit — macOS only.
+
+On Linux, Core ML cannot run (`MLModel.predict` is macOS-only); every entry point raises PlatformUnavailable
+with what to do instead. Quality of the deployed weights is still measurable on Linux through
+bench.build.torch_weights.captioner_from_variant (host emulation in PyTorch).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import InputError, PlatformUnavailable
+
+COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
+
+
+def require_macos() -> None:
+    if platform.system() != "Darwin":
+        raise PlatformUnavailable(
+            f"Core ML prediction needs macOS (this is {platform.system()}); evaluate the variant's deployed weights "
+            "in PyTorch instead (target host-torch), or run on a Mac / an iPhone"
+        )
+
+
+def _compute_unit(name: str):
+    import coremltools as ct
+
+    if name not in COMPUTE_UNITS:
+        from bench.errors import did_you_mean
+
+        raise did_you_mean("compute unit", name, COMPUTE_UNITS)
+    return {"cpuOnly": ct.ComputeUnit.CPU_ONLY, "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
+            "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE, "all": ct.ComputeUnit.ALL}[name]
+
+
+@dataclass
+class CoreMLCaptioner:
+    """A variant loaded into Core ML. `tokens(pixel_values)` decodes greedily through both packages."""
+
+    variant: Any
+    compute_unit: str
+    encoder: Any
+    decoder: Any
+
+    def tokens(self, pixel_values) -> list[int]:
+        import numpy as np
+
+        from bench.build.export import greedy_tokens
+
+        def encode(pixels):
+            return self.encoder.predict({"pixel_values": np.asarray(pixels, dtype=np.float32)})["image_embeds"]
+
+        def step(ids, mask, embeds):
+            return self.decoder.predict({"input_ids": ids, "attention_mask": mask, "image_embeds": embeds})["logits"]
+
+        batch = np.asarray(pixel_values, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[0] != 1:
+            raise InputError(f"Core ML packages take one image at a time, shape [1,3,S,S]; got {list(batch.shape)}")
+        return greedy_tokens(encode, step, batch, self.variant.decode, self.variant.decoder_length)
+
+
+def load_coreml_captioner(variant, compute_unit: str = "all", workspace=None) -> CoreMLCaptioner:
+    """Load a variant's packages into Core ML (macOS only; PlatformUnavailable elsewhere)."""
+    require_macos()
+    import coremltools as ct
+
+    from bench.build.variants import load_variant
+
+    manifest = variant if not isinstance(variant, str) else load_variant(variant, workspace)
+    unit = _compute_unit(compute_unit)
+    encoder = ct.models.MLModel(str(manifest.package_path("encoder")), compute_units=unit)
+    decoder = ct.models.MLModel(str(manifest.package_path("decoder")), compute_units=unit)
+    return CoreMLCaptioner(manifest, compute_unit, encoder, decoder)

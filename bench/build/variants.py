@@ -1,0 +1,136 @@
+"""Variant manifests (`models/variants/<variant_id>/manifest.json`, record kind `bench.variant` v1).
+
+A variant directory holds `manifest.json`, `encoder.mlpackage`, `decoder.mlpackage` and `weights_map.json`
+(which Core ML constant holds which PyTorch parameter; used to load the deployed weights back into torch).
+It is written in a temporary directory and renamed into place, so a directory with a manifest is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+
+from bench.errors import InputError, RecordError
+from bench.paths import Workspace
+from bench.store import records
+
+KIND = "bench.variant"
+VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS_MAP = "weights_map.json"
+PACKAGES = ("encoder", "decoder")
+records.register_kind(KIND, VERSION)
+
+
+class PackageInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    path: str
+    bytes: int
+    weight_bytes: int
+    sha256: str
+
+
+class VariantManifest(BaseModel):
+    """docs/contracts.md §3. Extra keys are kept (forward-compatible additions)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    variant_id: str
+    name: str
+    variant_hash: str
+    cache_key: dict[str, Any]
+    recipe: dict[str, Any]
+    target: str
+    image_size: int
+    resize: str
+    decoder_length: int
+    decode: dict[str, int]
+    source: dict[str, Any]
+    io: dict[str, Any]
+    packages: dict[str, PackageInfo]
+    measured: dict[str, Any]
+    verification: dict[str, Any]
+    build: dict[str, Any]
+    environment: dict[str, Any]
+    _directory: Path | None = PrivateAttr(default=None)
+
+    @property
+    def directory(self) -> Path | None:
+        return self._directory
+
+    def package_path(self, package: str) -> Path:
+        if self._directory is None:
+            raise RecordError(f"{self.variant_id}: manifest not loaded from a directory")
+        return self._directory / self.packages[package].path
+
+    def to_record(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def _workspace(workspace: Workspace | Path | str | None) -> Workspace:
+    if workspace is None:
+        return Workspace.current()
+    return workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+
+
+def read_manifest(directory: Path) -> VariantManifest:
+    record = records.read(directory / MANIFEST, KIND)
+    try:
+        manifest = VariantManifest.model_validate({k: v for k, v in record.items() if k not in ("schema", "schema_version")})
+    except ValidationError as err:
+        problem = err.errors()[0]
+        raise RecordError(f"{directory / MANIFEST}: {'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+    manifest._directory = directory
+    return manifest
+
+
+def list_variants(workspace: Workspace | Path | str | None = None) -> list[VariantManifest]:
+    """Every complete variant of the workspace (directories with a manifest), sorted by name then id."""
+    root = _workspace(workspace).variants_dir
+    if not root.is_dir():
+        return []
+    found = [read_manifest(d) for d in sorted(root.iterdir()) if d.is_dir() and (d / MANIFEST).is_file()]
+    return sorted(found, key=lambda m: (m.name, m.variant_id))
+
+
+def load_variant(dir_or_id: Path | str, workspace: Workspace | Path | str | None = None) -> VariantManifest:
+    """A variant by directory, id, unique id prefix, or name (the most recently built one of that name)."""
+    candidate = Path(dir_or_id)
+    if candidate.is_dir():
+        if not (candidate / MANIFEST).is_file():
+            raise InputError(f"{candidate}: not a variant directory (no {MANIFEST}); build it with `bench models build`")
+        return read_manifest(candidate)
+    ws = _workspace(workspace)
+    text = str(dir_or_id)
+    exact = ws.variants_dir / text
+    if (exact / MANIFEST).is_file():
+        return read_manifest(exact)
+    variants = list_variants(ws)
+    by_prefix = [v for v in variants if v.variant_id.startswith(text)]
+    if len(by_prefix) == 1:
+        return by_prefix[0]
+    by_name = [v for v in variants if v.name == text]
+    if by_name:
+        return max(by_name, key=lambda v: v.environment.get("created_at", ""))
+    from bench.errors import did_you_mean
+
+    if not variants:
+        raise InputError(f"unknown variant {text!r}: no variants in {ws.variants_dir}; run `bench models build`")
+    raise did_you_mean("variant", text, [v.name for v in variants] + [v.variant_id for v in variants])
+
+
+def variant_dir(manifest: VariantManifest, workspace: Workspace | Path | str | None = None) -> Path:
+    if manifest.directory is not None:
+        return manifest.directory
+    return _workspace(workspace).variants_dir / manifest.variant_id
+
+
+def read_weights_map(directory: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    try:
+        return json.loads((directory / WEIGHTS_MAP).read_text(encoding="utf-8"))["packages"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise RecordError(f"{directory / WEIGHTS_MAP}: missing or corrupt ({err})") from None

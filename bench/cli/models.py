@@ -1,0 +1,185 @@
+"""`bench models build|ls|inspect|diff`: the Core ML variant builder. Parsing and printing only; work is bench.build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+models_app = typer.Typer(help="Build, list, inspect and compare compressed Core ML variants.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+
+
+def _mb(value: int | float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+@models_app.command("build")
+def build_command(
+    matrix: Annotated[Path | None, typer.Argument(help="Matrix YAML (default: models/matrix.yaml for the built-in captioner).")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Build only these variant names (repeatable).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
+) -> None:
+    """Build every variant of a compression matrix; unchanged variants are reused from the cache."""
+    import os
+
+    # coremltools and transformers print a tqdm bar per graph pass; ours below is the one that matters.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import load_matrix
+    from bench.cli._common import console
+    from bench.paths import DEFAULT_MATRIX, Workspace
+
+    loaded = load_matrix(matrix or DEFAULT_MATRIX)  # every YAML problem fails here, before any work
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    total = len(loaded.planned() if not only else [p for p in loaded.planned() if p.name in only])
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console(), transient=False) as bar:
+        task = bar.add_task("building", total=total)
+
+        def on_event(event) -> None:
+            if event.kind == "start":
+                bar.update(task, description=f"{event.name}")
+            elif event.kind == "step":
+                bar.update(task, description=f"{event.name}: {event.detail}")
+            elif event.kind == "done":
+                bar.update(task, advance=1, description=f"{event.name}: {event.detail}")
+
+        report = build_matrix(loaded, Workspace.current(), progress=on_event, only=only)
+    _print_report(report)
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+def _print_report(report) -> None:
+    from rich.table import Table
+
+    from bench.cli._common import console
+
+    table = Table(title=f"variants ({report.seconds:.1f} s)")
+    for column in ("variant", "status", "size MB", "weights MB", "sparsity", "bits/w", "target", "seconds"):
+        table.add_column(column, justify="right" if column not in ("variant", "status", "target") else "left")
+    for result in report.results:
+        m = result.manifest
+        measured = m.measured if m else {}
+        table.add_row(
+            result.variant_id, result.status, _mb(measured.get("total_bytes")), _mb(measured.get("weight_bytes")),
+            _pct(measured.get("sparsity")) if m else "-", f"{measured['bits_per_weight']:.2f}" if m else "-",
+            m.target if m else "-", f"{result.seconds:.2f}",
+        )
+    console().print(table)
+    for result in report.failed:
+        console().print(f"[bold red]failed[/] {result.name}: {result.error}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("ls")
+def ls_command() -> None:
+    """List built variants: size, measured sparsity and bits per weight, target."""
+    from rich.table import Table
+
+    from bench.build.variants import list_variants
+    from bench.cli._common import console
+    from bench.paths import Workspace
+
+    variants = list_variants(Workspace.current())
+    if not variants:
+        console().print("no variants yet; build some with `bench models build`")
+        return
+    table = Table()
+    for column in ("variant", "size MB", "weights MB", "sparsity", "pruned-layer sparsity", "bits/w", "target",
+                   "image", "decompression ops"):
+        table.add_column(column)
+    for v in variants:
+        m = v.measured
+        table.add_row(v.variant_id, _mb(m["total_bytes"]), _mb(m["weight_bytes"]), _pct(m["sparsity"]),
+                      _pct(m.get("selected_sparsity")) if v.recipe.get("prune") else "-",
+                      f"{m['bits_per_weight']:.2f}", v.target, f"{v.image_size} {v.resize}",
+                      ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in m["decompression_ops"].items()) or "-")
+    console().print(table)
+
+
+def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
+    """Analyse a variant (id, name, directory) or a single .mlpackage, straight from the stored bytes."""
+    from bench.build.analyze import analyze_package
+    from bench.build.variants import PACKAGES, load_variant
+    from bench.paths import Workspace
+
+    path = Path(argument)
+    if path.suffix == ".mlpackage" or (path.is_dir() and (path / "Manifest.json").is_file()):
+        return str(path), {path.stem: analyze_package(path)}
+    manifest = load_variant(argument, Workspace.current())
+    return manifest.variant_id, {p: analyze_package(manifest.package_path(p), package=p) for p in PACKAGES}
+
+
+@models_app.command("inspect")
+def inspect_command(
+    variant: Annotated[str, typer.Argument(help="Variant id, name, directory, or an .mlpackage path.")],
+    tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="Show every weight tensor.")] = True,
+) -> None:
+    """Static analysis of the stored packages: bytes, op types, decompression ops, per-tensor storage."""
+    from rich.table import Table
+
+    from bench.cli._common import console
+
+    title, analyses = _analyses(variant)
+    out = console()
+    out.print(f"[bold]{title}[/]")
+    for name, a in analyses.items():
+        out.print(f"\n[bold]{name}[/] {a.path}: {_mb(a.bytes)} MB on disk, weight.bin {_mb(a.weight_bytes)} MB, "
+                  f"opset {a.opset}, {a.params:,} weights, {a.nonzero_params:,} non-zero", highlight=False)
+        out.print("  inputs " + ", ".join(f"{k}{v}" for k, v in a.inputs.items())
+                  + "; outputs " + ", ".join(f"{k}{v}" for k, v in a.outputs.items()), highlight=False)
+        ops = Table(title="op types", show_edge=False)
+        ops.add_column("op")
+        ops.add_column("count", justify="right")
+        for op, count in sorted(a.op_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            ops.add_row(op, str(count))
+        out.print(ops)
+        for d in a.duplicated_tensors:
+            out.print(f"  [yellow]stored twice:[/] {d['name']} = {d['same_as']} ({_mb(d['bytes'])} MB)")
+        if tensors:
+            table = Table(title="weight tensors", show_edge=False)
+            for column in ("name", "shape", "dtype", "storage", "bytes", "sparsity", "bits", "unique", "read by"):
+                table.add_column(column)
+            for t in a.tensors:
+                table.add_row(t.name, "×".join(map(str, t.shape)), t.dtype, t.storage, f"{t.bytes:,}", _pct(t.sparsity),
+                              f"{t.bits:.2f}", "-" if t.unique_values is None else str(t.unique_values),
+                              ",".join(t.child_op_types))
+            out.print(table)
+
+
+@models_app.command("diff")
+def diff_command(
+    a: Annotated[str, typer.Argument(help="First variant (id, name or directory).")],
+    b: Annotated[str, typer.Argument(help="Second variant.")],
+) -> None:
+    """What changed between two variants: bytes, op types, decompression ops, tensor storage formats."""
+    from rich.table import Table
+
+    from bench.build.diff import diff_analyses
+    from bench.cli._common import console
+
+    name_a, first = _analyses(a)
+    name_b, second = _analyses(b)
+    result = diff_analyses(first, second)
+    out = console()
+    out.print(f"[bold]{name_a}[/] → [bold]{name_b}[/]")
+    table = Table(show_edge=False)
+    for column in ("what", "A", "B", "change"):
+        table.add_column(column)
+    for row in result:
+        table.add_row(*row)
+    out.print(table)
