@@ -1,0 +1,365 @@
+"""The run stage's library entry points (the CLI only parses flags and calls these).
+
+    start_run(config, workspace)        plan + measure + store a new run; returns a RunOutcome
+    resume_run(run_id, workspace)       redo only missing / failed / interrupted jobs of a run
+    run_pipeline(config, workspace)     `bench run` with no argument: build the default matrix of the built-in
+                                        captioner if nothing is built, measure on the host (emulation) or the
+                                        connected iPhones, evaluate caption quality, write the report
+
+Every seam a test needs is a keyword argument: targets, variants, images, observer, sleep.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, InputError, RecordError
+from bench.paths import Workspace
+from bench.run.config import RunConfig
+from bench.run.manifest import REDO_STATES, RunManifest
+from bench.run.plan import Series, plan_series, select_variants, variant_ref
+from bench.run.scheduler import MeasureSettings, RunObserver, Scheduler
+from bench.run.stats import StopRule
+from bench.run.targets.base import ImageItem, VariantRef, describe
+from bench.store import runs as run_store
+from bench.store.environment import git_commit, host_environment, now_iso, package_versions
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    run_dir: Path
+    status: str  # complete | incomplete
+    data: Any  # bench.store.runs.RunData
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (job_key, why)
+    quarantined: dict[str, str] = field(default_factory=dict)  # target_id -> why
+    evals: dict[str, Any] = field(default_factory=dict)  # variant_id -> eval record (default pipeline)
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+# --- inputs of a run -------------------------------------------------------------------------------------------
+
+def built_variants(workspace: Workspace) -> list[VariantRef]:
+    """Every variant built in the workspace (models/variants/*/manifest.json)."""
+    if not workspace.variants_dir.is_dir():
+        return []
+    from bench.build.variants import list_variants
+
+    refs = []
+    for manifest in list_variants(workspace):
+        directory = workspace.variants_dir / manifest.variant_id
+        refs.append(variant_ref(manifest, directory))
+    return refs
+
+
+def build_default_matrix(workspace: Workspace, matrix: str | None = None, *, log=print) -> None:
+    """Build the matrix (models/matrix.yaml by default) of the built-in captioner; already-built variants are reused."""
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import load_matrix
+    from bench.paths import DEFAULT_MATRIX
+
+    path = Path(matrix) if matrix else DEFAULT_MATRIX
+    loaded = load_matrix(path)
+    from bench.paths import BUILTIN_CAPTIONER_DIR
+
+    if loaded.source == "builtin" and not (BUILTIN_CAPTIONER_DIR / "config.json").exists():
+        raise InputError(f"the built-in captioner is not in {BUILTIN_CAPTIONER_DIR} yet; train it with "
+                         "`bench train-builtin` (see its reproduce.sh), then run again")
+    log(f"building the variant matrix {path} (cached variants are reused)…")
+    report = build_matrix(loaded, workspace,
+                          progress=lambda event: log(f"  {event.name}: {event.detail or event.kind}")
+                          if getattr(event, "kind", None) == "done" else None)
+    for failed in report.failed:
+        log(f"  {failed.name} failed: {failed.error}")
+
+
+def open_images(config: RunConfig) -> tuple[list[ImageItem], dict[str, Any]]:
+    """The images every job measures: a deterministic subset (dataset seed 0) so runs are comparable."""
+    from bench.data.base import open_dataset
+
+    dataset = open_dataset(config.dataset, split=config.split, limit=config.images, seed=0, skip_missing=False)
+    items = [ImageItem(str(sample.image_id), sample.load_image, tuple(sample.captions)) for sample in dataset]
+    if not items:
+        raise InputError(f"dataset {config.dataset!r} has no images in split {config.split!r}")
+    return items, {"spec": config.dataset, "split": config.split, "n": len(items),
+                   "signature": getattr(dataset, "signature", None)}
+
+
+def _settings(config: RunConfig) -> MeasureSettings:
+    adaptive = config.adaptive
+    rule = StopRule(ci_width=adaptive.ci_width, min_rounds=config.rounds, min_samples=adaptive.min_samples,
+                    max_samples=adaptive.max_samples, max_seconds=adaptive.max_seconds, confidence=adaptive.confidence)
+    return MeasureSettings(rule=rule, thermal=config.thermal, retry=config.retry, warmup=config.warmup,
+                           repeats=config.repeats, compute_plan=config.compute_plan)
+
+
+def _base_conditions() -> dict[str, Any]:
+    versions = package_versions(("coremltools", "torch"))
+    from bench import __version__
+
+    return {"versions": versions, "bench_version": __version__, "git_commit": git_commit().get("commit"),
+            "git_dirty": git_commit().get("dirty")}
+
+
+# --- a new run ---------------------------------------------------------------------------------------------------
+
+def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None = None,
+              variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
+              observer: RunObserver | None = None, sleep=None, run_id: str | None = None) -> RunOutcome:
+    """Plan, measure and store a run under results/<run_id>/ (results/ is created when missing)."""
+    from bench.run.targets import resolve_targets
+
+    if variants is None:
+        variants = built_variants(workspace)
+        if not variants:
+            raise InputError(f"no built variants under {workspace.variants_dir}; run `bench models build` first, "
+                             "or `bench run` with no arguments to build the default matrix")
+    variants = select_variants(variants, config.variants)
+    if targets is None:
+        targets = resolve_targets(config.targets, workspace=workspace, host_threads=config.host_threads)
+    series = plan_series(variants, targets, config.compute_units)
+    dataset_info: dict[str, Any] = {"spec": "given", "n": len(images or [])}
+    if images is None:
+        images, dataset_info = open_images(config)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    run_id = run_id or new_run_id()
+    run_dir = workspace.results_dir / run_id
+    if run_dir.exists():
+        raise InputError(f"run {run_id} already exists; use --resume {run_id}")
+    workspace.results_dir.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "config": config.model_dump(mode="json"),
+        "variants": [v.variant_id for v in variants],  # ids, in plan order (the report orders by them)
+        "variant_details": [{"variant_id": v.variant_id, "name": v.name, "variant_hash": v.variant_hash,
+                      "path": str(v.path) if v.path else None, "image_size": v.image_size, "decode": v.decode}
+                     for v in variants],
+        "targets": [describe(t) for t in targets],
+        "compute_units": list(config.compute_units),
+        "series": [s.key for s in series],
+        "images": {**dataset_info, "image_ids": [item.image_id for item in images]},
+        "rounds": config.rounds,
+        "adaptive": config.adaptive.model_dump(mode="json"),
+        "order": "interleaved, randomised per (seed, target, round)",
+    }
+    manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed, "plan": plan,
+                                            "environment": host_environment()})
+    return _measure(manifest, config, series, targets, images, observer, sleep, workspace)
+
+
+# --- resuming ----------------------------------------------------------------------------------------------------
+
+def resolve_run_dir(run: str | Path, workspace: Workspace) -> Path:
+    path = Path(run)
+    if (path / run_store.MANIFEST_NAME).exists():
+        return path
+    candidate = workspace.results_dir / str(run)
+    if candidate.is_dir():
+        return candidate
+    known = sorted(p.name for p in workspace.results_dir.glob("*/") if (p / run_store.MANIFEST_NAME).exists()) \
+        if workspace.results_dir.is_dir() else []
+    from bench.errors import did_you_mean
+
+    raise did_you_mean("run", str(run), known) if known else InputError(f"no run {run!r} under {workspace.results_dir}")
+
+
+def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = None,
+               variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
+               observer: RunObserver | None = None, sleep=None, force: bool = False) -> RunOutcome:
+    """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series."""
+    from bench.run.targets import resolve_targets
+
+    run_dir = resolve_run_dir(run, workspace)
+    manifest = RunManifest.open(run_dir)  # a corrupt run.json stops here, before anything is touched
+    plan = manifest.data["plan"]
+    config = RunConfig.model_validate(plan["config"])
+    _check_same_harness(manifest, force)
+    if variants is None:
+        variants = _planned_variants(plan, workspace)
+    else:
+        wanted = set(plan["variants"])
+        variants = [v for v in variants if v.variant_id in wanted]
+    if targets is None:
+        names = [t["id"].replace("iphone-", "iphone:", 1) if t["kind"] == "iphone" else t["kind"]
+                 for t in plan["targets"]]
+        targets = resolve_targets(names, workspace=workspace, host_threads=config.host_threads)
+    if images is None:
+        images, _ = open_images(config)
+    planned_ids = plan["images"]["image_ids"]
+    if [item.image_id for item in images] != planned_ids:
+        raise RecordError(f"{run_dir}: the images of this run ({len(planned_ids)}) cannot be reproduced; "
+                          "start a new run")
+    series = [s for s in plan_series(variants, targets, plan["compute_units"]) if s.key in set(plan["series"])]
+    missing = set(plan["series"]) - {s.key for s in series}
+    if missing:
+        raise InputError(f"cannot resume {manifest.run_id}: {len(missing)} planned series have no target or variant "
+                         f"now (e.g. {sorted(missing)[0]})")
+    _remove_stale_temporaries(run_dir)
+    manifest.update(status="running", tables_written=False, resumed_at=[*manifest.data.get("resumed_at", []),
+                                                                         now_iso()])
+    return _measure(manifest, config, series, targets, images, observer, sleep, workspace)
+
+
+def _check_same_harness(manifest: RunManifest, force: bool) -> None:
+    """One run must not mix measurements from two harness builds (commit, torch or coremltools version)."""
+    from bench.errors import IncomparableError
+
+    then = manifest.data.get("environment") or {}
+    now = host_environment()
+    differences = []
+    if (then.get("git") or {}).get("commit") != now["git"]["commit"]:
+        differences.append(f"git commit {(then.get('git') or {}).get('commit')} → {now['git']['commit']}")
+    for package in ("torch", "coremltools"):
+        before, after = (then.get("packages") or {}).get(package), now["packages"].get(package)
+        if before != after:
+            differences.append(f"{package} {before} → {after}")
+    if differences and not force:
+        raise IncomparableError(f"run {manifest.run_id} was measured with another harness ({'; '.join(differences)}); "
+                                "resuming would mix incomparable jobs — start a new run, or pass --force")
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """A killed writer leaves `.<name>.<random>.tmp` beside its target (bench/atomic.py); never a complete file."""
+    for folder in (run_dir, run_dir / run_store.JOBS_DIR):
+        for stale in folder.glob(".*.tmp"):
+            if stale.is_file():
+                stale.unlink()
+
+
+def _planned_variants(plan: dict, workspace: Workspace) -> list[VariantRef]:
+    from bench.build.variants import load_variant
+
+    refs = []
+    for entry in plan["variant_details"]:
+        path = Path(entry["path"]) if entry.get("path") else workspace.variants_dir / entry["variant_id"]
+        if not path.exists():
+            raise InputError(f"variant {entry['variant_id']} of this run is no longer at {path}; rebuild it first")
+        refs.append(variant_ref(load_variant(path), path))
+    return refs
+
+
+# --- measuring and storing -----------------------------------------------------------------------------------------
+
+def _measure(manifest: RunManifest, config: RunConfig, series: list[Series], targets: list, images, observer,
+             sleep, workspace: Workspace) -> RunOutcome:
+    scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, _settings(config), manifest.data["seed"],
+                          observer=observer, base_conditions=_base_conditions(), sleep=sleep)
+    scheduler.execute()  # Ctrl-C propagates after the manifest says "interrupted"
+    return finish_run(manifest, scheduler, workspace)
+
+
+def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace) -> RunOutcome:
+    """Status, parquet tables, history — the derived views, all rebuilt from the job records."""
+    jobs = manifest.jobs()
+    failures = [(key, entry.get("error") or entry["state"]) for key, entry in sorted(jobs.items())
+                if entry["state"] in REDO_STATES]
+    unfinished = [s.series.key for states in scheduler.states.values() for s in states if s.stopped is None]
+    status = "complete" if not failures and not unfinished else "incomplete"
+    quarantined = {tid: info.get("reason") for tid, info in manifest.data.get("targets", {}).items()
+                   if info.get("state") == "quarantined"}
+    manifest.update(status=status, finished_at=now_iso())
+    data = run_store.write_tables(manifest.run_dir)
+    manifest.update(tables_written=True)
+    data.manifest = manifest.data
+    notes = []
+    try:
+        from bench.store.history import append_run
+
+        append_run(workspace.history_db, data)
+    except BenchError as err:
+        notes.append(f"history not updated: {err}")
+    return RunOutcome(manifest.run_id, manifest.run_dir, status, data, failures, quarantined, notes=notes)
+
+
+# --- `bench run` with no argument ----------------------------------------------------------------------------------
+
+def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None = None, force: bool = False,
+                 observer: RunObserver | None = None, log=print) -> RunOutcome:
+    """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
+    if resume:
+        outcome = resume_run(resume, workspace, observer=observer, force=force)
+        config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
+    else:
+        variants = built_variants(workspace)
+        if not variants or config.matrix or not config.variants:
+            # The whole matrix is measured unless variants are named; building reuses every cached variant.
+            try:
+                build_default_matrix(workspace, config.matrix, log=log)
+            except InputError as err:
+                if not variants:
+                    raise
+                log(f"matrix not built ({err}); measuring the {len(variants)} variants already built")
+            variants = built_variants(workspace)
+        outcome = start_run(config, workspace, variants=variants, observer=observer)
+    if config.evaluate:
+        outcome.evals = evaluate_variants(outcome, config, workspace, log=log)
+    if config.report:
+        try:
+            outcome.report = write_report(outcome.run_dir, workspace, outcome.notes)
+        except Exception as err:  # noqa: BLE001 — the run is stored; a report problem is said, not fatal
+            outcome.notes.append(f"report failed ({type(err).__name__}: {err}); the run is complete on disk — "
+                                 f"retry with `bench report {outcome.run_id}`")
+    return outcome
+
+
+def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspace, *, log=print) -> dict[str, Any]:
+    """Caption quality of every measured variant on a small synthetic test subset (bench.eval records)."""
+    from bench.data.base import open_dataset
+    from bench.eval.evaluate import EvalOptions, evaluate, open_subject
+
+    dataset = open_dataset(config.dataset, split=config.split, limit=config.eval_images, seed=0, skip_missing=False)
+    records: dict[str, Any] = {}
+    for entry in outcome.data.manifest["plan"]["variant_details"]:
+        existing = _existing_eval(workspace, entry["variant_id"], dataset)
+        if existing is not None:
+            records[entry["variant_id"]] = existing
+            continue
+
+
+        log(f"evaluating caption quality of {entry['variant_id']} on {len(dataset)} images…")
+        directory = entry["path"] or workspace.variants_dir / entry["variant_id"]
+        try:
+            captioner, subject = open_subject(str(directory), workspace)
+            records[entry["variant_id"]] = evaluate(
+                captioner, dataset, EvalOptions(threads=config.host_threads, batch_size=8),
+                subject=subject, evals_dir=workspace.evals_dir)
+        except BenchError as err:  # one variant's quality failing must not hide the others' (nor the timings)
+            outcome.notes.append(f"quality of {entry['variant_id']} not evaluated: {err}")
+    return records
+
+
+def _existing_eval(workspace: Workspace, variant_id: str, dataset) -> Any:
+    folder = workspace.evals_dir / variant_id
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        from bench.eval.records import read_record
+
+        try:
+            record = read_record(path)
+        except BenchError:
+            continue
+        if getattr(record.dataset, "signature", None) == getattr(dataset, "signature", None):
+            return record
+    return None
+
+
+def write_report(run_dir: Path, workspace: Workspace, notes: list[str]) -> Path | None:
+    """Hand the run to bench/report (HTML + Markdown beside the run); the CLI prints its own summary either way."""
+    try:
+        from bench.report import write_report as render
+        from bench.report.data import build_report
+    except ImportError as err:
+        notes.append(f"report skipped: bench.report is not available in this build ({err})")
+        return None
+    report = build_report(str(run_dir))  # verdicts against earlier runs: `bench report --history N`
+    render(report, "markdown", run_dir / "report.md")
+    return render(report, "html", run_dir / "report.html")
+

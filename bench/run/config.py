@@ -1,0 +1,107 @@
+"""What a run measures, from one YAML file (docs/run.yaml is the annotated example) and/or command-line flags.
+
+Unknown keys and bad values are one line "file:line: key: reason" (bench.yamlconf). Flags override the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bench.errors import InputError, did_you_mean
+from bench.run.targets.base import COMPUTE_UNITS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AdaptiveConfig(_Strict):
+    """Sample until the 95 % CI of the median is within ±ci_width of it, or a cap is reached (ci_width null: fixed)."""
+
+    ci_width: Optional[float] = Field(0.02, gt=0, lt=1)
+    min_samples: int = Field(8, ge=1)
+    max_samples: int = Field(160, ge=1)
+    max_seconds: float = Field(6.0, gt=0)  # per series (variant × target × compute unit), measured wall time
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+
+
+class ThermalConfig(_Strict):
+    """Before each job wait for nominal thermal state and a cool battery, at most `wait_limit_s`."""
+
+    max_battery_temperature_c: float = 35.0
+    wait_limit_s: float = Field(900.0, ge=0)
+    poll_s: float = Field(15.0, gt=0)
+    unstable_fraction: float = Field(0.5, ge=0, le=1)  # a job with more throttled samples than this is unstable
+
+
+class RetryConfig(_Strict):
+    attempts: int = Field(3, ge=1)  # tries per job for transient device errors
+    backoff_s: float = Field(2.0, ge=0)  # first wait; doubles each retry
+    backoff_max_s: float = Field(120.0, ge=0)
+    quarantine_after: int = Field(2, ge=1)  # consecutive failed jobs before a device is quarantined for the run
+
+
+class RunConfig(_Strict):
+    variants: list[str] = Field(default_factory=list)  # names or ids; empty = every built variant (or the matrix)
+    matrix: Optional[str] = None  # a matrix YAML to build first; default: models/matrix.yaml when nothing is built
+    targets: list[str] = Field(default_factory=lambda: ["auto"])
+    compute_units: list[str] = Field(default_factory=list)  # empty = every unit each target supports
+    dataset: str = "synthetic"
+    split: str = "test"
+    images: int = Field(16, ge=1)
+    rounds: int = Field(2, ge=1)  # minimum rounds (fixed schedule: exactly this many); repeats live in rounds
+    repeats: int = Field(1, ge=1)  # passes over the images inside one round (one runner job)
+    warmup: int = Field(1, ge=0)
+    seed: Optional[int] = None  # None: drawn at random and recorded in run.json
+    compute_plan: bool = True
+    host_threads: int = Field(1, ge=1)
+    evaluate: bool = True  # caption quality of every variant (bench.eval) after measuring
+    eval_images: int = Field(16, ge=1)
+    report: bool = True
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    thermal: ThermalConfig = Field(default_factory=ThermalConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @field_validator("compute_units")
+    @classmethod
+    def _known_units(cls, units: list[str]) -> list[str]:
+        for unit in units:
+            if unit not in COMPUTE_UNITS:
+                raise ValueError(did_you_mean("compute unit", unit, COMPUTE_UNITS).detail)
+        return units
+
+
+def load_config(path: Path | str | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    from bench.yamlconf import load_yaml
+
+    return load_yaml(path, RunConfig)
+
+
+def with_overrides(config: RunConfig, **overrides) -> RunConfig:
+    """Apply command-line flags (None = not given). `ci_width`, `max_samples`, `max_seconds` go to `adaptive`."""
+    adaptive = dict(config.adaptive.model_dump())
+    top = config.model_dump()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("ci_width", "max_samples", "max_seconds"):
+            adaptive[key] = value
+        elif key == "fixed":
+            if value:
+                adaptive["ci_width"] = None
+        else:
+            top[key] = value
+    top["adaptive"] = adaptive
+    from pydantic import ValidationError
+
+    try:
+        return RunConfig.model_validate(top)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise InputError(f"--{where.replace('_', '-')}: {problem['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,91 @@
+"""Target registry: turn names from run.yaml / --targets into Target objects (did-you-mean on unknown names).
+
+Names: `host-torch`, `macos-coreml`, `iphone` (every connected iPhone), `iphone:<name or udid>`, `auto` (connected
+iPhones if any, else `host-torch`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.errors import BenchError, did_you_mean
+from bench.run.targets.base import (  # noqa: F401  (re-exported: the one interface)
+    COMPUTE_UNITS, HOST_EMULATION_LABEL, Conditions, ImageItem, Interrupted, RoundRequest, Step, StepResult, Target,
+    VariantRef,
+)
+
+TARGET_KINDS = ("host-torch", "macos-coreml", "iphone", "auto")
+
+
+def connected_iphones(workspace=None, api: Any = None) -> list[dict]:
+    """Connected iPhones known to the deploy layer, [] when there is no usbmuxd / no device here."""
+    try:
+        if api is None:
+            from bench.deploy import api as deploy_api
+
+            api = deploy_api
+        inventory = _inventory(workspace)
+        devices = api.discover(inventory)
+    except (BenchError, ImportError, AttributeError):
+        return []
+    found = []
+    for device in devices:
+        if getattr(device, "connected", True):
+            found.append({"udid": device.udid, "name": getattr(device, "name", None) or device.udid,
+                          "model": getattr(device, "model", None) or getattr(device, "product_type", None),
+                          "os_build": getattr(device, "os_build", None) or getattr(device, "build_version", None)})
+    return found
+
+
+def _inventory(workspace):
+    if workspace is None or not workspace.devices_file.exists():
+        return None
+    from bench.deploy.inventory import load_inventory
+
+    return load_inventory(workspace.devices_file)
+
+
+def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_threads: int = 1) -> list:
+    """Target objects for the given names, in order, without duplicates."""
+    from bench.run.targets.host_torch import HostTorchTarget
+    from bench.run.targets.iphone import IPhoneTarget
+    from bench.run.targets.macos_coreml import MacCoreMLTarget
+
+    targets: dict[str, Any] = {}
+    iphones: list[dict] | None = None
+    for raw in names:
+        name = raw.strip()
+        kind, _, which = name.partition(":")
+        if kind not in TARGET_KINDS:
+            raise did_you_mean("target", name, [*TARGET_KINDS, "iphone:<name or udid>"])
+        if kind == "host-torch":
+            targets.setdefault("host-torch", HostTorchTarget(threads=host_threads))
+        elif kind == "macos-coreml":
+            targets.setdefault("macos-coreml", MacCoreMLTarget())
+        else:
+            iphones = connected_iphones(workspace, api) if iphones is None else iphones
+            chosen = _choose_iphones(kind, which, iphones)
+            if kind == "auto" and not chosen:
+                targets.setdefault("host-torch", HostTorchTarget(threads=host_threads))
+            for device in chosen:
+                target = IPhoneTarget(device["udid"], name=device["name"], model=device["model"],
+                                      os_build=device["os_build"], api=api)
+                targets.setdefault(target.id, target)
+    return list(targets.values())
+
+
+def _choose_iphones(kind: str, which: str, iphones: list[dict]) -> list[dict]:
+    from bench.errors import PlatformUnavailable
+
+    if not iphones and (which or kind == "iphone"):
+        raise PlatformUnavailable(f"no iPhone is connected{f' (wanted {which!r})' if which else ''}; check "
+                                  "`bench devices`, or use --targets host-torch to measure on this host (emulation)")
+    if not which:
+        if kind == "iphone" and not iphones:
+            raise PlatformUnavailable("no iPhone is connected (check `bench devices`); use --targets host-torch "
+                                      "to measure on this host (emulation)")
+        return iphones
+    for device in iphones:
+        if which in (device["udid"], device["name"]):
+            return [device]
+    raise did_you_mean("iPhone", which, [d["name"] for d in iphones] + [d["udid"] for d in iphones])

@@ -1,0 +1,188 @@
+"""`iphone`: Core ML on a real device, driven through the deployment layer's narrow API (bench/deploy/api.py).
+
+One round = one runner job: every step (variant, compute unit) of the round in the host's randomised order, over the
+same preprocessed images. The deployment layer pushes content-addressed packages (an unchanged variant is never sent
+again), launches the runner, waits for DONE and validates result.json; this module only maps a round onto a job and
+the runner's result back onto per-step results. Each device gets its own worker thread (devices run in parallel).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bench.errors import DeviceError
+from bench.run.targets.base import COMPUTE_UNITS, Conditions, Interrupted, RoundRequest, StepResult
+from bench.store.environment import now_iso
+
+# Failures of transport or of a runner process: worth retrying with backoff. The others (not paired, Developer Mode
+# off, no tunnel, runner not installed, invalid result) need a person, so retrying only wastes the night.
+TRANSIENT_DEVICE_ERRORS = frozenset({"PushFailed", "LaunchFailed", "RunnerTimeout", "RunnerCrashed", "DeviceNotFound",
+                                     "UsbmuxUnavailable"})
+
+
+def is_transient(err: BaseException) -> bool:
+    """A DeviceError marked transient (attribute `transient`), or one of the transport failures above."""
+    if not isinstance(err, DeviceError):
+        return False
+    marked = getattr(err, "transient", None)
+    if marked is not None:
+        return bool(marked)
+    return any(cls.__name__ in TRANSIENT_DEVICE_ERRORS for cls in type(err).__mro__)
+
+
+def _default_preprocess(images: list, size: int, mode: str, variant=None):
+    """Pixel values exactly as the variant's model was trained (its manifest's io.preprocessing: mean, std,
+    resampling), else as the built-in captioner's; the runner gets ready tensors and never resizes."""
+    from bench.train.captioner import Preprocessing, preprocess_images
+
+    recorded = ((getattr(variant.source, "io", None) or {}).get("preprocessing") if variant is not None else None)
+    if recorded:
+        fields = {k: recorded[k] for k in ("mean", "std", "resample", "rescale_factor") if k in recorded}
+        prep = Preprocessing(image_size=size, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        return preprocess_images(images, prep, size=size, mode=mode)
+    from bench.paths import BUILTIN_CAPTIONER_DIR
+    from bench.train.captioner import load_captioner
+
+    global _PREPROCESSOR
+    if _PREPROCESSOR is None:
+        _PREPROCESSOR = load_captioner(BUILTIN_CAPTIONER_DIR)
+    return _PREPROCESSOR.preprocess(images, size=size, mode=mode)
+
+
+_PREPROCESSOR = None
+
+
+class IPhoneTarget:
+    kind = "iphone"
+    label = "Core ML on iPhone"
+    compute_units = COMPUTE_UNITS
+    parallel_safe = True
+
+    def __init__(self, udid: str, *, name: str | None = None, model: str | None = None, os_build: str | None = None,
+                 api: Any = None, timeout_s: float = 1800.0, poll_s: float = 1.0,
+                 preprocess: Callable = _default_preprocess):
+        if api is None:
+            from bench.deploy import api as deploy_api
+
+            api = deploy_api
+        self.udid = udid
+        self.id = f"iphone-{udid}"
+        self.name = name or udid
+        self.model = model
+        self.os_build = os_build
+        self._api = api
+        self._timeout_s = timeout_s
+        self._poll_s = poll_s
+        self._preprocess = preprocess
+        self._inputs: dict[str, Any] = {}
+        self.log_lines: list[str] = []
+
+    def conditions(self) -> Conditions:
+        status = self._api.device_status(self.udid, timeout_s=min(self._timeout_s, 120.0), poll_s=self._poll_s)
+        battery = _get(status, "battery") or {}
+        conditions = Conditions(
+            device_model=_get(status, "model_identifier") or _get(status, "model") or self.model,
+            os_version=_get(status, "os_version"),
+            os_build=_get(status, "os_build") or self.os_build,
+            charging=_first(_get(status, "charging"), _get(battery, "charging"), _get(battery, "is_charging")),
+            battery_level=_first(_get(status, "battery_level"), _get(battery, "level")),
+            battery_temperature_c=_first(_get(status, "battery_temperature_c"), _get(battery, "temperature_c")),
+            low_power_mode=_get(status, "low_power_mode"),
+            thermal_state=_get(status, "thermal_state"),
+        )
+        self.model = self.model or conditions.device_model
+        self.os_build = self.os_build or conditions.os_build
+        return conditions
+
+    def close(self) -> None:
+        self._inputs.clear()
+
+    def run_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
+        if should_stop():
+            raise Interrupted()
+        spec, variant_dirs, inputs, keys = self._job(request)
+        started, clock = now_iso(), time.perf_counter()
+        job_id = self._api.deploy_job(self.udid, spec, variant_dirs, inputs)
+        result = self._api.run_job(self.udid, job_id, timeout_s=self._timeout_s, on_log=self.log_lines.append,
+                                   poll_s=self._poll_s)
+        finished, elapsed = now_iso(), time.perf_counter() - clock
+        yield from self._step_results(request, result, keys, started, finished, elapsed)
+
+    def _job(self, request: RoundRequest):
+        from bench.deploy import api as deploy_api
+
+        sizes = {step.variant.image_size for step in request.steps}
+        inputs: dict[str, Any] = {}
+        models, seen = [], set()
+        for step in request.steps:
+            variant = step.variant
+            if variant.variant_id in seen:
+                continue
+            seen.add(variant.variant_id)
+            size = int(variant.image_size or 384)
+            ids = []
+            for item in request.images:
+                key = item.image_id if len(sizes) == 1 else f"{item.image_id}@{size}"
+                if key not in self._inputs:
+                    mode = getattr(variant.source, "resize", None) or "resize"
+                    pixels = self._preprocess([item.load()], size, mode, variant)
+                    array = pixels.numpy() if hasattr(pixels, "numpy") else pixels
+                    self._inputs[key] = deploy_api.InputTensor(data=array.astype("<f4").tobytes(),
+                                                               shape=(1, 3, size, size))
+                inputs[key] = self._inputs[key]
+                ids.append(key)
+            models.append(deploy_api.ModelSpec(variant_id=variant.variant_id, image_size=size,
+                                               decode=dict(variant.decode), inputs=tuple(ids),
+                                               decoder_length=getattr(variant.source, "decoder_length", None),
+                                               io=getattr(variant.source, "io", None) or None))
+        spec = deploy_api.JobSpec(warmup=request.warmup, repeats=request.repeats, compute_plan=request.compute_plan,
+                                  steps=tuple((s.variant.variant_id, s.compute_unit) for s in request.steps),
+                                  models=tuple(models))
+        variant_dirs = {s.variant.variant_id: s.variant.path for s in request.steps}
+        keys = {(s.variant.variant_id, s.compute_unit): s.job_key for s in request.steps}
+        return spec, variant_dirs, inputs, keys
+
+    def _step_results(self, request, result: dict, keys, started, finished, elapsed) -> Iterator[StepResult]:
+        device = result.get("device") or {}
+        compiles: dict[str, dict] = {}
+        for record in result.get("compiles") or []:
+            compiles.setdefault(record["variant_id"], {})[record["package"]] = record["compile_ns"]
+        reported = set()
+        for step in result.get("steps") or []:
+            key = keys.get((step["variant_id"], step["compute_unit"]))
+            if key is None:
+                continue
+            reported.add(key)
+            samples = [_strip_size(s) for s in step.get("samples") or []]
+            load = {"compile_ns": compiles.get(step["variant_id"]), "cold_load_ns": step.get("cold_load_ns"),
+                    "warm_load_ns": step.get("warm_load_ns"), "first_prediction_ns": step.get("first_prediction_ns")}
+            yield StepResult(key, samples=samples, warmup=[_strip_size(s) for s in step.get("warmup") or []],
+                             load=load, compute_plan=step.get("compute_plan"),
+                             quality={"tokens": {s["image_id"]: s.get("tokens") for s in samples if s.get("repeat") == 0}},
+                             error=step.get("error"), started_at=started, finished_at=finished,
+                             elapsed_s=elapsed / max(1, len(keys)),
+                             extra_conditions={"device_end": device, "runner_version": result.get("runner_version"),
+                                               "runner_job_id": result.get("job_id")})
+        for key in keys.values():
+            if key not in reported:
+                reason = result.get("error") or f"runner result status {result.get('status')!r} without this step"
+                yield StepResult(key, error=reason, started_at=started, finished_at=finished)
+
+
+def _strip_size(sample: dict) -> dict:
+    image_id = str(sample.get("image_id", ""))
+    return {**sample, "image_id": image_id.split("@", 1)[0]} if "@" in image_id else sample
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _first(*values):
+    return next((value for value in values if value is not None), None)

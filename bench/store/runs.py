@@ -1,0 +1,275 @@
+"""Read (and derive the tables of) one benchmark run: `results/<run_id>/` (docs/contracts.md §6).
+
+The report and compare code read runs only through `load_run`:
+
+    from bench.store.runs import load_run
+    run = load_run("results/20261129-031500-ab12")
+    run.manifest            # dict: the bench.run record (run_id, seed, plan, environment, jobs{job_key: state…})
+    run.samples             # pandas DataFrame, one row per sample (warm-ups included, is_warmup=True)
+    run.jobs                # pandas DataFrame, one row per job (one job = one (variant, target, compute unit, round))
+    run.compute_plans       # pandas DataFrame, one row per op of a compute plan (may be empty)
+    run.series()            # DataFrame per (variant_id, target_id, compute_unit): n, median_ns, ci95 of the median,
+                            # stop_reason, unstable, throttled_fraction — statistics derived from the raw samples
+
+Column sets (stable; new columns may be appended, none renamed):
+- samples: SAMPLE_COLUMNS below. `latency_ns` = encoder + all decoder steps for one image; `throttled` is True when
+  the sample's thermal state was not nominal. Host targets without a thermal sensor have thermal_state None.
+- jobs: JOB_COLUMNS below. `target_label` says "host emulation (not Core ML)" for host-torch rows: print it.
+  `stop_reason` is set on the last round of a series (ci_width | max_samples | max_time | fixed), else None.
+- compute_plans: PLAN_COLUMNS below; `cost` is Core ML's estimate, never a measurement.
+
+The parquet files are written when a run finishes (`write_tables`); for an unfinished or interrupted run `load_run`
+builds the same tables from the job records in jobs/*.json, so partial runs can be inspected too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import atomic
+from bench.errors import RecordError
+from bench.store import records
+
+RUN_KIND, RUN_VERSION = "bench.run", 1
+JOB_KIND, JOB_VERSION = "bench.jobresult", 1
+records.register_kind(RUN_KIND, RUN_VERSION)
+records.register_kind(JOB_KIND, JOB_VERSION)
+
+MANIFEST_NAME = "run.json"
+JOBS_DIR = "jobs"
+SAMPLES_FILE, JOBS_FILE, PLANS_FILE = "samples.parquet", "jobs.parquet", "compute_plans.parquet"
+
+SAMPLE_COLUMNS = (
+    "run_id", "job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
+    "compute_unit", "round", "image_id", "repeat", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns",
+    "decoder_steps", "thermal_state", "throttled", "t_ns",
+)
+JOB_COLUMNS = (
+    "run_id", "job_key", "series_key", "round", "variant_id", "variant_name", "variant_hash", "target_kind",
+    "target_id", "target_name", "target_label", "device_model", "os_build", "compute_unit", "n_samples", "n_warmup",
+    "median_ns", "series_n", "series_median_ns", "series_ci_low_ns", "series_ci_high_ns", "series_ci_rel",
+    "stop_reason", "unstable", "throttled_fraction", "compile_encoder_ns", "compile_decoder_ns",
+    "cold_load_encoder_ns", "cold_load_decoder_ns", "warm_load_encoder_ns", "warm_load_decoder_ns",
+    "first_prediction_ns", "charging", "battery_level", "battery_temperature_c", "low_power_mode",
+    "thermal_state_start", "gate_wait_s", "gate_outcome", "coremltools", "torch", "bench_version", "git_commit",
+    "started_at", "finished_at", "elapsed_s",
+)
+PLAN_COLUMNS = ("run_id", "variant_id", "target_id", "compute_unit", "package", "op_name", "op_type", "preferred",
+                "supported", "cost")
+
+
+@dataclass
+class RunData:
+    """One run, loaded: the manifest plus pandas tables. Statistics are derived, never stored as truth."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    samples: Any  # pandas.DataFrame
+    jobs: Any  # pandas.DataFrame
+    compute_plans: Any  # pandas.DataFrame
+    job_records: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    def series(self):
+        """Per (variant_id, target_id, compute_unit): sample count, median and its 95 % CI (order statistics)."""
+        import pandas as pd
+
+        from bench.run.stats import median_ci
+
+        measured = self.samples[~self.samples["is_warmup"]] if len(self.samples) else self.samples
+        rows = []
+        keys = ["variant_id", "target_id", "compute_unit"]
+        for key, group in (measured.groupby(keys, sort=True) if len(measured) else []):
+            ci = median_ci(group["latency_ns"].to_numpy())
+            jobs = self.jobs[(self.jobs["variant_id"] == key[0]) & (self.jobs["target_id"] == key[1])
+                             & (self.jobs["compute_unit"] == key[2])]
+            last = jobs.sort_values("round").iloc[-1] if len(jobs) else None
+            rows.append({
+                **dict(zip(keys, key)),
+                "variant_name": last["variant_name"] if last is not None else key[0],
+                "target_kind": group["target_kind"].iloc[0],
+                "target_label": last["target_label"] if last is not None else None,
+                "variant_hash": group["variant_hash"].iloc[0],
+                "device_model": group["device_model"].iloc[0],
+                "os_build": group["os_build"].iloc[0],
+                "rounds": int(jobs["round"].nunique()) if len(jobs) else 0,
+                "n": ci.n, "median_ns": ci.median, "ci_low_ns": ci.low, "ci_high_ns": ci.high,
+                "ci_rel": ci.relative_halfwidth, "ci_coverage": ci.coverage,
+                "throttled_fraction": float(group["throttled"].mean()),
+                # Latency includes one decoder call per generated token: a variant that writes shorter (or broken)
+                # captions looks faster. Compare per-token latency too.
+                "median_decoder_steps": float(group["decoder_steps"].median()),
+                "median_ns_per_step": float((group["latency_ns"] / group["decoder_steps"].clip(lower=1)).median()),
+                "unstable": bool(jobs["unstable"].any()) if len(jobs) else False,
+                "stop_reason": last["stop_reason"] if last is not None else None,
+            })
+        return pd.DataFrame(rows, columns=[*keys, "variant_name", "target_kind", "target_label", "variant_hash", "device_model",
+                                           "os_build", "rounds", "n", "median_ns", "ci_low_ns", "ci_high_ns", "ci_rel",
+                                           "ci_coverage", "throttled_fraction", "median_decoder_steps",
+                                           "median_ns_per_step", "unstable", "stop_reason"])
+
+
+def read_manifest(run_dir: Path | str) -> dict[str, Any]:
+    """The run manifest; a corrupt one is a clear RecordError and nothing else in the run is touched."""
+    path = Path(run_dir) / MANIFEST_NAME
+    if not Path(run_dir).is_dir():
+        raise RecordError(f"{run_dir}: no such run directory")
+    try:
+        return records.read(path, RUN_KIND)
+    except RecordError as err:
+        raise RecordError(f"{err} — the run manifest is damaged; job records in {Path(run_dir) / JOBS_DIR} are "
+                          "untouched (restore run.json or start a new run)") from None
+
+
+def read_job_records(run_dir: Path | str) -> dict[str, dict]:
+    """Every complete job record of a run, by job_key (temporary files of an interrupted write are ignored)."""
+    found: dict[str, dict] = {}
+    for path in sorted((Path(run_dir) / JOBS_DIR).glob("*.json")):
+        record = records.read(path, JOB_KIND)
+        found[record["job_key"]] = record
+    return found
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Load a run directory: parquet tables when the run finished, else derived from its job records."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    job_records = read_job_records(run_dir)
+    tables = [run_dir / name for name in (SAMPLES_FILE, JOBS_FILE, PLANS_FILE)]
+    if all(path.exists() for path in tables) and manifest.get("tables_written"):
+        samples, jobs, plans = (pd.read_parquet(path) for path in tables)
+    else:
+        samples, jobs, plans = build_tables(manifest, job_records)
+    return RunData(run_dir, manifest, samples, jobs, plans, job_records)
+
+
+def build_tables(manifest: dict, job_records: dict[str, dict]):
+    """The three tables of a run from its job records (the records are the truth; tables are derived)."""
+    import pandas as pd
+
+    run_id = manifest["run_id"]
+    sample_rows, job_rows, plan_rows = [], [], []
+    for key in sorted(job_records):
+        record = job_records[key]
+        sample_rows.extend(_sample_rows(run_id, record))
+        job_rows.append(_job_row(run_id, record))
+        plan_rows.extend(_plan_rows(run_id, record))
+    samples = pd.DataFrame(sample_rows, columns=list(SAMPLE_COLUMNS))
+    if len(samples):
+        samples = samples.astype({"is_warmup": bool, "throttled": bool, "latency_ns": "int64", "round": "int64"})
+    return samples, pd.DataFrame(job_rows, columns=list(JOB_COLUMNS)), pd.DataFrame(plan_rows,
+                                                                                   columns=list(PLAN_COLUMNS))
+
+
+def write_tables(run_dir: Path | str) -> RunData:
+    """Write samples/jobs/compute_plans.parquet of a run atomically and return the loaded run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    job_records = read_job_records(run_dir)
+    samples, jobs, plans = build_tables(manifest, job_records)
+    for frame, name in ((samples, SAMPLES_FILE), (jobs, JOBS_FILE), (plans, PLANS_FILE)):
+        with atomic.temporary_path(run_dir / name) as tmp:
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    return RunData(run_dir, manifest, samples, jobs, plans, job_records)
+
+
+def _sample_rows(run_id: str, record: dict) -> list[dict]:
+    target, conditions = record["target"], record.get("conditions") or {}
+    base = {
+        "run_id": run_id, "job_key": record["job_key"], "variant_id": record["variant_id"],
+        "variant_hash": record.get("variant_hash"), "target_kind": target["kind"], "target_id": target["id"],
+        "device_model": target.get("model") or conditions.get("device_model"),
+        "os_build": target.get("os_build") or conditions.get("os_build"), "compute_unit": record["compute_unit"],
+        "round": record["round"],
+    }
+    rows = []
+    for is_warmup, samples in ((True, record.get("warmup") or []), (False, record.get("samples") or [])):
+        for sample in samples:
+            decoder = sample.get("decoder_ns") or []
+            rows.append({
+                **base, "image_id": sample["image_id"], "repeat": sample.get("repeat", 0), "is_warmup": is_warmup,
+                "latency_ns": int(sample["total_ns"]), "encoder_ns": sample.get("encoder_ns"),
+                "decoder_ns": int(sum(decoder)), "decoder_steps": len(decoder),
+                "thermal_state": sample.get("thermal_state"),
+                "throttled": sample.get("thermal_state") not in (None, "nominal"), "t_ns": sample.get("t_ns"),
+            })
+    return rows
+
+
+def _job_row(run_id: str, record: dict) -> dict:
+    target, conditions = record["target"], record.get("conditions") or {}
+    load, series, gate = record.get("load") or {}, record.get("series") or {}, conditions.get("gate") or {}
+    versions = conditions.get("versions") or {}
+
+    def part(name: str, package: str):
+        value = load.get(name)
+        return value.get(package) if isinstance(value, dict) else value
+
+    return {
+        "run_id": run_id, "job_key": record["job_key"], "series_key": record.get("series_key"),
+        "round": record["round"], "variant_id": record["variant_id"], "variant_name": record.get("variant_name"),
+        "variant_hash": record.get("variant_hash"), "target_kind": target["kind"], "target_id": target["id"],
+        "target_name": target.get("name"), "target_label": target.get("label"),
+        "device_model": target.get("model"), "os_build": target.get("os_build"),
+        "compute_unit": record["compute_unit"], "n_samples": len(record.get("samples") or []),
+        "n_warmup": len(record.get("warmup") or []), "median_ns": record.get("median_ns"),
+        "series_n": series.get("n"), "series_median_ns": series.get("median_ns"),
+        "series_ci_low_ns": series.get("ci_low_ns"), "series_ci_high_ns": series.get("ci_high_ns"),
+        "series_ci_rel": series.get("ci_rel"), "stop_reason": record.get("stop_reason"),
+        "unstable": bool(record.get("unstable")), "throttled_fraction": record.get("throttled_fraction"),
+        "compile_encoder_ns": part("compile_ns", "encoder"), "compile_decoder_ns": part("compile_ns", "decoder"),
+        "cold_load_encoder_ns": part("cold_load_ns", "encoder"), "cold_load_decoder_ns": part("cold_load_ns", "decoder"),
+        "warm_load_encoder_ns": part("warm_load_ns", "encoder"), "warm_load_decoder_ns": part("warm_load_ns", "decoder"),
+        "first_prediction_ns": load.get("first_prediction_ns"), "charging": conditions.get("charging"),
+        "battery_level": conditions.get("battery_level"),
+        "battery_temperature_c": conditions.get("battery_temperature_c"),
+        "low_power_mode": conditions.get("low_power_mode"), "thermal_state_start": conditions.get("thermal_state_start"),
+        "gate_wait_s": gate.get("waited_s"), "gate_outcome": gate.get("outcome"),
+        "coremltools": versions.get("coremltools"), "torch": versions.get("torch"),
+        "bench_version": conditions.get("bench_version"), "git_commit": conditions.get("git_commit"),
+        "started_at": record.get("started_at"), "finished_at": record.get("finished_at"),
+        "elapsed_s": record.get("elapsed_s"),
+    }
+
+
+def _plan_rows(run_id: str, record: dict) -> list[dict]:
+    plan = record.get("compute_plan") or {}
+    rows = []
+    for package, ops in plan.items():
+        for op in ops or []:
+            rows.append({
+                "run_id": run_id, "variant_id": record["variant_id"], "target_id": record["target"]["id"],
+                "compute_unit": record["compute_unit"], "package": package, "op_name": op.get("name"),
+                "op_type": op.get("type"), "preferred": op.get("preferred"),
+                "supported": json.dumps(op.get("supported") or []), "cost": op.get("cost"),
+            })
+    return rows
+
+
+def list_runs(results_dir: Path | str) -> list[dict[str, Any]]:
+    """Every run under results/ (oldest first) with its status and job counts; damaged manifests are listed as such."""
+    rows = []
+    for manifest_path in sorted(Path(results_dir).glob(f"*/{MANIFEST_NAME}")):
+        run_dir = manifest_path.parent
+        try:
+            manifest = read_manifest(run_dir)
+        except RecordError:
+            rows.append({"run_id": run_dir.name, "created_at": "", "status": "damaged run.json", "done": 0,
+                         "failed": 0})
+            continue
+        states = [entry["state"] for entry in manifest.get("jobs", {}).values()]
+        rows.append({"run_id": manifest["run_id"], "created_at": manifest.get("created_at", ""),
+                     "status": manifest.get("status", "?"), "done": states.count("done"),
+                     "failed": len(states) - states.count("done")})
+    return sorted(rows, key=lambda row: (row["created_at"], row["run_id"]))
