@@ -31,7 +31,7 @@ def scores(tmp_path_factory):
     from bench.build.matrix import matrix_from_dict
     from bench.build.torch_weights import captioner_from_variant
     from bench.data.base import open_dataset
-    from bench.eval.evaluate import EvalOptions, evaluate
+    from bench.eval.evaluation import EvalOptions, evaluate
 
     matrix = matrix_from_dict({"source": "builtin", "variants": [
         {"name": "fp32"}, {"name": "int8", "quantize": {"bits": 8}}, {"name": "prune", "prune": {"sparsity": 0.672}}]})

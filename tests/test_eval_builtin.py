@@ -39,7 +39,7 @@ def test_split():
 
 @pytest.fixture(scope="module")
 def baseline(builtin, test_split, tmp_path_factory):
-    from bench.eval.evaluate import EvalOptions, evaluate
+    from bench.eval.evaluation import EvalOptions, evaluate
 
     return evaluate(builtin, test_split, EvalOptions(batch_size=32, resamples=500, threads=1),
                     evals_dir=tmp_path_factory.mktemp("evals"))
@@ -67,7 +67,7 @@ def test_damaged_weights_are_detected_by_the_paired_test(builtin, baseline, test
     """Magnitude-pruning 90 % of every weight matrix (vision and text) must show as a significant drop."""
     import torch
 
-    from bench.eval.evaluate import EvalOptions, evaluate, paired_bootstrap
+    from bench.eval.evaluation import EvalOptions, evaluate, paired_bootstrap
 
     damaged = copy.copy(builtin)
     damaged.model = copy.deepcopy(builtin.model)

@@ -13,7 +13,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import IncomparableError
-from bench.eval.evaluate import EvalOptions, evaluate, paired_bootstrap
+from bench.eval.evaluation import EvalOptions, evaluate, paired_bootstrap
 from bench.eval.records import KIND, list_records, read_record
 
 from eval_fixtures import memory_dataset, save_tiny_checkpoint, tiny_captioner, write_manifest

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.eval.evaluate import paired_bootstrap
+from bench.eval.evaluation import paired_bootstrap
 from bench.eval.records import list_records, read_record
 
 from eval_fixtures import save_tiny_checkpoint, write_manifest

@@ -36,7 +36,7 @@ def eval_command(
     """Caption a dataset with a checkpoint or variant; write sacreBLEU / CIDEr-D with 95 % CIs as a record."""
     from bench.cli._common import console
     from bench.data.base import open_dataset
-    from bench.eval.evaluate import EvalOptions, evaluate, open_subject
+    from bench.eval.evaluation import EvalOptions, evaluate, open_subject
     from bench.paths import Workspace
 
     options = EvalOptions(
@@ -62,7 +62,7 @@ def compare_command(
 ) -> None:
     """Paired bootstrap test: variant minus baseline on the same images (delta, 95 % CI, p-value)."""
     from bench.cli._common import console
-    from bench.eval.evaluate import paired_bootstrap
+    from bench.eval.evaluation import paired_bootstrap
 
     result = paired_bootstrap(baseline, variant, metric, n=resamples, seed=seed)
     lo, hi = result["ci95"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "evaluate": "bench.eval.evaluate",
-    "EvalOptions": "bench.eval.evaluate",
-    "open_subject": "bench.eval.evaluate",
-    "paired_bootstrap": "bench.eval.evaluate",
+    "evaluate": "bench.eval.evaluation",
+    "EvalOptions": "bench.eval.evaluation",
+    "open_subject": "bench.eval.evaluation",
+    "paired_bootstrap": "bench.eval.evaluation",
     "EvalRecord": "bench.eval.records",
     "read_record": "bench.eval.records",
     "DecodeOptions": "bench.eval.decode",

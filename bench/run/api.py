@@ -314,7 +314,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
 def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspace, *, log=print) -> dict[str, Any]:
     """Caption quality of every measured variant on a small synthetic test subset (bench.eval records)."""
     from bench.data.base import open_dataset
-    from bench.eval.evaluate import EvalOptions, evaluate, open_subject
+    from bench.eval.evaluation import EvalOptions, evaluate, open_subject
 
     dataset = open_dataset(config.dataset, split=config.split, limit=config.eval_images, seed=0, skip_missing=False)
     records: dict[str, Any] = {}
