@@ -64,3 +64,49 @@ def test_variants_are_evaluated_from_their_stored_weights(workspace, monkeypatch
     assert [i.tokens for i in pruned.per_image] != [i.tokens for i in base.per_image]
     assert pruned.dataset.signature == base.dataset.signature
     assert paired_bootstrap(base, pruned, "cider", n=200)["delta"] != 0
+
+
+class _TorchGraphAsCoreML:
+    """Stands in for coremltools' MLModel.predict (the Core ML runtime cannot exist on Linux): the same traced
+    PyTorch graphs that were converted, behind Core ML's dict-in/dict-out interface."""
+
+    def __init__(self, function, inputs: tuple[str, ...], output: str):
+        self.function, self.inputs, self.output = function, inputs, output
+
+    def predict(self, features: dict) -> dict:
+        return {self.output: self.function(*(features[name] for name in self.inputs))}
+
+
+def test_core_ml_evaluation_path_decodes_like_the_torch_path(workspace):
+    """`bench eval --compute-unit` routes decoding through Core ML's predict interface; with the runtime faked by
+    the exported torch graphs, captions must equal the torch path's token for token."""
+    import dataclasses
+
+    from bench.build.coreml_predict import CoreMLCaptioner, CoreMLGenerate
+    from bench.build.export import torch_graph_functions
+    from bench.build.torch_weights import captioner_from_variant
+    from bench.eval.decode import DecodeOptions, decode_images
+    from eval_fixtures import shape_image
+
+    root, _checkpoint, variants = workspace
+    manifest = variants["fp32"]
+    torch_captioner = captioner_from_variant(manifest, None)
+    encode, step = torch_graph_functions(torch_captioner.model, manifest.image_size)
+    coreml = CoreMLCaptioner(
+        manifest, "cpuOnly",
+        encoder=_TorchGraphAsCoreML(encode, ("pixel_values",), "image_embeds"),
+        decoder=_TorchGraphAsCoreML(step, ("input_ids", "attention_mask", "image_embeds"), "logits"),
+    )
+    through_coreml = dataclasses.replace(torch_captioner, model=CoreMLGenerate(coreml, torch_captioner.model.config))
+    images = [shape_image(i) for i in range(6)]
+    expected = decode_images(torch_captioner, images, DecodeOptions(batch_size=3)).outputs
+    got = decode_images(through_coreml, images, DecodeOptions(batch_size=3)).outputs
+    assert [o.tokens for o in got] == [o.tokens for o in expected]
+
+
+def test_core_ml_evaluation_needs_macos_and_says_so(workspace, monkeypatch, capsys):
+    root, _checkpoint, variants = workspace
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    code = main(["eval", variants["fp32"].variant_id, "--compute-unit", "all"])
+    assert code == 2
+    assert "needs macOS" in capsys.readouterr().err

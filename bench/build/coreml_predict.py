@@ -73,3 +73,37 @@ def load_coreml_captioner(variant, compute_unit: str = "all", workspace=None) ->
     encoder = ct.models.MLModel(str(manifest.package_path("encoder")), compute_units=unit)
     decoder = ct.models.MLModel(str(manifest.package_path("decoder")), compute_units=unit)
     return CoreMLCaptioner(manifest, compute_unit, encoder, decoder)
+
+
+class CoreMLGenerate:
+    """Stands in for the PyTorch model's `generate` so bench.eval decodes through Core ML with no other change.
+
+    It keeps the torch model's `config` (token ids) and answers `generate(pixel_values, ...)` with rows of
+    [bos, tokens…, pad…], exactly the shape transformers returns. Core ML decodes greedily, one image at a time.
+    """
+
+    device = "cpu"
+
+    def __init__(self, coreml: CoreMLCaptioner, config: Any):
+        self.coreml, self.config = coreml, config
+
+    def generate(self, pixel_values=None, num_beams: int = 1, **_ignored):
+        import torch
+
+        if num_beams != 1:
+            raise InputError("Core ML evaluation decodes greedily: use --beams 1 with --compute-unit")
+        decode = self.coreml.variant.decode
+        rows = [[decode["bos_id"], *self.coreml.tokens(pixel_values[i : i + 1].numpy())] for i in range(len(pixel_values))]
+        width = max(len(row) for row in rows)
+        return torch.tensor([row + [decode["pad_id"]] * (width - len(row)) for row in rows])
+
+
+def coreml_captioner_for_eval(variant, compute_unit: str, workspace=None):
+    """The variant's Captioner (tokenizer, preprocessing, config) with decoding routed through Core ML (macOS)."""
+    import dataclasses
+
+    from bench.build.torch_weights import captioner_from_variant
+
+    coreml = load_coreml_captioner(variant, compute_unit, workspace)
+    torch_captioner = captioner_from_variant(coreml.variant, workspace)
+    return dataclasses.replace(torch_captioner, model=CoreMLGenerate(coreml, torch_captioner.model.config))

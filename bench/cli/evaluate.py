@@ -32,6 +32,7 @@ def eval_command(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95 % intervals.")] = 1000,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing record of the same evaluation.")] = False,
+    compute_unit: Annotated[str | None, typer.Option("--compute-unit", help="Caption a variant through Core ML itself on this compute unit (cpuOnly, cpuAndGPU, cpuAndNeuralEngine, all; macOS only). Default: its deployed weights in PyTorch.")] = None,
 ) -> None:
     """Caption a dataset with a checkpoint or variant; write sacreBLEU / CIDEr-D with 95 % CIs as a record."""
     from bench.cli._common import console
@@ -47,7 +48,7 @@ def eval_command(
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     workspace = Workspace.current()
     dataset = open_dataset(data, split=split, limit=limit, seed=seed, skip_missing=skip_missing)
-    captioner, described = open_subject(subject, workspace)
+    captioner, described = open_subject(subject, workspace, compute_unit=compute_unit)
     with console().status(f"captioning {len(dataset)} images with {described.id} …"):
         record = evaluate(captioner, dataset, options, subject=described, evals_dir=workspace.evals_dir, overwrite=overwrite)
     _print_summary(record)

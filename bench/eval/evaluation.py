@@ -87,10 +87,17 @@ def variant_subject(manifest: Any, path: Path | str | None = None) -> Subject:
     )
 
 
-def open_subject(argument: str, workspace: Workspace | None = None) -> tuple[CaptionerLike, Subject]:
+def open_subject(
+    argument: str, workspace: Workspace | None = None, *, compute_unit: str | None = None
+) -> tuple[CaptionerLike, Subject]:
     """Resolve a CLI argument: a checkpoint directory, or a variant (directory with manifest.json, id, id prefix
-    or matrix name — resolved by bench.build.variants)."""
+    or matrix name — resolved by bench.build.variants).
+
+    With `compute_unit`, a variant is captioned by Core ML itself on that compute unit (macOS only; elsewhere a
+    PlatformUnavailable error says so before anything is loaded)."""
     workspace = workspace or Workspace.current()
+    if compute_unit is not None:
+        return _open_coreml_variant(argument, workspace, compute_unit)
     path = Path(argument)
     if (path / "manifest.json").is_file():
         return _open_variant(argument, workspace)
@@ -124,6 +131,20 @@ def _open_variant(argument: str, workspace: Workspace) -> tuple[CaptionerLike, S
     manifest = load_variant(argument, workspace)
     captioner = captioner_from_variant(manifest, workspace)
     return captioner, variant_subject(manifest, variant_dir(manifest, workspace).resolve())
+
+
+def _open_coreml_variant(argument: str, workspace: Workspace, compute_unit: str) -> tuple[CaptionerLike, Subject]:
+    from bench.build.coreml_predict import coreml_captioner_for_eval, require_macos
+    from bench.build.variants import load_variant, variant_dir
+
+    require_macos()  # fail before loading anything on Linux
+    manifest = load_variant(argument, workspace)
+    captioner = coreml_captioner_for_eval(manifest, compute_unit, workspace)
+    subject = variant_subject(manifest, variant_dir(manifest, workspace).resolve())
+    # A Core ML evaluation is another measurement than the torch one: its own id, so records never collide.
+    subject = subject.model_copy(update={"id": f"{subject.id}@coreml-{compute_unit}", "backend": "coreml",
+                                         "compute_unit": compute_unit})
+    return captioner, subject
 
 
 # --------------------------------------------------------------------------------------------- evaluation

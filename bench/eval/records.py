@@ -35,6 +35,9 @@ class Subject(_Frozen):
     weights_sha256: str | None = None
     variant_hash: str | None = None
     path: str | None = None
+    # Which runtime produced the captions: the deployed weights in PyTorch (Linux and Mac), or Core ML itself (Mac).
+    backend: Literal["torch", "coreml"] = "torch"
+    compute_unit: str | None = None
 
 
 class DatasetInfo(_Frozen):
