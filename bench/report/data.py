@@ -99,16 +99,19 @@ def variant_facts(manifest: dict | None) -> dict[str, Any]:
     palettize = recipe.get("palettize") or {}
     prune = recipe.get("prune") or {}
     if quantize:
-        precision = str(quantize.get("dtype") or quantize.get("nbits") or "quantized")
+        # bench.build's validated recipe says `bits`; older/hand-written manifests say dtype / nbits.
+        bits = quantize.get("bits")
+        precision = str(quantize.get("dtype") or quantize.get("nbits") or (f"int{bits}" if bits else "quantized"))
     elif palettize:
-        precision = f"palettized-{palettize.get('nbits', '?')}bit"
+        precision = f"palettized-{palettize.get('nbits', palettize.get('bits', '?'))}bit"
     else:
         precision = str(recipe.get("precision") or "fp32")
     layers = prune.get("layers") if prune else None
     if isinstance(layers, (list, tuple)):
         layers = ",".join(map(str, layers))
-    return {"precision": precision, "prune_layers": layers if prune else None,
-            "target_sparsity": prune.get("target_sparsity", prune.get("amount")) if prune else 0.0,
+    # bench.build's recipe says `sparsity`; older/hand-written manifests say target_sparsity / amount.
+    sparsity = prune.get("target_sparsity", prune.get("amount", prune.get("sparsity"))) if prune else 0.0
+    return {"precision": precision, "prune_layers": layers if prune else None, "target_sparsity": sparsity,
             "image_size": manifest.get("image_size")}
 
 

@@ -168,6 +168,9 @@ def compute_plan_difference(plan_a: dict | None, plan_b: dict | None, package_ms
     """Compare two MLComputePlans op by op (matched by package and op name). Times are estimates."""
     if not plan_a or not plan_b:
         return None
+    # Only the packages' op lists: the runner's plan also carries `cost_kind: "estimate"` (docs/runner.md).
+    plan_a = {package: ops for package, ops in plan_a.items() if isinstance(ops, list)}
+    plan_b = {package: ops for package, ops in plan_b.items() if isinstance(ops, list)}
 
     def ops(plan: dict) -> dict[tuple[str, str], dict]:
         return {(package, str(op.get("name"))): op for package, items in plan.items() for op in items or []}

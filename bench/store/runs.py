@@ -247,7 +247,9 @@ def _plan_rows(run_id: str, record: dict) -> list[dict]:
     plan = record.get("compute_plan") or {}
     rows = []
     for package, ops in plan.items():
-        for op in ops or []:
+        if not isinstance(ops, list):
+            continue  # the runner's plan also says `cost_kind: "estimate"` (docs/runner.md): not a package
+        for op in ops:
             rows.append({
                 "run_id": run_id, "variant_id": record["variant_id"], "target_id": record["target"]["id"],
                 "compute_unit": record["compute_unit"], "package": package, "op_name": op.get("name"),

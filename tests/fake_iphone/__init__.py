@@ -10,7 +10,9 @@ What is faked, and at which level:
 - iOS 17+ after the tunnel (rsd.py): tunneld's HTTP listing and an RSD endpoint (RemoteXPC over HTTP/2) on plain
   loopback TCP advertising com.apple.instruments.dtservicehub, served by the same DTX process control.
 - A runner stand-in honouring docs/contracts.md §5 (reads jobs/<id>/job.json, writes result.partial.json, result.json
-  atomically, then DONE; mode "status").
+  atomically, then DONE; mode "status"), with a stand-in for the Core ML runtime (coreml_model.py): it reads the pushed
+  packages' protobuf, places each op on CPU / GPU / Neural Engine per compute unit (reported as the MLComputePlan on
+  iOS 17.4+) and derives the samples' latencies from that placement.
 
 Not faked (cannot exist here): TLS/pairing crypto, the iOS 17 tunnel link itself (QUIC/TLS-PSK/utun), code
 signing, disk-image mounting.

@@ -1,8 +1,13 @@
-"""The runner stand-in: what the Swift app does, minus Core ML, honouring docs/contracts.md §5.
+"""The runner stand-in: what the Swift app does, with a stand-in for Core ML, honouring docs/contracts.md §5.
 
 Launched through DVT, it reads Documents/bench/jobs/<job_id>/job.json, checks every model and input it names is
-present, and for each step produces plausible raw samples: deterministic (seeded by variant, compute unit, image and
-repeat) latencies that depend on the package size and the compute unit, with a thermal state per sample. It writes
+present, and for each step produces raw samples. Where the pushed packages are real ML programs, Core ML's part is
+played by fake_iphone/coreml_model.py: it reads each package's protobuf, places every op on a device for the step's
+compute unit, and the samples' latencies follow from that placement (sum of per-op times, hand-overs between devices,
+seeded noise); with `compute_plan: true` on iOS 17.4+ the step carries that plan (op name, type, preferred and
+supported devices, estimated cost), as MLComputePlan would. Packages that are not readable ML programs (the deploy
+tests push a few random bytes) get size-based latencies and, when a plan is asked, `compute_plan_error`.
+Everything is deterministic: seeded by device, variant, compute unit, image and repeat. It writes
 results/<job_id>/result.partial.json after each model, result.json atomically, then DONE. Faults come from
 device.faults.
 """
@@ -17,8 +22,12 @@ import os
 import random
 from pathlib import Path
 
-UNIT_FACTOR = {"cpuOnly": 1.0, "cpuAndGPU": 0.55, "cpuAndNeuralEngine": 0.3, "all": 0.28}
+from .coreml_model import ModelUnreadable, Placement, place, read_program
+
+UNIT_FACTOR = {"cpuOnly": 1.0, "cpuAndGPU": 0.55, "cpuAndNeuralEngine": 0.3, "all": 0.28}  # unreadable packages only
 RUNNER_PROCESS = "BenchRunner"
+COMPUTE_PLAN_MIN_IOS = (17, 4)
+RUNNER_OVERHEAD_NS = 40_000  # the runner's own work per caption (argmax, building inputs) outside the predictions
 
 
 def launch(device, bundle_id: str, arguments: list[str], environment: dict, options: dict):
@@ -129,14 +138,22 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
             steps_out.append(_step(model, unit, f"missing on device: {', '.join(p.name for p in missing)}", [], []))
         else:
             size = _tree_bytes(encoder) + _tree_bytes(decoder)
-            warm = [_sample(device, model, unit, i, r, size, clock + r) for r in range(job["warmup"])
+            placements, unreadable = _placements(encoder, decoder, unit)
+            timing = (size, placements)
+            warm = [_sample(device, model, unit, i, r, timing, clock + r) for r in range(job["warmup"])
                     for i in model["inputs"][:1]]
             samples = []
             for repeat in range(job["repeats"]):
                 for image in model["inputs"]:
                     clock += 1
-                    samples.append(_sample(device, model, unit, image, repeat, size, clock))
-            steps_out.append(_step(model, unit, None, warm, samples))
+                    samples.append(_sample(device, model, unit, image, repeat, timing, clock))
+            step_out = _step(model, unit, None, warm, samples)
+            if job.get("compute_plan"):
+                plan, why = _compute_plan(device, placements, unreadable)
+                step_out["compute_plan"] = plan
+                if why is not None:
+                    step_out["compute_plan_error"] = why
+            steps_out.append(step_out)
         done_models.add(model["variant_id"])
         last_of_model = all(s["variant_id"] != model["variant_id"] for s in job["steps"][len(steps_out):])
         if last_of_model:
@@ -168,17 +185,55 @@ class _Crash(Exception):
     pass
 
 
-def _sample(device, model: dict, unit: str, image: dict, repeat: int, size: int, clock: int) -> dict:
+def _placements(encoder: Path, decoder: Path, unit: str) -> tuple[dict[str, Placement] | None, str | None]:
+    """Core ML's placement of both packages for `unit` (the stand-in's), or None and why it cannot be read."""
+    try:
+        return {"encoder": place(read_program(encoder), unit), "decoder": place(read_program(decoder), unit)}, None
+    except ModelUnreadable as err:
+        return None, str(err)
+
+
+def _compute_plan(device, placements, unreadable) -> tuple[dict | None, str | None]:
+    """What the Swift runner's readComputePlan writes: the plan, or null and why (old iOS, unreadable model)."""
+    if _ios_version(device.ios) < COMPUTE_PLAN_MIN_IOS:
+        return None, "MLComputePlan needs iOS 17.4 or later"
+    if placements is None:
+        return None, f"MLComputePlan failed: {unreadable}"
+    return {"cost_kind": "estimate", "encoder": placements["encoder"].plan(),
+            "decoder": placements["decoder"].plan()}, None
+
+
+def _ios_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in str(text).split(".")[:2] if part.isdigit())
+
+
+def _sample(device, model: dict, unit: str, image: dict, repeat: int, timing, clock: int) -> dict:
+    size, placements = timing
     rng = _seeded(device.udid, model["variant_id"], unit, image["image_id"], repeat)
-    base = (2_000_000 + size * 40) * UNIT_FACTOR[unit]
-    encoder_ns = int(base * rng.uniform(0.95, 1.08))
-    steps = rng.randint(4, min(12, model["decode"]["max_length"]))
-    decoder_ns = [int(base * 0.2 * rng.uniform(0.9, 1.1)) for _ in range(steps)]
+    # The caption is a property of the model and the image, not of the repeat or compute unit: its length (decoder
+    # calls) depends on the image only, so latency differences between variants come from their placement.
+    caption = _seeded(image["image_id"], "caption")
+    steps = caption.randint(4, max(4, min(12, model["decode"]["max_length"] - 1)))
+    words = _seeded(model["variant_id"], image["image_id"], "tokens")
+    if placements is None:
+        base = (2_000_000 + size * 40) * UNIT_FACTOR[unit]
+        encoder_ns = int(base * rng.uniform(0.95, 1.08))
+        decoder_ns = [int(base * 0.2 * rng.uniform(0.9, 1.1)) for _ in range(steps)]
+    else:
+        encoder_ns = int(placements["encoder"].time_ns * _noise(rng))
+        decoder_ns = [int(placements["decoder"].time_ns * _noise(rng)) for _ in range(steps)]
     # Generated ids without bos, eos included: one per decoder step (docs/runner.md).
-    tokens = [rng.randint(1000, 30000) for _ in range(steps - 1)] + [model["decode"]["eos_id"]]
+    tokens = [words.randint(1000, 30000) for _ in range(steps - 1)] + [model["decode"]["eos_id"]]
+    overhead = 0 if placements is None else RUNNER_OVERHEAD_NS * steps
     return {"image_id": image["image_id"], "repeat": repeat, "encoder_ns": encoder_ns, "decoder_ns": decoder_ns,
-            "total_ns": encoder_ns + sum(decoder_ns), "thermal_state": "fair" if clock % 7 == 6 else "nominal",
-            "t_ns": clock * 50_000_000, "tokens": tokens}
+            "total_ns": encoder_ns + sum(decoder_ns) + overhead,
+            "thermal_state": "fair" if clock % 7 == 6 else "nominal", "t_ns": clock * 50_000_000, "tokens": tokens}
+
+
+def _noise(rng: random.Random) -> float:
+    """Run-to-run jitter of one prediction: about ±2 %, with a rare slow outlier (scheduling, memory pressure)."""
+    jitter = min(max(rng.gauss(1.0, 0.02), 0.94), 1.06)
+    return jitter * (1.15 if rng.random() < 0.02 else 1.0)
 
 
 def _step(model: dict, unit: str, error, warmup: list, samples: list) -> dict:

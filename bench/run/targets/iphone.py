@@ -136,7 +136,7 @@ class IPhoneTarget:
             models.append(deploy_api.ModelSpec(variant_id=variant.variant_id, image_size=size,
                                                decode=dict(variant.decode), inputs=tuple(ids),
                                                decoder_length=getattr(variant.source, "decoder_length", None),
-                                               io=getattr(variant.source, "io", None) or None))
+                                               io=_runner_io(getattr(variant.source, "io", None))))
         spec = deploy_api.JobSpec(warmup=request.warmup, repeats=request.repeats, compute_plan=request.compute_plan,
                                   steps=tuple((s.variant.variant_id, s.compute_unit) for s in request.steps),
                                   models=tuple(models))
@@ -169,6 +169,26 @@ class IPhoneTarget:
             if key not in reported:
                 reason = result.get("error") or f"runner result status {result.get('status')!r} without this step"
                 yield StepResult(key, error=reason, started_at=started, finished_at=finished)
+
+
+RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decoder_image_embeds", "decoder_output")
+
+
+def _runner_io(io: dict | None) -> dict | None:
+    """The job's `models[].io` (Core ML feature names, docs/runner.md) from a variant manifest's `io` (graph
+    interfaces + preprocessing, contracts §3). Passing the manifest's io through made every real variant's job.json
+    invalid ('encoder', 'decoder', 'preprocessing' are not runner keys)."""
+    if not io:
+        return None
+    if set(io) <= set(RUNNER_IO_KEYS):
+        return dict(io)  # already in the runner's terms
+    encoder, decoder = io.get("encoder") or {}, io.get("decoder") or {}
+    decoder_inputs = list(decoder.get("input_names") or decoder.get("inputs") or [])
+    names = {"encoder_input": encoder.get("input"), "encoder_output": encoder.get("output"),
+             "decoder_input_ids": next((n for n in decoder_inputs if "ids" in n), None),
+             "decoder_image_embeds": next((n for n in decoder_inputs if "embed" in n), None),
+             "decoder_output": decoder.get("output")}
+    return {key: str(value) for key, value in names.items() if value} or None
 
 
 def _strip_size(sample: dict) -> dict:
