@@ -152,3 +152,21 @@ def test_the_fake_says_why_a_plan_is_missing_like_the_runner(mux, tunneld, tmp_p
         for step in result["steps"]:
             assert step["compute_plan"] is None and step["compute_plan_error"].startswith(why)
             assert len(step["samples"]) == 2 * 2  # repeats × inputs
+
+
+def test_runner_feature_names_cover_every_decoder_input_of_a_real_variant(sweep_workspace):
+    """The runner feeds only the inputs the job names: every input the builder's decoder declares must be named,
+    or every decoder prediction on a phone fails (the attention mask once was not)."""
+    from bench.build.variants import list_variants
+    from bench.deploy.contract import DEFAULT_IO
+    from bench.run.targets.iphone import _runner_io
+    from bench.paths import Workspace
+    from coremltools.proto import Model_pb2
+
+    manifest = next(v for v in list_variants(Workspace(sweep_workspace)) if v.name == "fp32")
+    names = {**DEFAULT_IO, **(_runner_io(manifest.io) or {})}
+    spec = Model_pb2.Model()
+    spec.ParseFromString((manifest.package_path("decoder") / "Data/com.apple.CoreML/model.mlmodel").read_bytes())
+    declared = {feature.name for feature in spec.description.input}
+    fed = {names["decoder_input_ids"], names["decoder_image_embeds"], names["decoder_attention_mask"]}
+    assert declared <= fed, f"decoder inputs the runner would not feed: {declared - fed}"

@@ -63,6 +63,8 @@ DEFAULT_IO = {
     "encoder_output": "image_embeds",
     "decoder_input_ids": "input_ids",
     "decoder_image_embeds": "image_embeds",
+    # Fed only when the decoder declares it (the builder's decoder step takes one; older exports may not).
+    "decoder_attention_mask": "attention_mask",
     "decoder_output": "logits",
 }
 

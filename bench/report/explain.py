@@ -169,8 +169,12 @@ def compute_plan_difference(plan_a: dict | None, plan_b: dict | None, package_ms
     if not plan_a or not plan_b:
         return None
     # Only the packages' op lists: the runner's plan also carries `cost_kind: "estimate"` (docs/runner.md).
-    plan_a = {package: ops for package, ops in plan_a.items() if isinstance(ops, list)}
-    plan_b = {package: ops for package, ops in plan_b.items() if isinstance(ops, list)}
+    # Constants have neither a device nor a cost in MLComputePlan: nothing runs, so they are left out.
+    def placed(ops: list) -> list:
+        return [op for op in ops if op.get("preferred") is not None or op.get("cost") is not None]
+
+    plan_a = {package: placed(ops) for package, ops in plan_a.items() if isinstance(ops, list)}
+    plan_b = {package: placed(ops) for package, ops in plan_b.items() if isinstance(ops, list)}
 
     def ops(plan: dict) -> dict[tuple[str, str], dict]:
         return {(package, str(op.get("name"))): op for package, items in plan.items() for op in items or []}

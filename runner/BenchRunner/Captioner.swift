@@ -136,6 +136,17 @@ final class Captioner {
             ids[index] = NSNumber(value: decode.pad_id)
         }
         ids[0] = NSNumber(value: decode.bos_id)
+        // The builder's decoder step also takes an attention mask over the filled positions; feed it when declared.
+        let maskDescription = decoder.modelDescription.inputDescriptionsByName[names.decoderAttentionMask]
+        var mask: MLMultiArray? = nil
+        if maskDescription != nil {
+            let maskType = maskDescription?.multiArrayConstraint?.dataType ?? idsType
+            let created = try MLMultiArray(shape: [1, NSNumber(value: decoderLength)], dataType: maskType)
+            for index in 0..<decoderLength {
+                created[index] = NSNumber(value: index == 0 ? 1 : 0)
+            }
+            mask = created
+        }
 
         // Sequence = bos + generated tokens; like Hugging Face generate, max_length counts the bos token.
         let limit = min(decode.max_length, decoderLength)
@@ -143,10 +154,14 @@ final class Captioner {
         var decoderNs: [UInt64] = []
         while true {
             let position = tokens.count  // index of the last token in ids
-            let decoderInput = try MLDictionaryFeatureProvider(dictionary: [
+            var features: [String: MLFeatureValue] = [
                 names.decoderInputIds: MLFeatureValue(multiArray: ids),
                 names.decoderImageEmbeds: MLFeatureValue(multiArray: embeds),
-            ])
+            ]
+            if let mask = mask {
+                features[names.decoderAttentionMask] = MLFeatureValue(multiArray: mask)
+            }
+            let decoderInput = try MLDictionaryFeatureProvider(dictionary: features)
             let stepStart = Monotonic.now()
             let output = try decoder.prediction(from: decoderInput)
             decoderNs.append(Monotonic.elapsed(since: stepStart))
@@ -159,6 +174,7 @@ final class Captioner {
                 break
             }
             ids[tokens.count] = NSNumber(value: next)
+            mask?[tokens.count] = NSNumber(value: 1)
         }
         return CaptionTiming(
             encoderNs: encoderNs, decoderNs: decoderNs, totalNs: Monotonic.elapsed(since: start), tokens: tokens)

@@ -63,6 +63,7 @@ struct FeatureNames: Decodable {
     let encoder_output: String?
     let decoder_input_ids: String?
     let decoder_image_embeds: String?
+    let decoder_attention_mask: String?
     let decoder_output: String?
 }
 
@@ -83,6 +84,7 @@ struct ResolvedFeatureNames {
     let encoderOutput: String
     let decoderInputIds: String
     let decoderImageEmbeds: String
+    let decoderAttentionMask: String
     let decoderOutput: String
 
     init(_ names: FeatureNames?) {
@@ -90,6 +92,7 @@ struct ResolvedFeatureNames {
         encoderOutput = names?.encoder_output ?? "image_embeds"
         decoderInputIds = names?.decoder_input_ids ?? "input_ids"
         decoderImageEmbeds = names?.decoder_image_embeds ?? "image_embeds"
+        decoderAttentionMask = names?.decoder_attention_mask ?? "attention_mask"
         decoderOutput = names?.decoder_output ?? "logits"
     }
 }

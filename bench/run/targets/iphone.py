@@ -171,7 +171,8 @@ class IPhoneTarget:
                 yield StepResult(key, error=reason, started_at=started, finished_at=finished)
 
 
-RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decoder_image_embeds", "decoder_output")
+RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decoder_image_embeds",
+                  "decoder_attention_mask", "decoder_output")
 
 
 def _runner_io(io: dict | None) -> dict | None:
@@ -187,6 +188,7 @@ def _runner_io(io: dict | None) -> dict | None:
     names = {"encoder_input": encoder.get("input"), "encoder_output": encoder.get("output"),
              "decoder_input_ids": next((n for n in decoder_inputs if "ids" in n), None),
              "decoder_image_embeds": next((n for n in decoder_inputs if "embed" in n), None),
+             "decoder_attention_mask": next((n for n in decoder_inputs if "mask" in n), None),
              "decoder_output": decoder.get("output")}
     return {key: str(value) for key, value in names.items() if value} or None
 
