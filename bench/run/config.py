@@ -59,7 +59,7 @@ class RunConfig(_Strict):
     compute_plan: bool = True
     host_threads: int = Field(1, ge=1)
     evaluate: bool = True  # caption quality of every variant (bench.eval) after measuring
-    eval_images: int = Field(16, ge=1)
+    eval_images: int = Field(100, ge=1)  # BLEU on fewer images has CIs too wide to rank variants
     report: bool = True
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
