@@ -13,48 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tiny_blip import save_random_blip
+
 WORDS = (
     "a the red blue green yellow circle square triangle star left right of above below next to "
     "big small two three on in and is with near"
 ).split()
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
-
-
-def tiny_config(vocab_size: int, *, image_size: int = 32, hidden: int = 32, layers: int = 2):
-    from transformers import BlipConfig
-
-    text = dict(
-        vocab_size=vocab_size, hidden_size=hidden, encoder_hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=64,
-        bos_token_id=SPECIALS.index("[DEC]"), eos_token_id=SPECIALS.index("[SEP]"),
-        sep_token_id=SPECIALS.index("[SEP]"), pad_token_id=0,
-    )
-    vision = dict(
-        hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=2,
-        image_size=image_size, patch_size=8, initializer_range=0.02,
-    )
-    return BlipConfig(text_config=text, vision_config=vision)
 
 
 def save_tiny_checkpoint(directory: Path, *, seed: int = 0, image_size: int = 32) -> Path:
     """A random tiny BLIP saved like a checkpoint: config.json, model.safetensors, tokenizer files."""
-    import torch
-    from transformers import BertTokenizer, BlipForConditionalGeneration
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + tuple(WORDS)) + "\n", encoding="utf-8")
-    BertTokenizer(str(vocab), do_lower_case=True, bos_token="[DEC]").save_pretrained(directory)
-    torch.manual_seed(seed)
-    config = tiny_config(len(SPECIALS) + len(WORDS), image_size=image_size)
-    config._attn_implementation = "eager"
-    BlipForConditionalGeneration(config).eval().save_pretrained(directory)
-    # Short captions keep the tests fast; the loader reads decode.max_length from the training metadata.
-    (directory / "bench_captioner.json").write_text(
-        json.dumps({"name": "tiny-random", "decode": {"max_length": 12}}), encoding="utf-8"
-    )
-    return directory
+    return save_random_blip(directory, words=tuple(WORDS), name="tiny-random", seed=seed, image_size=image_size)
 
 
 def tiny_captioner(directory: Path):
