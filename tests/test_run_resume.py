@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -78,20 +79,30 @@ def test_resume_after_sigkill_measures_nothing_twice_and_loses_nothing(tmp_path)
 def test_ctrl_c_leaves_a_resumable_run(tmp_path):
     target = FakeTarget()
     fired = []
+    handled = threading.Event()
+
+    def python_default_sigint(signum, frame):
+        handled.set()  # the main thread has the interrupt now (then behave as Python's default handler)
+        raise KeyboardInterrupt
 
     def interrupt_after_some(variant_id, unit, rng):
         if len(target.measured) == 4 and not fired:
             fired.append(True)
-            # A real SIGINT, as Ctrl-C sends: unlike _thread.interrupt_main() it also wakes a main thread that is
-            # blocked waiting on the workers, so the interrupt cannot slip past the run under load.
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+            # Hold this job until the main thread has taken the interrupt: under load a fixed sleep let the run
+            # finish first and the interrupt arrive after it.
+            handled.wait(10)
         return 1e7 * rng.lognormvariate(0, 0.05)
 
     target.latency = interrupt_after_some
-    with pytest.raises(KeyboardInterrupt):
-        start_run(RunConfig.model_validate(CONFIG), Workspace(tmp_path), targets=[target],
-                  variants=variants("fp16", "int8", "prune"), images=images(4), run_id="ctrl-c")
+    previous = signal.signal(signal.SIGINT, python_default_sigint)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_run(RunConfig.model_validate(CONFIG), Workspace(tmp_path), targets=[target],
+                      variants=variants("fp16", "int8", "prune"), images=images(4), run_id="ctrl-c")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert handled.is_set()
     run_dir = tmp_path / "results" / "ctrl-c"
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "interrupted"
