@@ -74,12 +74,14 @@ def wide(monkeypatch):
 
 def test_survey_shows_unknown_attached_and_missing_inventory_devices(mux, tmp_path, wide):
     path = tmp_path / "devices.yaml"
-    path.write_text(GOOD)
+    path.write_text(GOOD + "  - name: lab8\n    udid: 00008110-0000000000000008\n    model: iPhone15,2\n    ios: \"17.5\"\n")
     known = add_phone(mux, 1)
     stranger = add_phone(mux, 5, installed=False)
     result = api.survey(load_inventory(path))
     states = {row.info.udid: row.state for row in result.rows}
-    assert states == {known.udid: "ready", "00008110-0000000000000009": "missing", stranger.udid: "unknown"}
+    # lab8 is enabled and absent (a problem); lab9 is switched off in devices.yaml, so its absence is not.
+    assert states == {known.udid: "ready", "00008110-0000000000000008": "missing",
+                      "00008110-0000000000000009": "disabled", stranger.udid: "unknown"}
     assert result.usbmux_problem is None
     row = next(r for r in result.rows if r.info.udid == known.udid)
     assert row.info.name == "lab1" and row.health.runner.version == "0.3" and row.health.ddi_mounted

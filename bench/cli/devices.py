@@ -63,7 +63,7 @@ def _table(result):
     for column in ("state", "name", "udid", "model", "iOS", "paired", "dev mode", "DDI / tunnel", "battery",
                    "charging", "runner", "tags"):
         table.add_column(column, no_wrap=column in ("state", "name", "udid"), overflow="fold")
-    colours = {"ready": "green", "attention": "yellow", "missing": "red", "unknown": "cyan", "gone": "red"}
+    colours = {"ready": "green", "attention": "yellow", "missing": "red", "unknown": "cyan", "gone": "red", "disabled": "dim"}
     for row in result.rows:
         info, health = row.info, row.health
         model = info.model_identifier or (f"({info.expected_model})" if info.expected_model else "")

@@ -388,6 +388,8 @@ class SurveyRow:
     @property
     def state(self) -> str:
         if not self.info.connected:
+            if self.info.known and not self.info.enabled:
+                return "disabled"  # listed but switched off in devices.yaml: its absence is not a problem
             return "missing" if self.info.known else "gone"
         if not self.info.known:
             return "unknown"
