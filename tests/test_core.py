@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +127,11 @@ def test_cli_help_imports_no_heavy_library():
 
 
 def test_cli_turns_bench_errors_into_one_line(tmp_path: Path):
+    """`bench report` in an empty workspace raises an InputError inside a command (not a usage error)."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "nope"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bench", "report"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "BENCH_ROOT": str(tmp_path)},
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: no runs under") and done.stderr.count("\n") == 1, done.stderr

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.errors import IncomparableError, InputError
+from bench.errors import IncomparableError, InputError, RecordError
 from bench.report.data import HOST_EMULATION, build_report
 from bench.report.load import load_run, resolve_run_dir
 from bench.paths import Workspace
@@ -128,6 +128,18 @@ def test_variant_hash_change_is_incomparable(tmp_path):
 def test_baseline_and_history_together_is_an_input_error():
     with pytest.raises(InputError, match="either"):
         build_report(CURRENT, baseline=BASELINE, history=2)
+
+
+def test_history_zero_is_an_input_error_not_ignored():
+    with pytest.raises(InputError, match="at least 1"):
+        build_report(CURRENT, history=0)
+
+
+def test_corrupt_samples_table_is_a_record_error(tmp_path):
+    current = copy_fixture(tmp_path) / "results" / CURRENT.name
+    (current / "samples.parquet").write_bytes(b"junk")
+    with pytest.raises(RecordError, match="unreadable samples table"):
+        load_run(current)
 
 
 def test_run_lookup_by_id_latest_and_typo():

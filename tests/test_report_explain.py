@@ -28,6 +28,7 @@ def test_measured_latency_delta_with_ci(sparse_vs_dense):
     latency = sparse_vs_dense["measured"]["latency"]
     assert latency["outcome"] == "DIFFERENT" and latency["regression"]
     assert latency["ci95"][0] > 0.5  # the 20 %-sparse model is > 50 % slower, CI included
+    assert latency["extra"]["paired_by"] == "image"  # the fixture's samples carry image ids on both sides
     loads = {row["what"]: row for row in sparse_vs_dense["measured"]["loads"]}
     assert loads["first prediction"]["delta_ms"] > 0 and loads["cold load"]["delta_ms"] > 0
 

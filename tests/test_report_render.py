@@ -155,6 +155,15 @@ def test_cli_bad_inputs_are_one_line(capsys):
     assert "unknown report format" in err and "did you mean 'prune-0.20'" in err and "Traceback" not in err
 
 
+def test_cli_unwritable_output_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["report", str(CURRENT), "--format", "markdown", "--out", str(tmp_path)]) == 2  # a directory
+    assert main(["report", str(CURRENT), "--baseline", str(BASELINE), "--junit", str(blocker / "v.xml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cannot write") == 2 and "Traceback" not in err
+
+
 def test_cli_explain_prints_the_answer(capsys):
     assert main(["explain", "prune-0.20", "fp32", "--run", str(CURRENT), "--device", "iPhone14,2",
                  "--compute-unit", "cpuAndNeuralEngine"]) == 0

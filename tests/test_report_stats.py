@@ -93,6 +93,41 @@ def test_median_ci_covers_the_true_median():
     assert 0.92 <= covered / 300 <= 0.995
 
 
+def per_image_samples(rng, image_ms, factor=1.0, repeats=5, sigma=0.03):
+    """Latency per sample when each image has its own decode length (image_ms): what pairing by image removes."""
+    ids = np.repeat(np.arange(len(image_ms)), repeats)
+    return image_ms[ids] * factor * 1e6 * np.exp(rng.normal(0.0, sigma, ids.size)), ids.astype(str)
+
+
+def test_paired_by_image_decides_a_shift_the_pooled_test_cannot():
+    """Decode length spreads images over 150–450 ms: pooled, a 5 % shift is lost in it; paired, it is DIFFERENT."""
+    rng = np.random.default_rng(3)
+    image_ms = rng.uniform(150, 450, 20)
+    (a, ids_a), (b, ids_b) = per_image_samples(rng, image_ms), per_image_samples(rng, image_ms, 1.05)
+    assert v.compare_latency(a, b).outcome == v.UNKNOWN
+    paired = v.compare_latency_paired(a, b, ids_a, ids_b)
+    assert paired.outcome == v.DIFFERENT and paired.regression
+    assert paired.ci95[0] < 0.05 < paired.ci95[1] and paired.extra["n_images"] == 20
+
+
+def test_paired_aa_keeps_the_false_alarm_rate():
+    different = 0
+    for seed in range(200):
+        rng = np.random.default_rng(20_000 + seed)
+        image_ms = rng.uniform(150, 450, 12)
+        (a, ids_a), (b, ids_b) = per_image_samples(rng, image_ms), per_image_samples(rng, image_ms)
+        different += v.compare_latency_paired(a, b, ids_a, ids_b, min_effect=0.0).outcome == v.DIFFERENT
+    assert different / 200 <= v.ALPHA + 3 * np.sqrt(v.ALPHA * (1 - v.ALPHA) / 200)
+
+
+def test_paired_falls_back_to_pooled_without_enough_shared_images():
+    rng = np.random.default_rng(4)
+    image_ms = rng.uniform(150, 450, 6)
+    (a, ids_a), (b, ids_b) = per_image_samples(rng, image_ms), per_image_samples(rng, image_ms)
+    for verdict in (v.compare_latency_paired(a, b, ids_a, ids_b), v.compare_latency_paired(a, b, None, ids_b)):
+        assert "paired_by" not in verdict.extra and verdict.to_dict() == v.compare_latency(a, b).to_dict()
+
+
 def _eval(name: str) -> dict:
     return json.loads(next((FIXTURE / "results" / "evals").glob(f"{name}-*/*.json")).read_text())
 

@@ -35,7 +35,7 @@ def report_command(
 
     if fail_on not in (None, "regression"):
         raise InputError(f"--fail-on knows only `regression`, not {fail_on!r}")
-    if (fail_on or junit) and baseline is None and not history:
+    if (fail_on or junit) and baseline is None and history is None:
         raise InputError("--fail-on / --junit need a comparison: give --baseline RUN or --history N")
     report = build_report(run, baseline=baseline, history=history, force=force)
     written = write_report(report, fmt, out, console=console())

@@ -7,10 +7,23 @@ Nothing heavy is imported here: `bench --help` stays instant.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 FORMATS = ("terminal", "markdown", "html", "csv", "parquet")
+
+
+@contextlib.contextmanager
+def output_path(out: Path | str) -> Iterator[None]:
+    """An output path that cannot be written (no such folder, read-only, a directory) is bad input, not a crash."""
+    from bench.errors import InputError
+
+    try:
+        yield
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror or err}") from err
 
 
 def write_report(report: Any, fmt: str, out: Path | str | None, *, console: Any = None) -> Path | None:
@@ -25,30 +38,33 @@ def write_report(report: Any, fmt: str, out: Path | str | None, *, console: Any 
 
         if out is None:
             raise InputError(f"--format {fmt} needs --out PATH")
-        return export_table(report, out, fmt)
+        with output_path(out):
+            return export_table(report, out, fmt)
     if fmt == "html":
         from bench.report.html import render_html
 
         if out is None:
             raise InputError("--format html needs --out PATH (one self-contained .html file)")
-        return atomic.write_text(out, render_html(report))
-    if fmt == "markdown":
+        text = render_html(report)
+    elif fmt == "markdown":
         from bench.report.markdown import render_report
 
         text = render_report(report)
         if out is None:
             print(text, end="")
             return None
+    else:
+        from rich.console import Console
+
+        from bench.report.terminal import render_report as render_terminal
+
+        if out is None:
+            render_terminal(report, console or Console())
+            return None
+        import io
+
+        recorder = Console(record=True, width=220, file=io.StringIO(), color_system=None)
+        render_terminal(report, recorder)
+        text = recorder.export_text()
+    with output_path(out):
         return atomic.write_text(out, text)
-    from rich.console import Console
-
-    from bench.report.terminal import render_report as render_terminal
-
-    if out is None:
-        render_terminal(report, console or Console())
-        return None
-    import io
-
-    recorder = Console(record=True, width=220, file=io.StringIO(), color_system=None)
-    render_terminal(report, recorder)
-    return atomic.write_text(out, recorder.export_text())

@@ -77,7 +77,9 @@ def _jsonable(value: Any) -> Any:
         return None
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    if value is getattr(__import__("pandas"), "NA", object()):
+    import pandas as pd
+
+    if value is pd.NA:
         return None
     return str(value)
 
@@ -359,12 +361,12 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     report = ReportData(current.run_id, current.created_at, table)
     earlier = [p for p in list_runs(current.workspace.results_dir) if p != current.run_dir.resolve()]
     earlier = [p for p in earlier if _created(p) <= current.created_at]
-    if baseline is not None and history:
+    if baseline is not None and history is not None:
         raise InputError("give either --baseline RUN or --history N, not both")
     baselines: list[RunData] = []
     if baseline is not None:
         baselines = [baseline if isinstance(baseline, RunData) else load_run(baseline, current.workspace)]
-    elif history:
+    elif history is not None:
         if history < 1:
             raise InputError(f"--history must be at least 1, got {history}")
         baselines = [load_run(p, current.workspace) for p in earlier[-history:]]

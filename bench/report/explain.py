@@ -1,7 +1,8 @@
 """`bench explain A B`: why variant A is slower (or faster) than B on one device and compute unit — from data.
 
 Three layers of evidence, most direct first:
-1. measured: latency (median, CI of the shift, verdict) and load times (compile / cold / warm / first prediction);
+1. measured: latency (median, CI of the shift, verdict; paired by image when the samples name their image) and load
+   times (compile / cold / warm / first prediction);
 2. static: the stored packages' difference (ops and decompression ops added, weight formats, bytes, duplicated tensors),
    from the variant manifests' `measured` analysis (never from the recipe);
 3. compute plan (when the run recorded MLComputePlan): ops that moved off the Neural Engine or to another unit,
@@ -95,6 +96,12 @@ def _job_samples(run: RunData, job: dict):
     return s.loc[mask]
 
 
+def _image_ids(frame):
+    if "image_id" not in frame.columns or frame["image_id"].isna().any():
+        return None
+    return frame["image_id"].astype(str).to_numpy()
+
+
 def _median_ms(frame, column: str) -> float | None:
     values = frame[column].dropna()
     return float(values.median()) / 1e6 if len(values) else None
@@ -102,8 +109,10 @@ def _median_ms(frame, column: str) -> float | None:
 
 def measured_difference(run: RunData, job_a: dict, job_b: dict, name_a: str, name_b: str) -> dict[str, Any]:
     sa, sb = _job_samples(run, job_a), _job_samples(run, job_b)
-    verdict = stats.compare_latency(sb["latency_ns"].to_numpy(), sa["latency_ns"].to_numpy(),
-                                    key=f"{name_a} vs {name_b}", metric="latency median")
+    # Paired by image where both sides say which image each sample decoded (decode length varies per image).
+    verdict = stats.compare_latency_paired(sb["latency_ns"].to_numpy(), sa["latency_ns"].to_numpy(),
+                                           _image_ids(sb), _image_ids(sa), key=f"{name_a} vs {name_b}",
+                                           metric="latency median")
     loads = []
     from bench.report.data import load_ns
 

@@ -48,4 +48,8 @@ def junit_xml(report: ReportData) -> str:
 
 
 def write_junit(report: ReportData, path: Path | str) -> Path:
-    return atomic.write_text(path, junit_xml(report))
+    from bench.report import output_path
+
+    text = junit_xml(report)
+    with output_path(path):
+        return atomic.write_text(path, text)

@@ -17,7 +17,8 @@ from bench.store import records
 
 KINDS = {"bench.run": 1, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
 SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
-                  "compute_unit", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns", "thermal_state", "throttled"]
+                  "compute_unit", "image_id", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns", "thermal_state",
+                  "throttled"]
 
 
 def _ensure_kinds() -> None:
@@ -126,13 +127,20 @@ def _read_run_dir(run_dir: Path):
 
 
 def _read_samples_parquet(path: Path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from bench.errors import RecordError
+
     keys = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
-            "compute_unit", "thermal_state"]
-    present = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[c for c in SAMPLE_COLUMNS if c in present],
-                          read_dictionary=[k for k in keys if k in present])
+            "compute_unit", "image_id", "thermal_state"]
+    try:
+        present = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in SAMPLE_COLUMNS if c in present],
+                              read_dictionary=[k for k in keys if k in present])
+    except (OSError, pa.ArrowException) as err:
+        raise RecordError(f"{path}: unreadable samples table ({err}); the job records beside it are untouched "
+                          "(delete it and the report reads them instead)") from err
     frame = table.to_pandas()
     for key in keys:  # categoricals group fast; plain strings compare like the job records' values
         if key in frame.columns and hasattr(frame[key], "cat"):
@@ -141,8 +149,6 @@ def _read_samples_parquet(path: Path):
 
 
 def _read_contract(run_dir: Path):
-    import pandas as pd
-
     run_record = _read_record(run_dir / "run.json", "bench.run")
     jobs, inline_samples = [], []
     for job_file in sorted((run_dir / "jobs").glob("*.json")):
@@ -172,7 +178,7 @@ def _samples_from_jobs(inline: list) -> Any:
                              "variant_hash": job.get("variant_hash"), "target_kind": target.get("kind"),
                              "target_id": target.get("id"), "device_model": target.get("model"),
                              "os_build": target.get("os_build"), "compute_unit": job["compute_unit"],
-                             "is_warmup": is_warmup, "latency_ns": s.get("total_ns"), "encoder_ns": s.get("encoder_ns"),
+                             "image_id": s.get("image_id"), "is_warmup": is_warmup, "latency_ns": s.get("total_ns"), "encoder_ns": s.get("encoder_ns"),
                              "decoder_ns": sum(decoder) if isinstance(decoder, list) else decoder,
                              "thermal_state": s.get("thermal_state"),
                              "throttled": s.get("thermal_state") in ("serious", "critical")})

@@ -8,6 +8,8 @@ minimum effect size on the median (3 % by default). Outcomes:
              shift is smaller than the minimum effect (real but too small to matter);
   UNKNOWN    neither: `more_samples` estimates how many more samples per side would decide, from the observed
              effect and the samples' spread (normal-approximation power calculation for medians).
+Latency paired by image (`bench explain`, when both sides carry image ids): per-image median ratios, Wilcoxon
+signed-rank test, bootstrap CI over images, same outcomes — decode length varies per image, pairing removes it.
 Quality (BLEU, CIDEr): paired bootstrap over images (sacrebleu sufficient statistics for BLEU, per-image CIDEr-D).
 Size and measured sparsity: exact comparison.
 """
@@ -86,13 +88,19 @@ def summarize_latency(values_ns) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- latency verdict
-def _robust_sigma_log(values) -> float:
-    """Spread of log-latency (IQR / 1.349): a relative spread that ignores a few throttled outliers."""
+def _robust_sigma(values) -> float:
+    """IQR / 1.349: the spread of near-normal values, ignoring a few throttled outliers."""
     import numpy as np
 
-    logs = np.log(values)
-    q25, q75 = np.percentile(logs, [25, 75])
+    q25, q75 = np.percentile(values, [25, 75])
     return float((q75 - q25) / 1.349)
+
+
+def _robust_sigma_log(values) -> float:
+    """Spread of log-latency: a relative spread."""
+    import numpy as np
+
+    return _robust_sigma(np.log(values))
 
 
 def compare_latency(baseline_ns, current_ns, *, key: str = "", metric: str = "latency median",
@@ -118,11 +126,19 @@ def compare_latency(baseline_ns, current_ns, *, key: str = "", metric: str = "la
     z = _z(0.975)
     log_ratio = math.log(med_b / med_a)
     ci = (math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1)
-    significant = p_value < alpha
     base = dict(metric=metric, key=key, baseline=med_a / 1e6, current=med_b / 1e6, delta=(med_b - med_a) / 1e6,
                 relative=relative, ci95=ci, p_value=p_value, unit="ms",
                 extra={"p_mannwhitney": p_mw, "p_ks": p_ks, "n_baseline": int(a.size), "n_current": int(b.size),
                        "min_effect": min_effect, "alpha": alpha})
+    more = _more_samples_needed(relative, sigma, a.size, b.size, min_effect, alpha)
+    return _latency_verdict(base, more, "samples per side")
+
+
+def _latency_verdict(base: dict[str, Any], more: int, more_of: str) -> Verdict:
+    """DIFFERENT / SAME / UNKNOWN from a latency shift, its CI and p-value (one rule for pooled and paired tests)."""
+    relative, ci, p_value = base["relative"], base["ci95"], base["p_value"]
+    min_effect, alpha = base["extra"]["min_effect"], base["extra"]["alpha"]
+    significant = p_value < alpha
     if significant and abs(relative) >= min_effect:
         word = "slower" if relative > 0 else "faster"
         return Verdict(outcome=DIFFERENT, regression=relative > 0,
@@ -133,9 +149,8 @@ def compare_latency(baseline_ns, current_ns, *, key: str = "", metric: str = "la
     if significant:
         return Verdict(outcome=SAME, regression=False,
                        detail=f"shift {relative:+.1%} is real (p={p_value:.2g}) but under {min_effect:.0%}", **base)
-    more = _more_samples_needed(relative, sigma, a.size, b.size, min_effect, alpha)
     return Verdict(outcome=UNKNOWN, regression=False, more_samples=more,
-                   detail=f"shift {relative:+.1%} undecided; ~{more} more samples per side would decide", **base)
+                   detail=f"shift {relative:+.1%} undecided; ~{more} more {more_of} would decide", **base)
 
 
 def _more_samples_needed(relative: float, sigma: float, n_a: int, n_b: int, min_effect: float, alpha: float,
@@ -159,62 +174,80 @@ def _ms_median(values) -> float | None:
     return float(np.median(values)) / 1e6 if len(values) else None
 
 
+# ----------------------------------------------------------------------------------------------- paired latency
+PAIRED_MIN_IMAGES = 8  # below 8 pairs the signed-rank test cannot reach alpha = 0.01 at all
+
+
+def _per_image_medians(values_ns, image_ids) -> dict[str, float]:
+    import pandas as pd
+
+    frame = pd.DataFrame({"image": pd.Series(image_ids, dtype="object").astype(str),
+                          "ns": pd.Series(values_ns, dtype="float64")})
+    frame = frame[frame["ns"] > 0]
+    return frame.groupby("image")["ns"].median().to_dict()
+
+
+def compare_latency_paired(baseline_ns, current_ns, baseline_images, current_images, *, key: str = "",
+                           metric: str = "latency median", min_effect: float = MIN_EFFECT, alpha: float = ALPHA,
+                           n_boot: int = 2000, seed: int = 0) -> Verdict:
+    """Median latency of `current` vs `baseline` with the samples paired by image (slower = regression).
+
+    Decode length differs per image, so pooled samples mix image-to-image spread into the comparison. Here each image
+    contributes the log ratio of its two per-image medians; the shift is their median (as a ratio), tested with the
+    Wilcoxon signed-rank test (scipy.stats), its 95 % CI a bootstrap over images. Same outcome rule as
+    compare_latency; without image ids on both sides or with fewer than PAIRED_MIN_IMAGES shared images it falls back
+    to the pooled compare_latency.
+    """
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    if baseline_images is None or current_images is None:
+        return compare_latency(baseline_ns, current_ns, key=key, metric=metric, min_effect=min_effect, alpha=alpha)
+    per_a = _per_image_medians(baseline_ns, baseline_images)
+    per_b = _per_image_medians(current_ns, current_images)
+    images = sorted(set(per_a) & set(per_b))
+    if len(images) < PAIRED_MIN_IMAGES:
+        return compare_latency(baseline_ns, current_ns, key=key, metric=metric, min_effect=min_effect, alpha=alpha)
+    log_ratios = np.log(np.array([per_b[i] for i in images]) / np.array([per_a[i] for i in images]))
+    relative = math.exp(float(np.median(log_ratios))) - 1
+    p_value = 1.0 if not np.any(log_ratios) else float(wilcoxon(log_ratios).pvalue)
+    draws = np.random.default_rng(seed).integers(0, len(images), size=(n_boot, len(images)))
+    lo, hi = np.percentile(np.median(log_ratios[draws], axis=1), [2.5, 97.5])
+    a = np.asarray(baseline_ns, dtype=np.float64)
+    b = np.asarray(current_ns, dtype=np.float64)
+    med_a, med_b = float(np.median(a[a > 0])), float(np.median(b[b > 0]))
+    base = dict(metric=metric, key=key, baseline=med_a / 1e6, current=med_b / 1e6, delta=(med_b - med_a) / 1e6,
+                relative=relative, ci95=(math.exp(lo) - 1, math.exp(hi) - 1), p_value=p_value, unit="ms",
+                extra={"paired_by": "image", "n_images": len(images), "p_wilcoxon": p_value,
+                       "n_baseline": int(a.size), "n_current": int(b.size), "min_effect": min_effect, "alpha": alpha})
+    # Paired: the shift's variance is σ_d² / n (σ_d the spread of the log ratios), the unpaired formula's 2σ² / n
+    # with σ = σ_d / √2; the answer counts images.
+    sigma_d = max(_robust_sigma(log_ratios), 1e-9)
+    more = _more_samples_needed(relative, sigma_d / math.sqrt(2), len(images), len(images), min_effect, alpha)
+    verdict = _latency_verdict(base, more, "images")
+    verdict.detail += f" (paired by image, {len(images)} images)"
+    return verdict
+
+
 # ----------------------------------------------------------------------------------------------- quality verdict
-def _bleu_statistics(record: dict, ids: list[str]):
-    """Per-image sacrebleu sufficient statistics (matches/totals per n-gram, lengths), in `ids` order."""
-    import numpy as np
-    import sacrebleu
-
-    by_id = {item["image_id"]: item for item in record["per_image"]}
-    hyps = [by_id[i]["caption"] for i in ids]
-    n_refs = max(len(by_id[i]["references"]) for i in ids)
-    refs = [[(by_id[i]["references"] + [""] * n_refs)[k] for i in ids] for k in range(n_refs)]
-    bleu = sacrebleu.metrics.BLEU()
-    stats = np.asarray(bleu._extract_corpus_statistics(hyps, refs), dtype=np.float64)  # sacrebleu's own resampling input
-    return bleu, stats
-
-
-def _cider_per_image(record: dict, ids: list[str]):
-    import numpy as np
-    from pycocoevalcap.cider.cider import Cider
-
-    by_id = {item["image_id"]: item for item in record["per_image"]}
-    gts = {i: [r.lower() for r in by_id[i]["references"]] for i in ids}
-    res = {i: [by_id[i]["caption"].lower()] for i in ids}
-    _, scores = Cider().compute_score(gts, res)
-    return np.asarray(scores, dtype=np.float64)
-
-
 def paired_bootstrap(a_record: dict, b_record: dict, metric: str, n: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired bootstrap of metric(A) − metric(B) over the images both records captioned: {delta, ci95, p_value}.
 
-    Same contract as bench.eval.paired_bootstrap; kept here so every statistic the report prints lives in one module.
+    bench.eval's paired test on the captions of the shared images, so the report and `bench evaluate` agree
+    (same sacrebleu statistics, same CIDEr-D tokenisation, same p-value).
     """
-    import numpy as np
+    from bench.eval.metrics import paired_bootstrap_scores
 
-    ids_b = {item["image_id"] for item in b_record["per_image"]}
-    ids = sorted(item["image_id"] for item in a_record["per_image"] if item["image_id"] in ids_b)
+    by_a = {item["image_id"]: item for item in a_record["per_image"]}
+    by_b = {item["image_id"]: item for item in b_record["per_image"]}
+    ids = sorted(set(by_a) & set(by_b))
     if len(ids) < 2:
         return {"delta": math.nan, "ci95": (math.nan, math.nan), "p_value": math.nan, "n_images": len(ids)}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(ids), size=(n, len(ids)))
-    if metric == "bleu":
-        bleu, stats_a = _bleu_statistics(a_record, ids)
-        _, stats_b = _bleu_statistics(b_record, ids)
-        score = lambda stats: bleu._compute_score_from_stats(list(stats.sum(axis=0))).score  # noqa: E731
-        delta = score(stats_a) - score(stats_b)
-        deltas = np.array([score(stats_a[d]) - score(stats_b[d]) for d in draws])
-    elif metric == "cider":
-        per_a, per_b = _cider_per_image(a_record, ids), _cider_per_image(b_record, ids)
-        diff = per_a - per_b
-        delta = float(diff.mean())
-        deltas = diff[draws].mean(axis=1)
-    else:
-        raise ValueError(f"paired bootstrap knows bleu and cider, not {metric!r}")
-    lo, hi = np.percentile(deltas, [2.5, 97.5])
-    # two-sided p under the null (bootstrap distribution shifted to zero): how often |Δ*| reaches the observed |Δ|
-    p_value = float(np.mean(np.abs(deltas - delta) >= abs(delta))) if delta else 1.0
-    return {"delta": float(delta), "ci95": (float(lo), float(hi)), "p_value": p_value, "n_images": len(ids)}
+    result = paired_bootstrap_scores([by_b[i]["caption"] for i in ids], [by_a[i]["caption"] for i in ids],
+                                     [by_a[i]["references"] for i in ids], metric, n=n, seed=seed)
+    lo, hi = result.ci95
+    return {"delta": float(result.delta), "ci95": (float(lo), float(hi)), "p_value": float(result.p_value),
+            "n_images": len(ids)}
 
 
 def compare_quality(baseline_record: dict | None, current_record: dict | None, metric: str, *, key: str = "",
