@@ -7,14 +7,19 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_UMASK_LOCK = threading.Lock()
+
 
 def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
+    # Reading the umask means setting it; two threads interleaving here would leave the process with umask 0.
+    with _UMASK_LOCK:
+        current = os.umask(0)
+        os.umask(current)
     return current
 
 
@@ -27,7 +32,8 @@ def _publishable(fd_or_path: int | str) -> None:
         os.chmod(fd_or_path, mode)
 
 
-def write_bytes(path: Path | str, data: bytes) -> Path:
+def write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -> Path:
+    """`durable=False` skips the fsync: still never half-written, but a power cut may lose the newest version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,8 +41,9 @@ def write_bytes(path: Path | str, data: bytes) -> Path:
         _publishable(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,8 +52,8 @@ def write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
-def write_text(path: Path | str, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path: Path | str, text: str, *, durable: bool = True) -> Path:
+    return write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def write_json(path: Path | str, payload: Any) -> Path:

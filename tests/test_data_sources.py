@@ -147,3 +147,12 @@ def test_unknown_kind_and_split_suggest_names(tmp_path):
         open_dataset("synthetic", split="tset")
     with pytest.raises(DatasetError, match="expected flickr30k:<dataset_flickr30k.json>:<image dir>"):
         open_dataset("flickr30k:only.json")
+
+
+def test_data_show_reports_a_broken_manifest_instead_of_empty_splits(tmp_path, capsys):
+    from bench.cli import main
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert main(["data", "show", f"manifest:{empty}"]) == 2
+    assert "the CSV has no header row" in capsys.readouterr().err

@@ -52,3 +52,17 @@ def test_export_writes_a_manifest_that_reads_back(tmp_path):
     assert count == len(back) == 4
     assert [s.captions for s in back] == [s.captions for s in original]
     assert np.array_equal(np.asarray(back[0].load_image()), np.asarray(original[0].load_image()))
+
+
+def test_export_refuses_a_folder_it_would_wipe(tmp_path):
+    """The export replaces its folder as a whole: a folder holding other files (or `.`) must be refused, untouched."""
+    import pytest
+
+    from bench.errors import InputError
+
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        synthetic.export(tmp_path, split="test", limit=1)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    assert synthetic.export(tmp_path / "out", split="test", limit=1) == 1
+    assert synthetic.export(tmp_path / "out", split="test", limit=2) == 2  # an earlier export is replaced

@@ -104,9 +104,9 @@ def test_list_and_prune_what_the_device_holds(mux, tmp_path):
 def test_status_job_reports_thermal_state_and_battery(mux):
     phone = add_phone(mux, 1, battery_centi_celsius=3550)
     phone.faults.thermal_serious_probes = 2
-    states = [api.device_status(phone.udid, timeout_s=10, poll_s=0.05).thermal_state for _ in range(3)]
+    states = [api.device_status(phone.udid, timeout_s=60, poll_s=0.05).thermal_state for _ in range(3)]
     assert states == ["serious", "serious", "nominal"]
-    status = api.device_status(phone.udid, timeout_s=10, poll_s=0.05)
+    status = api.device_status(phone.udid, timeout_s=60, poll_s=0.05)
     assert status.battery_temperature_c == pytest.approx(35.5) and status.battery_level == pytest.approx(0.87)
     assert api.held(phone.udid).jobs == ()  # status jobs clean up after themselves
 

@@ -182,3 +182,15 @@ def test_every_deploy_error_is_a_device_error():
         assert issubclass(kind, DeviceError)
         assert kind("x", udid="U", action="do y").kind == kind.__name__
         assert str(kind("x", udid="U", action="do y")) == "U: x — do y"
+
+
+def test_a_service_the_phone_refuses_is_one_device_error_line_not_a_library_traceback(mux, monkeypatch):
+    import fake_iphone.services as services
+
+    phone = add_phone(mux, 1)
+    monkeypatch.setattr(services, "KNOWN", services.KNOWN - {services.DIAGNOSTICS, services.INSTALLATION_PROXY})
+    report = api.health(phone.udid)  # `bench devices` must still draw its table
+    assert not report.ready and any("InvalidServiceError" in problem for problem in report.problems)
+    with pytest.raises(DeviceError, match="refused a request") as caught:
+        api.install_runner(phone.udid, make_runner_app(mux.tmp / "build"))
+    assert caught.value.udid == phone.udid

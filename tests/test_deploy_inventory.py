@@ -110,7 +110,7 @@ def test_cli_install_list_and_prune(mux, tmp_path, wide):
     assert "0 model packages" in listing.output
     pruned = CliRunner().invoke(_app(), ["devices", "prune"], terminal_width=200)
     assert "removed 0 item(s)" in pruned.output
-    status = CliRunner().invoke(_app(), ["devices", "status", "--timeout", "10"], terminal_width=200)
+    status = CliRunner().invoke(_app(), ["devices", "status", "--timeout", "60"], terminal_width=200)
     assert "thermal nominal" in status.output and "31.2 °C" in status.output, status.output
 
 

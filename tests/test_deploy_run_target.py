@@ -20,7 +20,8 @@ def test_iphone_target_runs_a_round_on_the_fake(mux, tmp_path):
     phone = add_phone(mux, 1)
     assert [t.udid for t in resolve_targets(["iphone"])] == [phone.udid]
 
-    target = IPhoneTarget(phone.udid, preprocess=lambda images, size, mode, variant=None: np.zeros((1, 3, size, size), "f4"))
+    target = IPhoneTarget(phone.udid, poll_s=0.05,
+                          preprocess=lambda images, size, mode, variant=None: np.zeros((1, 3, size, size), "f4"))
     conditions = target.conditions()
     assert (conditions.device_model, conditions.thermal_state) == ("iPhone14,2", "nominal")
 

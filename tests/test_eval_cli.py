@@ -170,3 +170,8 @@ def test_unreadable_records_are_refused_in_one_line(checkpoint, tmp_path):
     broken.write_text(json.dumps({**raw, "per_image": [{"image_id": "x"}]}))
     with pytest.raises(RecordError, match="invalid eval record at per_image"):
         read_record(broken)
+
+
+def test_misspelt_compute_unit_is_named_before_the_platform_check(workspace, capsys):
+    assert main(["eval", "any-variant", "--compute-unit", "cpuonly"]) == 2
+    assert "unknown compute unit 'cpuonly'; did you mean 'cpuOnly'" in capsys.readouterr().err

@@ -94,3 +94,23 @@ def test_live_view_and_summary_show_progress_failures_and_why(tmp_path):
     assert "fake phone" in text and "nominal" in text and "done" in text
     assert "Core ML refused the model" in text and "resume with: bench run --resume" in text
     assert "fixed" in text and "fp16" in text
+
+
+@pytest.mark.parametrize("damage", [
+    lambda run: run.pop("run_id"),
+    lambda run: run.pop("plan"),
+    lambda run: run["plan"]["config"].update(images="many"),
+    lambda run: run["plan"].update(targets=[{"name": "no id"}]),
+    lambda run: run.update(jobs={"x": {"attempts": 1}}),
+])
+def test_a_run_json_that_parses_but_lacks_what_resume_needs_is_one_line(workspace, capsys, damage):
+    import json
+
+    outcome = fake_run(workspace, "damaged")
+    path = outcome.run_dir / "run.json"
+    run = json.loads(path.read_text())
+    damage(run)
+    path.write_text(json.dumps(run))
+    assert main(["run", "--resume", "damaged"]) == 2
+    assert "run.json" in one_error_line(capsys)
+    assert main(["runs"]) == 0  # the listing shows the other runs, never a traceback

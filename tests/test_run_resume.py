@@ -35,11 +35,18 @@ from bench.run.api import start_run
 from bench.run.config import RunConfig
 from run_fixtures import FakeTarget, images, variants
 
+target = FakeTarget()
+
 def slow(variant_id, unit, rng):
+    if len(target.measured) > 3:
+        # The 4th job holds here until the SIGKILL comes: under load the run could otherwise finish before the
+        # parent sees three records and kills it.
+        time.sleep(120)
     time.sleep(0.02)
     return 1e7 * rng.lognormvariate(0, 0.05)
 
-start_run(RunConfig.model_validate({config!r}), Workspace(Path({root!r})), targets=[FakeTarget(latency=slow)],
+target.latency = slow
+start_run(RunConfig.model_validate({config!r}), Workspace(Path({root!r})), targets=[target],
           variants=variants("fp16", "int8", "prune"), images=images(4), run_id="killed")
 """
 
@@ -53,12 +60,14 @@ def test_resume_after_sigkill_measures_nothing_twice_and_loses_nothing(tmp_path)
     child = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent)
     run_dir = tmp_path / "results" / "killed"
     deadline = time.monotonic() + 120
-    while len(_job_files(run_dir)) < 3 if run_dir.exists() else True:
-        assert child.poll() is None, "the child finished before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    try:
+        while len(_job_files(run_dir)) < 3 if run_dir.exists() else True:
+            assert child.poll() is None, "the child finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)  # also when waiting failed: never leave the held child behind
+        child.wait()
     before = _job_files(run_dir)
     states = {k: v["state"] for k, v in json.loads((run_dir / "run.json").read_text())["jobs"].items()}
     assert 3 <= len(before) < 9 and set(states.values()) <= {"running", "done"}  # killed mid-run
@@ -91,7 +100,7 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
             # Hold this job until the main thread has taken the interrupt: under load a fixed sleep let the run
             # finish first and the interrupt arrive after it.
-            handled.wait(10)
+            handled.wait(60)  # returns at once normally; the bound only matters on a starved machine
         return 1e7 * rng.lognormvariate(0, 0.05)
 
     target.latency = interrupt_after_some

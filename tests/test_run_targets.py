@@ -221,3 +221,12 @@ def test_device_inputs_are_preprocessed_as_the_variant_was_built(tiny_workspace)
     expected = captioner_from_variant(variant.source).preprocess([image], size=variant.image_size)
     pushed = _default_preprocess([image], variant.image_size, "resize", variant)
     assert torch.allclose(pushed, expected)
+
+
+def test_a_broken_devices_yaml_is_reported_not_taken_for_no_iphone(tmp_path):
+    """`auto` must not quietly fall back to host emulation because devices.yaml has a typo."""
+    from bench.errors import InputError
+
+    (tmp_path / "devices.yaml").write_text("devices:\n  - name: lab1\n    udid: not-a-udid\n")
+    with pytest.raises(InputError, match="devices.yaml:3: devices.0.udid: not a UDID"):
+        resolve_targets(["auto"], workspace=Workspace(tmp_path))

@@ -142,3 +142,26 @@ def test_blip_checkpoint_for_another_task_is_refused(base, tmp_path):
     save_file(tensors, str(other / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(InputError, match="not a BLIP captioning checkpoint: 4 weights missing"):
         load_captioner(other)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(save_every=0), "save every must be at least 1"),
+    (dict(batch_size=0), "batch size must be at least 1"),
+    (dict(threads=-1), "threads must be at least 1"),
+    (dict(device="tpu"), "unknown device 'tpu'"),
+])
+def test_bad_settings_are_one_line_before_anything_loads(overrides, message, tmp_path):
+    from bench.train.finetune import finetune
+
+    with pytest.raises(InputError, match=message):
+        finetune(tmp_path / "no-such-checkpoint", "synthetic", tmp_path / "out", config(**overrides), progress=False)
+
+
+def test_damaged_checkpoint_is_one_line_on_resume(base, tmp_path):
+    from bench.train.finetune import finetune
+
+    out = tmp_path / "damaged"
+    finetune(base, "synthetic", out, config(steps=2), limit=16, progress=False)
+    (out / "checkpoints" / "step-0000002" / "optimizer.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="cannot resume from this checkpoint"):
+        finetune(base, "synthetic", out, config(steps=4), limit=16, progress=False)

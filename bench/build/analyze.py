@@ -121,12 +121,14 @@ def package_files(path: Path) -> tuple[Path, Path]:
 
 
 def load_program(path: Path):
+    from google.protobuf.message import Error as ProtobufError  # installed with coremltools; DecodeError's root
+
     Model_pb2, _ = proto_modules()
     spec_file, _ = package_files(path)
     spec = Model_pb2.Model()
     try:
         spec.ParseFromString(spec_file.read_bytes())
-    except Exception as err:  # protobuf raises its own DecodeError type; any failure here means a corrupt file
+    except (OSError, ProtobufError) as err:
         raise InputError(f"{path}: corrupt model specification ({type(err).__name__}: {err})") from None
     if spec.WhichOneof("Type") != "mlProgram":
         raise InputError(f"{path}: not an ML program (model type {spec.WhichOneof('Type')!r}); only ML programs are supported")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.build.matrix import Matrix, PlannedVariant, Recipe
-from bench.errors import BenchError, BuildError, InputError
+from bench.build.variants import as_workspace, read_manifest
+from bench.errors import BenchError, BuildError, InputError, did_you_mean
 from bench.paths import BUILTIN_CAPTIONER_DIR, Workspace
 
 # Bump when the exported graphs or the compression code change in a way that changes the bytes.
@@ -166,15 +167,13 @@ def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None
                  progress: Progress | None = None, only: list[str] | None = None,
                  trust_coremltools_pruner: bool = False) -> BuildReport:
     """Build every variant of the matrix (or the names in `only`) into the workspace's variants directory."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace)) if workspace else Workspace.current()
+    ws = as_workspace(workspace)
     started = time.perf_counter()
     planned = matrix.planned()
     if only:
         known = {p.name for p in planned}
         for name in only:
             if name not in known:
-                from bench.errors import did_you_mean
-
                 raise did_you_mean("variant name", name, known)
         planned = [p for p in planned if p.name in only]
     checkpoint = resolve_source(matrix.source, ws)
@@ -194,8 +193,6 @@ def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None
         final = ws.variants_dir / variant_id
         try:
             if (final / "manifest.json").is_file():
-                from bench.build.variants import read_manifest
-
                 result = VariantResult(item.name, variant_id, "cached", 0.0, manifest=read_manifest(final))
             else:
                 manifest = _build_one(session, item, key, variant_id, final, image_size, decoder_length,

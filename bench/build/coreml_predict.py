@@ -11,9 +11,8 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-from bench.errors import InputError, PlatformUnavailable
-
-COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
+from bench.deploy.contract import COMPUTE_UNITS  # the names the device runner knows, defined once
+from bench.errors import InputError, PlatformUnavailable, did_you_mean
 
 
 def require_macos() -> None:
@@ -24,13 +23,17 @@ def require_macos() -> None:
         )
 
 
+def check_compute_unit(name: str) -> str:
+    """The name if Core ML knows it; a "did you mean" error otherwise (checked before anything is loaded)."""
+    if name not in COMPUTE_UNITS:
+        raise did_you_mean("compute unit", name, COMPUTE_UNITS)
+    return name
+
+
 def _compute_unit(name: str):
+    check_compute_unit(name)
     import coremltools as ct
 
-    if name not in COMPUTE_UNITS:
-        from bench.errors import did_you_mean
-
-        raise did_you_mean("compute unit", name, COMPUTE_UNITS)
     return {"cpuOnly": ct.ComputeUnit.CPU_ONLY, "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
             "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE, "all": ct.ComputeUnit.ALL}[name]
 
@@ -44,7 +47,8 @@ class CoreMLCaptioner:
     encoder: Any
     decoder: Any
 
-    def tokens(self, pixel_values) -> list[int]:
+    def tokens(self, pixel_values, max_length: int | None = None) -> list[int]:
+        """Greedy ids after bos; `max_length` (bos included) overrides the variant's decode length."""
         import numpy as np
 
         from bench.build.export import greedy_tokens
@@ -58,7 +62,8 @@ class CoreMLCaptioner:
         batch = np.asarray(pixel_values, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[0] != 1:
             raise InputError(f"Core ML packages take one image at a time, shape [1,3,S,S]; got {list(batch.shape)}")
-        return greedy_tokens(encode, step, batch, self.variant.decode, self.variant.decoder_length)
+        decode = self.variant.decode if max_length is None else {**self.variant.decode, "max_length": max_length}
+        return greedy_tokens(encode, step, batch, decode, self.variant.decoder_length)
 
 
 def load_coreml_captioner(variant, compute_unit: str = "all", workspace=None) -> CoreMLCaptioner:
@@ -87,13 +92,15 @@ class CoreMLGenerate:
     def __init__(self, coreml: CoreMLCaptioner, config: Any):
         self.coreml, self.config = coreml, config
 
-    def generate(self, pixel_values=None, num_beams: int = 1, **_ignored):
+    def generate(self, pixel_values=None, num_beams: int = 1, max_length: int | None = None, **_ignored):
         import torch
 
         if num_beams != 1:
             raise InputError("Core ML evaluation decodes greedily: use --beams 1 with --compute-unit")
         decode = self.coreml.variant.decode
-        rows = [[decode["bos_id"], *self.coreml.tokens(pixel_values[i : i + 1].numpy())] for i in range(len(pixel_values))]
+        # max_length is honoured (the record states it); sampling options do not apply to greedy decoding.
+        rows = [[decode["bos_id"], *self.coreml.tokens(pixel_values[i : i + 1].numpy(), max_length)]
+                for i in range(len(pixel_values))]
         width = max(len(row) for row in rows)
         return torch.tensor([row + [decode["pad_id"]] * (width - len(row)) for row in rows])
 

@@ -13,7 +13,6 @@ Graph interfaces (the runner and the host targets code against these names):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 ENCODER_INPUT, ENCODER_OUTPUT = "pixel_values", "image_embeds"
@@ -115,11 +114,6 @@ def export_pair(model, *, image_size: int, decoder_length: int, target: str, pre
         **common,
     )
     return ExportedPair(encoder=encoder, decoder=decoder, image_size=image_size, decoder_length=decoder_length)
-
-
-def save_package(mlmodel, path: Path) -> Path:
-    mlmodel.save(str(path))
-    return path
 
 
 def greedy_tokens(encode, step, pixel_values, decode: dict[str, int], decoder_length: int) -> list[int]:

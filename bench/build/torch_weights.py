@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BuildError
+from bench.errors import BuildError, InputError
 
 # coremltools renames a constant when it compresses it: `<name>_sparsified`, `_palettized`, `_quantized`.
 COMPRESSION_SUFFIX = re.compile(r"(_sparsified|_palettized_pcs|_palettized|_quantized)+$")
@@ -53,7 +53,6 @@ def map_weights(constants: dict[str, Any], model) -> tuple[dict[str, list[dict[s
     """
     import numpy as np
 
-    metadata = constants
     params = {name: p.detach().cpu().numpy() for name, p in model.named_parameters()}
     by_name = {name.replace(".", "_"): name for name in params}
     mapping: dict[str, list[dict[str, Any]]] = {}
@@ -63,12 +62,12 @@ def map_weights(constants: dict[str, Any], model) -> tuple[dict[str, list[dict[s
         mapping.setdefault(const, []).append({"param": param, "rows": rows})
         claimed.add(param)
 
-    for const, value in metadata.items():
+    for const, value in constants.items():
         param = by_name.get(re.sub(r"_to_fp(16|32)$", "", const))
         if param and params[param].shape == value.shape and _equal(params[param], value):
             claim(const, param)
     signatures: dict[tuple, list[str]] = {}
-    for const, value in metadata.items():
+    for const, value in constants.items():
         signatures.setdefault((value.shape, value.dtype.str, value.tobytes()), []).append(const)
     for param, array in params.items():
         if param in claimed:
@@ -79,7 +78,7 @@ def map_weights(constants: dict[str, Any], model) -> tuple[dict[str, list[dict[s
                 claim(consts[0], param)
                 break
         else:
-            const, rows = _row_prefix_match(array, metadata)
+            const, rows = _row_prefix_match(array, constants)
             if const is not None:
                 claim(const, param, rows)
     unmapped = sorted(set(params) - claimed)
@@ -92,13 +91,13 @@ def _equal(param, value) -> bool:
     return bool(np.array_equal(param.astype(value.dtype), value))
 
 
-def _row_prefix_match(array, metadata) -> tuple[str | None, int | None]:
+def _row_prefix_match(array, constants: dict[str, Any]) -> tuple[str | None, int | None]:
     """A constant equal to the first rows of a 2-D parameter (e.g. position embeddings sliced to length L)."""
     import numpy as np
 
     if array.ndim != 2:
         return None, None
-    for const, value in metadata.items():
+    for const, value in constants.items():
         squeezed = value.reshape(value.shape[-2:]) if value.ndim >= 2 and int(np.prod(value.shape[:-2])) == 1 else None
         if squeezed is None or squeezed.shape[1] != array.shape[1] or squeezed.shape[0] >= array.shape[0]:
             continue
@@ -117,8 +116,12 @@ def deployed_constants(package: Path) -> dict[str, Any]:
     from bench.build.analyze import constant_values, load_program
 
     load_program(package)  # a missing, corrupt or non-ML-program package: one clear InputError, not a traceback
-    mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
-    dense = cto.decompress_weights(mlmodel)
+    try:
+        mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
+        dense = cto.decompress_weights(mlmodel)
+    except ValueError as err:  # coremltools' blob reader on a truncated or overwritten weight.bin
+        raise InputError(f"cannot read the stored weights ({err}); the package is corrupt, rebuild the variant",
+                         file=str(package)) from None
     with tempfile.TemporaryDirectory(prefix="bench-decompressed-") as tmp:
         dense.save(str(Path(tmp) / "dense.mlpackage"))
         values = constant_values(Path(tmp) / "dense.mlpackage")

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
-from bench.errors import InputError, RecordError
+from bench.errors import InputError, RecordError, did_you_mean
 from bench.paths import Workspace
 from bench.store import records
 
@@ -71,7 +71,8 @@ class VariantManifest(BaseModel):
         return self.model_dump()
 
 
-def _workspace(workspace: Workspace | Path | str | None) -> Workspace:
+def as_workspace(workspace: Workspace | Path | str | None) -> Workspace:
+    """A Workspace from a Workspace, a root folder, or None (the current one)."""
     if workspace is None:
         return Workspace.current()
     return workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
@@ -90,7 +91,7 @@ def read_manifest(directory: Path) -> VariantManifest:
 
 def list_variants(workspace: Workspace | Path | str | None = None) -> list[VariantManifest]:
     """Every complete variant of the workspace (directories with a manifest), sorted by name then id."""
-    root = _workspace(workspace).variants_dir
+    root = as_workspace(workspace).variants_dir
     if not root.is_dir():
         return []
     found = [read_manifest(d) for d in sorted(root.iterdir()) if d.is_dir() and (d / MANIFEST).is_file()]
@@ -104,7 +105,7 @@ def load_variant(dir_or_id: Path | str, workspace: Workspace | Path | str | None
         if not (candidate / MANIFEST).is_file():
             raise InputError(f"{candidate}: not a variant directory (no {MANIFEST}); build it with `bench models build`")
         return read_manifest(candidate)
-    ws = _workspace(workspace)
+    ws = as_workspace(workspace)
     text = str(dir_or_id)
     exact = ws.variants_dir / text
     if (exact / MANIFEST).is_file():
@@ -116,8 +117,6 @@ def load_variant(dir_or_id: Path | str, workspace: Workspace | Path | str | None
     by_name = [v for v in variants if v.name == text]
     if by_name:
         return max(by_name, key=lambda v: v.environment.get("created_at", ""))
-    from bench.errors import did_you_mean
-
     if not variants:
         raise InputError(f"unknown variant {text!r}: no variants in {ws.variants_dir}; run `bench models build`")
     raise did_you_mean("variant", text, [v.name for v in variants] + [v.variant_id for v in variants])
@@ -126,7 +125,7 @@ def load_variant(dir_or_id: Path | str, workspace: Workspace | Path | str | None
 def variant_dir(manifest: VariantManifest, workspace: Workspace | Path | str | None = None) -> Path:
     if manifest.directory is not None:
         return manifest.directory
-    return _workspace(workspace).variants_dir / manifest.variant_id
+    return as_workspace(workspace).variants_dir / manifest.variant_id
 
 
 def read_weights_map(directory: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -23,8 +23,7 @@ def show(
     """Sizes of each split and a few reference captions."""
     from rich.table import Table
 
-    from bench.data.base import SPLITS, open_dataset
-    from bench.errors import DatasetError
+    from bench.data.base import SPLITS, EmptySplitError, open_dataset
 
     sizes = Table(title=spec)
     for column in ("split", "n", "refs/image", "signature"):
@@ -33,9 +32,7 @@ def show(
     for split in SPLITS:
         try:
             dataset = open_dataset(spec, split=split, limit=limit, seed=seed, skip_missing=skip_missing)
-        except DatasetError as err:
-            if "empty dataset" not in str(err):
-                raise
+        except EmptySplitError:
             sizes.add_row(split, "0", "-", "-")
             continue
         refs = sum(len(s.captions) for s in dataset) / len(dataset)

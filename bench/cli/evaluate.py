@@ -44,8 +44,10 @@ def eval_command(
         beams=beams, batch_size=batch_size, image_size=image_size, resize=resize, max_length=max_length,
         resamples=resamples, seed=seed, threads=threads,
     ).validate()  # bad options fail before anything heavy is loaded
-    # Weight-loading progress bars of transformers are noise beside our status line (read at its import).
+    # Weight-loading progress bars of transformers, and coremltools' per-pass tqdm bars when a variant's weights are
+    # decompressed, are noise beside our status line (both read at import).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     workspace = Workspace.current()
     dataset = open_dataset(data, split=split, limit=limit, seed=seed, skip_missing=skip_missing)
     captioner, described = open_subject(subject, workspace, compute_unit=compute_unit)

@@ -38,10 +38,13 @@ def build_command(
     from bench.build.builder import build_matrix
     from bench.build.matrix import load_matrix
     from bench.cli._common import console
+    from bench.errors import InputError
     from bench.paths import DEFAULT_MATRIX, Workspace
 
     loaded = load_matrix(matrix or DEFAULT_MATRIX)  # every YAML problem fails here, before any work
-    if threads:
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    if threads is not None:
         import torch
 
         torch.set_num_threads(threads)

@@ -136,7 +136,7 @@ def trend_command(
     variant: Annotated[str | None, typer.Option("--variant", help="Variant id or name.")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Target id (e.g. host-torch, iphone-<udid>).")] = None,
     compute_unit: Annotated[str | None, typer.Option("--compute-unit")] = None,
-    last: Annotated[int | None, typer.Option("--last", help="Only the last N runs.")] = None,
+    last: Annotated[int | None, typer.Option("--last", min=1, help="Only the last N runs.")] = None,
 ) -> None:
     """Median and p90 latency per run from results/history.duckdb (the nightly trend)."""
     from rich.table import Table

@@ -125,7 +125,7 @@ def open_dataset(
 
 
 def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:
-    """A seeded subset of range(n), returned in source order so that small limits are prefixes of nothing."""
+    """A seeded subset of range(n), in source order: the same (n, limit, seed) always gives the same indices."""
     if limit is None or limit >= n:
         return list(range(n))
     return sorted(random.Random(seed).sample(range(n), limit))
@@ -156,9 +156,13 @@ def clean_captions(raw: Any, *, file: str, line: int | None, what: str) -> tuple
     return captions
 
 
+class EmptySplitError(DatasetError):
+    """A readable source with no samples in the asked split (`bench data show` lists it as 0, not as a failure)."""
+
+
 def require_samples(samples: Sequence[Any], *, file: str, split: str) -> None:
     if not samples:
-        raise DatasetError(f"empty dataset: no samples in split {split!r}", file=file)
+        raise EmptySplitError(f"empty dataset: no samples in split {split!r}", file=file)
 
 
 def check_image_files(samples: list[CaptionSample], *, source: str, skip_missing: bool) -> list[CaptionSample]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from bench.data.base import CaptionDataset, CaptionSample, signature, subset_indices
-from bench.errors import DatasetError
+from bench.errors import DatasetError, InputError
 
 VERSION = "v1"
 IMAGE_SIZE = 96  # pixels; drawn size (models resize to their own input size)
@@ -200,21 +201,38 @@ def open_synthetic(rest: str, *, split: str, limit: int | None, seed: int) -> Ca
 
 
 def export(directory, *, split: str, limit: int | None = None, seed: int = 0) -> int:
-    """Write a split as PNG files plus a manifest.jsonl that `manifest:` specs read back (same captions)."""
+    """Write a split as PNG files plus a manifest.jsonl that `manifest:` specs read back (same captions).
+
+    The folder is replaced as a whole, so only a new or empty folder, or an earlier export, is accepted.
+    """
     import io
     import json
-    from pathlib import Path
 
     from bench import atomic
 
+    target = _export_target(Path(directory))
     dataset = open_synthetic("", split=split, limit=limit, seed=seed)
-    with atomic.directory(Path(directory)) as tmp:
-        lines = []
-        for sample in dataset:
-            buffer = io.BytesIO()
-            sample.load_image().save(buffer, format="PNG")
-            (tmp / f"{sample.image_id}.png").write_bytes(buffer.getvalue())
-            lines.append(json.dumps({"image": f"{sample.image_id}.png", "image_id": sample.image_id,
-                                     "captions": list(sample.captions), "split": split}))
-        (tmp / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        with atomic.directory(target) as tmp:
+            lines = []
+            for sample in dataset:
+                buffer = io.BytesIO()
+                sample.load_image().save(buffer, format="PNG")
+                (tmp / f"{sample.image_id}.png").write_bytes(buffer.getvalue())
+                lines.append(json.dumps({"image": f"{sample.image_id}.png", "image_id": sample.image_id,
+                                         "captions": list(sample.captions), "split": split}))
+            (tmp / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot write the export here: {err.strerror or err}", file=str(directory)) from None
     return len(dataset)
+
+
+def _export_target(directory: Path) -> Path:
+    """The resolved folder to replace; refuses a file or a folder holding anything but an earlier export."""
+    target = directory.resolve()  # "." would otherwise name no folder and the whole working directory be removed
+    if target.is_file():
+        raise InputError("is a file; export into a new folder", file=str(directory))
+    if target.is_dir() and any(target.iterdir()) and not (target / "manifest.jsonl").is_file():
+        raise InputError("folder is not empty and holds no earlier export (manifest.jsonl); "
+                         "export replaces the whole folder, so choose a new one", file=str(directory))
+    return target

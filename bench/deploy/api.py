@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.deploy import container
-from bench.deploy.errors import DeviceError, NotPaired, ResultInvalid
+from bench.deploy.errors import DeployError, DeviceError, DeviceNotFound, NotPaired, ResultInvalid
 from bench.deploy.install import RUNNER_BUNDLE_ID
-from bench.deploy.session import DeviceSession, HealthReport, parse_json
+from bench.deploy.session import DeviceSession, HealthReport, parse_json, problem_line
 
 __all__ = [
     "DeviceInfo", "DeviceStatus", "DeployReport", "HealthReport", "InputTensor", "JobSpec", "ModelSpec",
@@ -136,9 +136,22 @@ class DeviceStatus:
     os_build: str
 
 
-def _run(coroutine):
-    """Each public call owns one event loop: call them from one worker thread per device."""
-    return asyncio.run(coroutine)
+def _run(coroutine, udid: str | None = None):
+    """Each public call owns one event loop: call them from one worker thread per device.
+
+    The modules turn the library errors they expect into messages that say what to do; anything from the library
+    that still gets here becomes one DeviceError line too, never a traceback.
+    """
+    from pymobiledevice3.exceptions import ConnectionTerminatedError, PyMobileDevice3Exception
+
+    try:
+        return asyncio.run(coroutine)
+    except (ConnectionTerminatedError, ConnectionError, asyncio.IncompleteReadError) as err:
+        raise DeviceNotFound(f"lost contact with the device ({type(err).__name__}: {err})", udid=udid,
+                             action="reconnect the cable, unlock the phone and try again") from None
+    except PyMobileDevice3Exception as err:
+        raise DeployError(f"the device refused a request ({type(err).__name__}: {err})", udid=udid,
+                          action="check the phone with `bench devices`, then try again") from None
 
 
 # ---- discovery and health -----------------------------------------------------------------------------------------
@@ -183,7 +196,10 @@ def health(udid: str, *, bundle_id: str = RUNNER_BUNDLE_ID) -> HealthReport:
 
     A device that is not attached or not paired yields a report with `problems`, not an exception.
     """
-    return _run(_health(udid, bundle_id))
+    try:
+        return _run(_health(udid, bundle_id), udid)
+    except DeviceError as err:  # lost or refused half way through the checks: still a report, not an exception
+        return HealthReport(udid, attached=True, paired=True, problems=[problem_line(err)])
 
 
 async def _health(udid: str, bundle_id: str) -> HealthReport:
@@ -201,7 +217,7 @@ def install_runner(udid: str, package: Path | str, *, bundle_id: str = RUNNER_BU
     async def go():
         async with DeviceSession(udid, bundle_id=bundle_id) as device:
             return await device.install(Path(package))
-    return _run(go())
+    return _run(go(), udid)
 
 
 # ---- deployment ---------------------------------------------------------------------------------------------------
@@ -215,15 +231,15 @@ def package_hashes(variant_dir: Path) -> dict[str, str]:
     When the variant manifest records a different hash the package changed after it was built: refused, because
     results must describe exactly the bytes the manifest (and the quality evaluation) describe.
     """
-    import json
-
     from bench.deploy.hashing import tree_sha256
 
     variant_dir = Path(variant_dir)
     manifest_path = variant_dir / "manifest.json"
-    packages = {}
-    if manifest_path.is_file():
-        packages = json.loads(manifest_path.read_text()).get("packages", {}) or {}
+    try:
+        recorded = _recorded_hashes(manifest_path) if manifest_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise DeviceError(f"{manifest_path} cannot be read ({err})",
+                          action="rebuild the variant with `bench models build`") from None
     hashes = {}
     for role in ("encoder", "decoder"):
         package = variant_dir / f"{role}.mlpackage"
@@ -231,7 +247,7 @@ def package_hashes(variant_dir: Path) -> dict[str, str]:
             raise DeviceError(f"{variant_dir} has no {role}.mlpackage",
                               action="build the variant with `bench models build`")
         measured = tree_sha256(package)
-        claimed = (packages.get(role) or {}).get("sha256")
+        claimed = recorded.get(role)
         if claimed and claimed != measured:
             raise DeviceError(f"{package} changed since it was built (manifest {claimed[:12]}…, on disk "
                               f"{measured[:12]}…)", action="rebuild the variant; never edit a built package")
@@ -263,7 +279,7 @@ def build_job(spec: JobSpec, job_id: str, model_paths: dict[str, dict[str, str]]
 def deploy(udid: str, spec: JobSpec, variant_dirs: dict[str, Path] | None = None,
            inputs: dict[str, InputTensor] | None = None, *, bundle_id: str = RUNNER_BUNDLE_ID) -> DeployReport:
     """Push what the job needs (content-addressed, atomic; nothing already there is resent), then job.json last."""
-    return _run(_deploy(udid, spec, variant_dirs or {}, inputs or {}, bundle_id))
+    return _run(_deploy(udid, spec, variant_dirs or {}, inputs or {}, bundle_id), udid)
 
 
 def deploy_job(udid: str, job_spec: JobSpec, variant_dirs: dict[str, Path] | None = None,
@@ -311,7 +327,7 @@ async def _deploy(udid, spec: JobSpec, variant_dirs, inputs, bundle_id) -> Deplo
 def run_job(udid: str, job_id: str, timeout_s: float = 1800.0, on_log: Callable[[str], None] | None = None, *,
             poll_s: float = 1.0, bundle_id: str = RUNNER_BUNDLE_ID) -> dict:
     """Launch the runner on a deployed job and return its validated bench.result (status may be "failed")."""
-    return _run(_run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id))
+    return _run(_run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id), udid)
 
 
 async def _run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id) -> dict:
@@ -340,7 +356,7 @@ def device_status(udid: str, timeout_s: float = 120.0, *, poll_s: float = 1.0,
                 await afc.rm(f"{container.JOBS}/{job_id}", force=True)
                 await afc.rm(f"{container.RESULTS}/{job_id}", force=True)
             return level
-    level = _run(battery())
+    level = _run(battery(), udid)
     conditions = result["device"]
     return DeviceStatus(udid, conditions["thermal_state"], conditions["low_power_mode"], conditions["battery_level"],
                         conditions["battery_state"], level.temperature_c, level.charging,
@@ -353,21 +369,29 @@ def held(udid: str, *, bundle_id: str = RUNNER_BUNDLE_ID) -> container.Held:
     async def go():
         async with DeviceSession(udid, bundle_id=bundle_id) as device, device.container() as afc:
             return await container.list_held(afc)
-    return _run(go())
+    return _run(go(), udid)
 
 
 def workspace_package_hashes(variants_dir: Path) -> set[str]:
     """Package hashes recorded by every built variant under `variants_dir` (what a prune keeps by default)."""
-    import json
-
     hashes: set[str] = set()
     for manifest in sorted(Path(variants_dir).glob("*/manifest.json")):
         try:
-            packages = json.loads(manifest.read_text()).get("packages") or {}
+            hashes |= set(_recorded_hashes(manifest).values())
         except (OSError, ValueError):
             continue  # an unreadable manifest keeps nothing; `bench models` reports it
-        hashes |= {p["sha256"] for p in packages.values() if isinstance(p, dict) and p.get("sha256")}
     return hashes
+
+
+def _recorded_hashes(manifest_path: Path) -> dict[str, str]:
+    """{role: sha256} as the builder recorded them in a variant's manifest.json (ValueError when it is not JSON)."""
+    import json
+
+    document = json.loads(manifest_path.read_text())
+    packages = (document.get("packages") if isinstance(document, dict) else None) or {}
+    if not isinstance(packages, dict):
+        raise ValueError("packages is not a mapping")
+    return {role: p["sha256"] for role, p in packages.items() if isinstance(p, dict) and p.get("sha256")}
 
 
 def prune(udid: str, keep_models: set[str] = frozenset(), keep_inputs: set[str] = frozenset(), *,
@@ -376,7 +400,7 @@ def prune(udid: str, keep_models: set[str] = frozenset(), keep_inputs: set[str] 
     async def go():
         async with DeviceSession(udid, bundle_id=bundle_id) as device, device.container() as afc:
             return await container.prune(afc, set(keep_models), set(keep_inputs), jobs=jobs)
-    return _run(go())
+    return _run(go(), udid)
 
 
 # ---- the `bench devices` overview ---------------------------------------------------------------------------------

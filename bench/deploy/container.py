@@ -15,6 +15,7 @@ already present is never sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import posixpath
 import secrets
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ async def _write_file(afc, remote: str, data_source: Path | bytes) -> int:
 
 
 async def _check_size(afc, remote: str, expected: int, udid: str) -> None:
-    size = (await afc.stat(remote))["st_size"]
+    size = (await afc.stat(remote)).get("st_size")
     if size != expected:
         raise PushFailed(f"{remote} holds {size} bytes on the device, {expected} were sent", udid=udid,
                          action="run again; check free space on the device")
@@ -99,8 +100,6 @@ async def push_tree(afc, local_dir: Path, final: str, udid: str, *, inner: str =
 
     Returns at once (0 bytes) when `final` already exists: its name is its content hash.
     """
-    from pymobiledevice3.exceptions import PyMobileDevice3Exception
-
     from bench.deploy.hashing import tree_files
 
     stats = PushStats()
@@ -109,7 +108,7 @@ async def push_tree(afc, local_dir: Path, final: str, udid: str, *, inner: str =
         return stats
     temporary = posixpath.join(posixpath.dirname(final), f"{TMP_PREFIX}{secrets.token_hex(6)}")
     files = tree_files(Path(local_dir))
-    try:
+    async with _discarded_on_failure(afc, temporary, udid, local_dir.name):
         base = posixpath.join(temporary, inner) if inner else temporary
         folders = sorted({posixpath.dirname(rel) for rel, _ in files} | {""})
         await afc.makedirs(base)
@@ -128,38 +127,39 @@ async def push_tree(afc, local_dir: Path, final: str, udid: str, *, inner: str =
 
         sent = await _all_or_nothing([send(rel, path) for rel, path in files])
         await afc.rename(temporary, final)
-    except PushFailed:
-        await _discard(afc, temporary)
-        raise
-    except (PyMobileDevice3Exception, OSError, asyncio.IncompleteReadError) as err:
-        await _discard(afc, temporary)
-        raise _transfer_error(err, udid, f"{local_dir.name}") from None
     stats.files, stats.bytes_sent = len(files), sum(sent)
     return stats
 
 
 async def push_bytes(afc, data: bytes, final: str, udid: str, *, overwrite: bool = False) -> PushStats:
     """Push one file atomically (temporary name, size check, rename). Skipped when present unless `overwrite`."""
-    from pymobiledevice3.exceptions import PyMobileDevice3Exception
-
     stats = PushStats()
     if not overwrite and await afc.exists(final):
         stats.skipped = 1
         return stats
     temporary = posixpath.join(posixpath.dirname(final), f"{TMP_PREFIX}{secrets.token_hex(6)}")
-    try:
+    async with _discarded_on_failure(afc, temporary, udid, posixpath.basename(final)):
         await afc.makedirs(posixpath.dirname(final))
         stats.bytes_sent = await _write_file(afc, temporary, data)
         await _check_size(afc, temporary, len(data), udid)
         await afc.rename(temporary, final)
+    stats.files = 1
+    return stats
+
+
+@contextlib.asynccontextmanager
+async def _discarded_on_failure(afc, temporary: str, udid: str, what: str):
+    """A failed push removes its temporary name (best effort) and ends in one PushFailed."""
+    from pymobiledevice3.exceptions import PyMobileDevice3Exception
+
+    try:
+        yield
     except PushFailed:
         await _discard(afc, temporary)
         raise
     except (PyMobileDevice3Exception, OSError, asyncio.IncompleteReadError) as err:
         await _discard(afc, temporary)
-        raise _transfer_error(err, udid, posixpath.basename(final)) from None
-    stats.files = 1
-    return stats
+        raise _transfer_error(err, udid, what) from None
 
 
 async def _all_or_nothing(coroutines) -> list:
@@ -240,10 +240,11 @@ async def pull(afc, path: str, udid: str, *, max_bytes: int = MAX_PULL_BYTES) ->
         raise ResultInvalid(f"{path} is missing on the device", udid=udid) from None
     except (PyMobileDevice3Exception, OSError) as err:
         raise DeviceNotFound(f"lost while reading {path}: {err}", udid=udid, action="reconnect and run again") from None
-    if info.get("st_ifmt") != "S_IFREG":
-        raise ResultInvalid(f"{path} is not a regular file", udid=udid)
-    if info["st_size"] > max_bytes:
-        raise ResultInvalid(f"{path} is {info['st_size']} bytes, over the {max_bytes}-byte limit; not pulled",
+    size = info.get("st_size")
+    if info.get("st_ifmt") != "S_IFREG" or not isinstance(size, int):
+        raise ResultInvalid(f"{path} is not a regular file of known size", udid=udid)
+    if size > max_bytes:
+        raise ResultInvalid(f"{path} is {size} bytes, over the {max_bytes}-byte limit; not pulled",
                             udid=udid, action="check the runner version; a result this big is not a result")
     try:
         return await afc.get_file_contents(path)

@@ -33,7 +33,11 @@ DDI_ACTION = "mount the Developer Disk Image once per boot: `pymobiledevice3 mou
 
 
 def tunneld_address() -> tuple[str, int]:
-    host, _, port = os.environ.get(TUNNELD_ENV, "127.0.0.1:49151").rpartition(":")
+    address = os.environ.get(TUNNELD_ENV, "127.0.0.1:49151")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TunnelUnavailable(f"{TUNNELD_ENV}={address!r} is not host:port",
+                                action=f"set {TUNNELD_ENV} like 127.0.0.1:49151, or unset it")
     return host, int(port)
 
 
@@ -55,33 +59,38 @@ async def developer_mode(lockdown) -> bool | None:
     return await lockdown.get_developer_mode_status()
 
 
-async def tunnel_listed(udid: str) -> bool:
-    """Whether tunneld lists a tunnel for `udid` (raises TunnelUnavailable when tunneld is not running)."""
+async def _listed_tunnels(udid: str) -> list[dict]:
+    """The tunnels tunneld lists for `udid` (raises TunnelUnavailable when tunneld is not running)."""
     from pymobiledevice3.exceptions import TunneldConnectionError
     from pymobiledevice3.tunneld.api import get_tunneld_tunnels
 
+    address = tunneld_address()
     try:
-        tunnels = await get_tunneld_tunnels(tunneld_address())  # runs the blocking request in a thread
+        tunnels = await get_tunneld_tunnels(address)  # runs the blocking request in a thread
     except TunneldConnectionError:
-        raise TunnelUnavailable(f"iOS 17+ needs a tunnel and no tunneld answers at {tunneld_address()}", udid=udid,
+        raise TunnelUnavailable(f"iOS 17+ needs a tunnel and no tunneld answers at {address}", udid=udid,
                                 action=TUNNELD_ACTION) from None
-    return udid in tunnels
+    return tunnels.get(udid, [])
+
+
+async def tunnel_listed(udid: str) -> bool:
+    """Whether tunneld lists a tunnel for `udid` (raises TunnelUnavailable when tunneld is not running)."""
+    return bool(await _listed_tunnels(udid))
 
 
 @contextlib.asynccontextmanager
 async def _rsd_through_tunneld(udid: str) -> AsyncIterator:
+    from pymobiledevice3.exceptions import PyMobileDevice3Exception
     from pymobiledevice3.tunneld import api as tunneld_api
 
-    if not await tunnel_listed(udid):
+    listed = await _listed_tunnels(udid)
+    if not listed:
         raise TunnelUnavailable("tunneld runs but lists no tunnel for this device", udid=udid,
                                 action="unlock the phone, replug it, and check `curl 127.0.0.1:49151`")
-    from pymobiledevice3.exceptions import PyMobileDevice3Exception
-
-    tunnels = await tunneld_api.get_tunneld_tunnels(tunneld_address())
     # get_tunneld_device_by_udid would repeat the blocking HTTP request on the loop and raise IndexError when the
     # connection fails; connect to the listed tunnel directly instead (pinned 11.45 internals).
     try:
-        rsds = await tunneld_api._create_rsds_from_tunnels({udid: tunnels.get(udid, [])}, tunneld_address())
+        rsds = await tunneld_api._create_rsds_from_tunnels({udid: listed}, tunneld_address())
     except (PyMobileDevice3Exception, OSError, asyncio.TimeoutError) as err:
         raise TunnelUnavailable(f"the tunnel tunneld lists does not speak RSD: {err}", udid=udid,
                                 action="restart tunneld (`sudo pymobiledevice3 remote tunneld`) and replug the "
@@ -181,6 +190,9 @@ class Runner:
                                          action="install the runner with `bench devices install Runner.ipa`") from None
             raise LaunchFailed(f"cannot launch {bundle_id}: {text}", udid=self.udid,
                                action="unlock the phone and trust the developer certificate in Settings") from None
+        if not pid:  # the library's own check is an `assert`, gone under `python -O`
+            raise RunnerNotInstalled(f"DVT returned no process for {bundle_id}", udid=self.udid,
+                                     action="install the runner with `bench devices install Runner.ipa`")
         return int(pid)
 
     async def pid_of(self, bundle_id: str) -> int:

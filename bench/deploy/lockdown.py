@@ -6,6 +6,8 @@ nightly run. Pairing is a one-time human step per host (see docs in bench/deploy
 
 from __future__ import annotations
 
+import re
+
 from bench.deploy.errors import DeviceNotFound, NotPaired
 
 PAIR_ACTION = (
@@ -48,9 +50,9 @@ async def connect(udid: str):
 
 
 def os_major(lockdown) -> int:
-    """iOS major version as an int (ProductVersion "16.7.2" -> 16)."""
-    version = str(lockdown.all_values.get("ProductVersion", "0"))
-    return int(version.split(".")[0] or 0)
+    """iOS major version as an int (ProductVersion "16.7.2" -> 16; 0 when the device sends something else)."""
+    major = re.match(r"\d+", str(lockdown.all_values.get("ProductVersion", "")))
+    return int(major.group()) if major else 0
 
 
 def identity(lockdown) -> dict:

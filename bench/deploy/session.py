@@ -55,7 +55,8 @@ class HealthReport:
         return self.attached and bool(self.paired) and not self.problems
 
 
-def _describe(err: DeviceError) -> str:
+def problem_line(err: DeviceError) -> str:
+    """The error's line without the leading "<udid>: " (a health report already belongs to one device)."""
     return str(err).split(": ", 1)[-1] if err.udid else str(err)
 
 
@@ -91,7 +92,7 @@ class DeviceSession:
         report = HealthReport(self.udid, attached=True, paired=True, **identity(self.lockdown))
         report.developer_mode = await launch.developer_mode(self.lockdown)
         if report.developer_mode is False:
-            report.problems.append(_describe(DeveloperModeOff(
+            report.problems.append(problem_line(DeveloperModeOff(
                 "Developer Mode is off", udid=self.udid,
                 action=launch.DEVELOPER_MODE_ACTION)))
         try:
@@ -107,7 +108,7 @@ class DeviceSession:
                     report.problems.append("tunneld lists no tunnel for this device: " + launch.TUNNELD_ACTION)
         except DeviceError as err:
             report.tunnel = False
-            report.problems.append(_describe(err))
+            report.problems.append(problem_line(err))
         level = await battery.read_battery(self.lockdown)
         report.battery_percent, report.battery_temperature_c = level.level_percent, level.temperature_c
         report.charging = level.charging

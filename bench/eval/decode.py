@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bench.errors import InputError
+from bench.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -57,8 +57,6 @@ class DecodeOptions:
         if self.image_size is not None and self.image_size < 8:
             raise InputError(f"image size must be at least 8 pixels, got {self.image_size}")
         if self.resize not in RESIZE_MODES:
-            from bench.errors import did_you_mean
-
             raise did_you_mean("resize mode", self.resize, RESIZE_MODES)
         if self.max_length is not None and self.max_length < 2:
             raise InputError(f"max length must be at least 2 (BOS + one token), got {self.max_length}")

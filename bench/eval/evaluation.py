@@ -134,9 +134,10 @@ def _open_variant(argument: str, workspace: Workspace) -> tuple[CaptionerLike, S
 
 
 def _open_coreml_variant(argument: str, workspace: Workspace, compute_unit: str) -> tuple[CaptionerLike, Subject]:
-    from bench.build.coreml_predict import coreml_captioner_for_eval, require_macos
+    from bench.build.coreml_predict import check_compute_unit, coreml_captioner_for_eval, require_macos
     from bench.build.variants import load_variant, variant_dir
 
+    check_compute_unit(compute_unit)  # a typo is named as such, on any platform
     require_macos()  # fail before loading anything on Linux
     manifest = load_variant(argument, workspace)
     captioner = coreml_captioner_for_eval(manifest, compute_unit, workspace)

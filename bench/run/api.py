@@ -180,8 +180,7 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
 
     run_dir = resolve_run_dir(run, workspace)
     manifest = RunManifest.open(run_dir)  # a corrupt run.json stops here, before anything is touched
-    plan = manifest.data["plan"]
-    config = RunConfig.model_validate(plan["config"])
+    plan, config = _resumable_plan(manifest)
     _check_same_harness(manifest, force)
     if variants is None:
         variants = _planned_variants(plan, workspace)
@@ -207,6 +206,38 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
     manifest.update(status="running", tables_written=False, resumed_at=[*manifest.data.get("resumed_at", []),
                                                                          now_iso()])
     return _measure(manifest, config, series, targets, images, observer, sleep, workspace)
+
+
+# What resume reads from run.json, checked in this order (valid JSON may still lack any of it).
+_RESUME_NEEDS = (
+    ("plan", lambda run: isinstance(run.get("plan"), dict)),
+    ("seed", lambda run: isinstance(run.get("seed"), int)),
+    *((f"plan.{key}", lambda run, key=key, kind=kind: isinstance(run["plan"].get(key), kind))
+      for key, kind in (("config", dict), ("variants", list), ("compute_units", list), ("series", list),
+                        ("images", dict), ("targets", list), ("variant_details", list))),
+    ("plan.images.image_ids", lambda run: isinstance(run["plan"]["images"].get("image_ids"), list)),
+    ("plan.targets", lambda run: all(isinstance(t, dict) and {"id", "kind"} <= set(t) for t in run["plan"]["targets"])),
+    ("plan.variant_details", lambda run: all(isinstance(v, dict) and "variant_id" in v
+                                             for v in run["plan"]["variant_details"])),
+)
+
+
+def _resumable_plan(manifest: RunManifest) -> tuple[dict, RunConfig]:
+    """The plan and config of a run to resume, or one RecordError saying why run.json cannot drive a resume."""
+    from pydantic import ValidationError
+
+    where = manifest.run_dir / run_store.MANIFEST_NAME
+    for name, present in _RESUME_NEEDS:
+        if not present(manifest.data):
+            raise RecordError(f"{where}: {name} is missing or damaged, so the run cannot be resumed; start a new run")
+    plan = manifest.data["plan"]
+    try:
+        return plan, RunConfig.model_validate(plan["config"])
+    except ValidationError as err:
+        problem = err.errors()[0]
+        key = ".".join(str(part) for part in problem["loc"])
+        raise RecordError(f"{where}: plan.config.{key}: {problem['msg']}, so the run cannot be resumed; "
+                          "start a new run") from None
 
 
 def _check_same_harness(manifest: RunManifest, force: bool) -> None:

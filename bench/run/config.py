@@ -103,5 +103,6 @@ def with_overrides(config: RunConfig, **overrides) -> RunConfig:
         return RunConfig.model_validate(top)
     except ValidationError as err:
         problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        raise InputError(f"--{where.replace('_', '-')}: {problem['msg'].removeprefix('Value error, ')}") from None
+        # The flag the user typed: --ci-width, not the adaptive.ci_width it is stored as.
+        flag = str(problem["loc"][-1] if problem["loc"][0] == "adaptive" else problem["loc"][0])
+        raise InputError(f"--{flag.replace('_', '-')}: {problem['msg'].removeprefix('Value error, ')}") from None

@@ -7,14 +7,12 @@ were interrupted and are measured again (their partial data was never stored).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from bench import atomic
 from bench.store import records
 from bench.store.environment import now_iso
 from bench.store.runs import MANIFEST_NAME, RUN_KIND, read_manifest
@@ -61,14 +59,7 @@ class RunManifest:
     def set_job(self, job_key: str, state: str, *, error: str | None = None, target_id: str | None = None,
                 count_attempt: bool = False) -> None:
         with self._lock:
-            entry = self._payload["jobs"].setdefault(job_key, {"state": "pending", "attempts": 0, "error": None})
-            entry["state"] = state
-            entry["error"] = error
-            if target_id:
-                entry["target_id"] = target_id
-            if count_attempt:
-                entry["attempts"] += 1
-            entry["updated_at"] = now_iso()
+            self._set_entry(job_key, state, error, target_id, count_attempt)
             self._save()
 
     def set_target(self, target_id: str, **fields: Any) -> None:
@@ -79,6 +70,12 @@ class RunManifest:
     def update(self, **fields: Any) -> None:
         with self._lock:
             self._payload.update(fields)
+            self._save()
+
+    def add_attempt(self, attempt: dict[str, Any]) -> None:
+        """Append to the retry log; under the lock, so two device workers retrying at once both get recorded."""
+        with self._lock:
+            self._payload.setdefault("attempts", []).append(attempt)
             self._save()
 
     def interrupted_to_pending(self) -> None:
@@ -94,27 +91,22 @@ class RunManifest:
         """Several jobs to one state in one rewrite (a round starting: all its jobs become running together)."""
         with self._lock:
             for job_key in job_keys:
-                entry = self._payload["jobs"].setdefault(job_key, {"state": "pending", "attempts": 0, "error": None})
-                entry["state"], entry["error"] = state, None
-                if target_id:
-                    entry["target_id"] = target_id
-                if count_attempt:
-                    entry["attempts"] += 1
-                entry["updated_at"] = now_iso()
+                self._set_entry(job_key, state, None, target_id, count_attempt)
             self._save()
+
+    def _set_entry(self, job_key: str, state: str, error: str | None, target_id: str | None,
+                   count_attempt: bool) -> None:
+        entry = self._payload["jobs"].setdefault(job_key, {"state": "pending", "attempts": 0, "error": None})
+        entry["state"], entry["error"] = state, error
+        if target_id:
+            entry["target_id"] = target_id
+        if count_attempt:
+            entry["attempts"] += 1
+        entry["updated_at"] = now_iso()
 
     def _save(self) -> None:
         """Atomic rename, without fsync: run.json is rewritten several times per job, and everything it says about
         finished jobs is re-derived from the durable job records on resume, so losing the last rewrite to a power
         cut costs nothing — while an fsync per rewrite costs ~10 ms on a busy disk (benchmarks/test_run.py)."""
         text = json.dumps(records.stamp(RUN_KIND, self._payload), indent=2, default=str) + "\n"
-        path = self.run_dir / MANIFEST_NAME
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.run_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic.write_text(self.run_dir / MANIFEST_NAME, text, durable=False)

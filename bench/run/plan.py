@@ -86,7 +86,8 @@ def variant_ref(manifest: Any, path: Path | None = None) -> VariantRef:
     # The id's suffix is the content hash of the build's cache key (base weights, recipe, target, versions) — the
     # same "variant hash" the eval records carry; ids without one fall back to the packages' tree hashes.
     name_part, _, suffix = variant_id.rpartition("-")
-    variant_hash = get("variant_hash") or suffix if name_part and len(suffix) >= 8 else hashlib.sha256("|".join(shas).encode()).hexdigest()[:12]
+    variant_hash = get("variant_hash") or (
+        suffix if name_part and len(suffix) >= 8 else hashlib.sha256("|".join(shas).encode()).hexdigest()[:12])
     decode = get("decode") or {}
     if not isinstance(decode, dict):
         decode = decode.model_dump() if hasattr(decode, "model_dump") else dict(decode.__dict__)

@@ -25,7 +25,7 @@ from bench.run.stats import StopRule, median_ci, stop_reason
 from bench.run.targets.base import Conditions, ImageItem, Interrupted, RoundRequest, Step, StepResult
 from bench.run.targets.iphone import is_transient
 from bench.store import records
-from bench.store.runs import JOB_KIND, JOBS_DIR
+from bench.store.runs import JOB_KIND, JOBS_DIR, read_job_records
 
 MAX_ROUNDS = 10_000  # a guard only: every stop rule ends long before
 
@@ -131,8 +131,7 @@ class Scheduler:
     # --- resume: what is already stored counts, nothing is measured twice ---------------------------------------
     def _restore_from_records(self) -> None:
         by_key = {state.series.key: state for states in self.states.values() for state in states}
-        for path in sorted((self.run_dir / JOBS_DIR).glob("*.json")):
-            record = records.read(path, JOB_KIND)
+        for record in read_job_records(self.run_dir).values():
             state = by_key.get(record.get("series_key"))
             if state is None:
                 continue
@@ -243,10 +242,8 @@ class Scheduler:
                     return False
                 delay = min(retry.backoff_s * (2 ** attempt), retry.backoff_max_s)
                 self.observer.retrying(target.id, message, delay)
-                self.manifest.data.setdefault("attempts", [])
-                self.manifest.update(attempts=[*self.manifest.data["attempts"],
-                                               {"target_id": target.id, "round": round_index, "error": message,
-                                                "retry_in_s": delay}])
+                self.manifest.add_attempt({"target_id": target.id, "round": round_index, "error": message,
+                                           "retry_in_s": delay})
                 self._sleep(delay)
                 if self.stop_event.is_set():
                     raise Interrupted() from None

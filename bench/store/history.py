@@ -102,6 +102,8 @@ def migrate(con, path: Path | str = "history", *, target: int = SCHEMA_VERSION) 
 
 def append_run(db_path: Path | str, run) -> None:
     """Append (or replace) one run — a `bench.store.runs.RunData` — in the history."""
+    import duckdb
+
     con = connect(db_path)
     try:
         manifest = run.manifest
@@ -130,6 +132,8 @@ def append_run(db_path: Path | str, run) -> None:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+    except duckdb.Error as err:  # the run itself is stored; say why the history is not, in one line
+        raise RecordError(f"{db_path}: run {run.run_id} not added to the history ({err})") from None
     finally:
         con.close()
 

@@ -121,10 +121,21 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise RecordError(f"{run_dir}: no such run directory")
     try:
-        return records.read(path, RUN_KIND)
+        return _checked_manifest(records.read(path, RUN_KIND), path)
     except RecordError as err:
         raise RecordError(f"{err} — the run manifest is damaged; job records in {Path(run_dir) / JOBS_DIR} are "
                           "untouched (restore run.json or start a new run)") from None
+
+
+def _checked_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What every reader of run.json relies on: a run id and each job's state (valid JSON can still lack them)."""
+    if not isinstance(manifest.get("run_id"), str):
+        raise RecordError(f"{path}: run_id is missing or not a string")
+    jobs = manifest.get("jobs", {})
+    if not isinstance(jobs, dict) or not all(isinstance(e, dict) and isinstance(e.get("state"), str)
+                                             for e in jobs.values()):
+        raise RecordError(f"{path}: jobs must map each job key to an entry with a state")
+    return manifest
 
 
 def read_job_records(run_dir: Path | str) -> dict[str, dict]:
@@ -132,8 +143,16 @@ def read_job_records(run_dir: Path | str) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for path in sorted((Path(run_dir) / JOBS_DIR).glob("*.json")):
         record = records.read(path, JOB_KIND)
+        missing = [key for key in _JOB_RECORD_KEYS if key not in record]
+        if missing or not isinstance(record["target"], dict) or not {"kind", "id"} <= set(record["target"]):
+            raise RecordError(f"{path}: damaged job record (missing {', '.join(missing) or 'target.kind/id'}); "
+                              "move it aside and resume the run to measure that job again")
         found[record["job_key"]] = record
     return found
+
+
+# What the tables, resume and the report read from every job record without a default.
+_JOB_RECORD_KEYS = ("job_key", "round", "variant_id", "compute_unit", "target")
 
 
 def load_run(run_dir: Path | str) -> RunData:

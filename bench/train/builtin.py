@@ -55,6 +55,7 @@ def train_builtin(
     from bench.train.captioner import load_captioner
     from bench.train.trainer import write_metadata
 
+    config.validate()  # bad settings fail before the dataset is generated
     out_dir = Path(out_dir)
     dataset = open_dataset(DATASET_SPEC, split="train", limit=train_limit, seed=config.seed)
     with tempfile.TemporaryDirectory(prefix="bench-builtin-") as work:
@@ -67,7 +68,7 @@ def train_builtin(
     trained = load_captioner(out_dir)
     test = open_dataset(DATASET_SPEC, split="test", limit=eval_limit, seed=0)
     evaluation = greedy_bleu(trained, test)
-    metadata = {k: v for k, v in result.metadata.items()}
+    metadata = dict(result.metadata)
     metadata["evaluation"] = evaluation
     metadata["weights_sha256"] = trained.weights_sha256
     write_metadata(out_dir, metadata)

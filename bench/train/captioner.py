@@ -211,6 +211,7 @@ def load_captioner(path: Path | str, *, device: str | None = None) -> Captioner:
             f"model_type is {config.get('model_type')!r}; bench captions with BLIP (BlipForConditionalGeneration)",
             file=str(path / "config.json"),
         )
+    from safetensors import SafetensorError  # a transformers dependency: truncated or corrupt model.safetensors
     from transformers import BlipForConditionalGeneration
 
     quiet_transformers()
@@ -218,7 +219,7 @@ def load_captioner(path: Path | str, *, device: str | None = None) -> Captioner:
         model, info = BlipForConditionalGeneration.from_pretrained(
             path, attn_implementation="eager", local_files_only=True, output_loading_info=True
         )
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise InputError(f"cannot load BLIP weights: {err}".splitlines()[0], file=str(path)) from None
     # A BLIP checkpoint for another task (VQA, retrieval) loads with a randomly initialised captioning head:
     # refuse it rather than evaluate noise.

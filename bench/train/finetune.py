@@ -26,6 +26,7 @@ def finetune(
     from bench.data.base import open_dataset
     from bench.train.captioner import check_checkpoint_dir, load_captioner
 
+    config.validate()  # bad settings fail before the dataset and the model are loaded
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     check_checkpoint_dir(checkpoint)  # before opening the dataset: the cheaper error first
     if out_dir.resolve() == checkpoint.resolve():

@@ -11,18 +11,19 @@ preprocessor_config.json) plus `bench_captioner.json` with the training metadata
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import atomic
-from bench.errors import InputError
+from bench.errors import InputError, did_you_mean
 from bench.store import records
 from bench.train.captioner import METADATA_FILE, METADATA_KIND, Captioner, write_preprocessor_config
 
@@ -38,6 +39,7 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 # Resized training images are kept in memory (uint8) when they fit this budget; otherwise re-read every epoch.
 IMAGE_CACHE_BYTES = 1 << 30
+DEVICES = ("cpu", "cuda", "mps")  # `cuda:1` names one of several GPUs
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,23 @@ class TrainConfig:
     threads: int | None = None  # CPU threads; None = min(4, cores)
     device: str | None = None  # None = cuda, else mps, else cpu
     keep_checkpoints: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """One clear line for a setting the loop would otherwise trip over (modulo by zero, empty batch, torch)."""
+        if self.steps <= 0:
+            raise InputError(f"steps must be positive, got {self.steps}")
+        for name in ("batch_size", "save_every", "log_every", "max_caption_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise InputError(f"warmup steps must not be negative, got {self.warmup_steps}")
+        if self.lr <= 0:
+            raise InputError(f"learning rate must be positive, got {self.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be at least 1, got {self.threads}")
+        if self.device is not None and self.device.split(":")[0] not in DEVICES:
+            raise did_you_mean("device", self.device, DEVICES)
+        return self
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with the run it continues (steps may grow, device may change)."""
@@ -79,12 +98,21 @@ def pick_device(requested: str | None = None) -> str:
     import torch
 
     if requested:
+        kind = requested.split(":")[0]
+        if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not _mps_available()):
+            raise InputError(f"device {requested!r} is not available on this machine; use --device cpu")
         return requested
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def default_threads() -> int:
@@ -206,6 +234,26 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
         raise InputError(f"corrupt trainer state: {err}", file=str(checkpoint / STATE_FILE)) from None
 
 
+def _load_resume_point(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
+    """The model and optimizer state saved in `checkpoint`; a damaged file is one line naming the checkpoint."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    from transformers import BlipForConditionalGeneration
+
+    try:
+        model = BlipForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="eager",
+                                                             local_files_only=True)
+        optimizer_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    # torch.load reports a damaged file as any of these, depending on where the bytes stop making sense.
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise InputError(f"cannot resume from this checkpoint ({type(err).__name__}: {first_line}); "
+                         "delete it to start over, or use another --out directory", file=str(checkpoint)) from None
+    return model, optimizer_state
+
+
 def _check_resumable(state: dict[str, Any], expected: dict[str, Any], checkpoint: Path) -> None:
     for key, value in expected.items():
         if state.get(key) != value:
@@ -236,8 +284,7 @@ def train(
 
     from bench.store.environment import host_environment, now_iso
 
-    if config.steps <= 0:
-        raise InputError(f"steps must be positive, got {config.steps}")
+    config.validate()
     if len(dataset) == 0:
         raise InputError("cannot train on an empty dataset")
     from bench.train.captioner import quiet_transformers
@@ -260,10 +307,7 @@ def train(
         last = checkpoints[-1]
         state = load_state(last)
         _check_resumable(state, expected, last)
-        from transformers import BlipForConditionalGeneration
-
-        model = BlipForConditionalGeneration.from_pretrained(last, attn_implementation="eager", local_files_only=True)
-        optimizer_state = torch.load(last / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        model, optimizer_state = _load_resume_point(last)
         start_step, elapsed, losses = state["step"], state["elapsed_seconds"], state["losses"]
         resumed_from = [*state.get("resumed_from", []), start_step]
         log(f"resuming from {last} (step {start_step})")
@@ -353,26 +397,17 @@ def write_metadata(out_dir: Path, metadata: dict[str, Any]) -> None:
     path.chmod(0o644)
 
 
-class _progress_bar:
-    """A rich progress bar with the running loss; silent when progress=False (tests)."""
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, completed: int) -> Iterator[Callable[..., None]]:
+    """A rich progress bar with the running loss; yields `advance(**fields)`. Silent when enabled=False (tests)."""
+    if not enabled:
+        yield lambda **fields: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    def __init__(self, enabled: bool, total: int, completed: int):
-        self.enabled, self.total, self.completed = enabled, total, completed
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda **fields: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-        )
-        self._progress.__enter__()
-        task = self._progress.add_task("train", total=self.total, completed=self.completed, loss=float("nan"))
-        return lambda **fields: self._progress.update(task, advance=1, **fields)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._progress.__exit__(*exc)
-        return False
+    with Progress(
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+    ) as progress:
+        task = progress.add_task("train", total=total, completed=completed, loss=float("nan"))
+        yield lambda **fields: progress.update(task, advance=1, **fields)

@@ -8,6 +8,7 @@ the runner's result back onto per-step results. Each device gets its own worker 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -46,12 +47,14 @@ def _default_preprocess(images: list, size: int, mode: str, variant=None):
     from bench.train.captioner import load_captioner
 
     global _PREPROCESSOR
-    if _PREPROCESSOR is None:
-        _PREPROCESSOR = load_captioner(BUILTIN_CAPTIONER_DIR)
+    with _PREPROCESSOR_LOCK:  # one worker thread per iPhone: load the captioner once, not once per device
+        if _PREPROCESSOR is None:
+            _PREPROCESSOR = load_captioner(BUILTIN_CAPTIONER_DIR)
     return _PREPROCESSOR.preprocess(images, size=size, mode=mode)
 
 
 _PREPROCESSOR = None
+_PREPROCESSOR_LOCK = threading.Lock()
 
 
 class IPhoneTarget:
