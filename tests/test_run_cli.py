@@ -40,6 +40,12 @@ def test_unknown_compute_unit_is_one_line_with_a_suggestion(workspace, capsys):
     assert "unknown compute unit 'cpuAndNE'; did you mean" in one_error_line(capsys)
 
 
+def test_unknown_variant_is_refused_before_anything_is_built(workspace, capsys):
+    assert main(["run", "--variants", "prune-02", "--no-eval", "--no-report"]) == 2
+    assert "unknown variant 'prune-02'; did you mean 'prune-0.2'" in one_error_line(capsys)
+    assert not workspace.variants_dir.exists()  # minutes of conversion were not spent on a typo
+
+
 def test_bad_run_yaml_names_file_and_line(workspace, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("images: 4\nadaptive:\n  ci_widht: 0.01\n")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, InputError, RecordError
+from bench.errors import BenchError, InputError, RecordError, did_you_mean
 from bench.paths import Workspace
 from bench.run.config import RunConfig
 from bench.run.manifest import REDO_STATES, RunManifest
@@ -167,7 +167,6 @@ def resolve_run_dir(run: str | Path, workspace: Workspace) -> Path:
         return candidate
     known = sorted(p.name for p in workspace.results_dir.glob("*/") if (p / run_store.MANIFEST_NAME).exists()) \
         if workspace.results_dir.is_dir() else []
-    from bench.errors import did_you_mean
 
     raise did_you_mean("run", str(run), known) if known else InputError(f"no run {run!r} under {workspace.results_dir}")
 
@@ -321,6 +320,8 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)
+        if config.variants:
+            _check_variant_names(config.variants, variants, config.matrix)  # before minutes of building
         if not variants or config.matrix or not config.variants:
             # The whole matrix is measured unless variants are named; building reuses every cached variant.
             try:
@@ -340,6 +341,19 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
             outcome.notes.append(f"report failed ({type(err).__name__}: {err}); the run is complete on disk — "
                                  f"retry with `bench report {outcome.run_id}`")
     return outcome
+
+
+def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str | None) -> None:
+    """Unknown variant names are refused with did-you-mean before anything is built: names are the matrix's
+    planned names (and, once built, their ids)."""
+    from bench.build.matrix import load_matrix
+    from bench.paths import DEFAULT_MATRIX
+
+    known = {planned.name for planned in load_matrix(Path(matrix) if matrix else DEFAULT_MATRIX).planned()}
+    known |= {v.name for v in built} | {v.variant_id for v in built}
+    for name in wanted:
+        if name not in known:
+            raise did_you_mean("variant", name, known)
 
 
 def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspace, *, log=print) -> dict[str, Any]:
