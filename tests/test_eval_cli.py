@@ -124,6 +124,7 @@ def test_eval_compare_command_prints_the_paired_test(checkpoint, tmp_path, capsy
         (["{missing}"], "no such checkpoint directory"),
         (["int8-0123456789ac"], "no such checkpoint directory, and unknown variant 'int8-0123456789ac'"),
         (["{ckpt}", "--beams", "0"], "beams must be at least 1"),
+        (["{ckpt}", "--image-size", "99999"], "image size must be 8 to 1536 pixels"),
         (["{ckpt}", "--resize", "crop"], "did you mean 'center_crop'"),
         (["{ckpt}", "--data", "manifest:{empty}"], "empty"),
         (["{ckpt}", "--data", "nosuchkind"], "unknown dataset kind"),

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 RESIZE_MODES = ("resize", "center_crop")
-FALLBACK_MAX_LENGTH = 20  # transformers' generate default, for captioners without a decode config
+FALLBACK_MAX_LENGTH = 20
+MAX_IMAGE_SIZE = 1536  # 4× BLIP-large's 384 px  # transformers' generate default, for captioners without a decode config
 
 
 class CaptionerLike(Protocol):
@@ -54,8 +55,9 @@ class DecodeOptions:
             raise InputError(f"beams must be at least 1, got {self.beams}")
         if self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.image_size is not None and self.image_size < 8:
-            raise InputError(f"image size must be at least 8 pixels, got {self.image_size}")
+        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            # Past a few thousand pixels the ViT's attention alone needs terabytes: refuse instead of crashing.
+            raise InputError(f"image size must be 8 to {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
         if self.resize not in RESIZE_MODES:
             raise did_you_mean("resize mode", self.resize, RESIZE_MODES)
         if self.max_length is not None and self.max_length < 2:
