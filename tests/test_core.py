@@ -135,3 +135,19 @@ def test_cli_turns_bench_errors_into_one_line(tmp_path: Path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: no runs under") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_operating_system_refusal_is_one_line(tmp_path: Path):
+    """The last safety net in main(): an OSError that no layer turned into a BenchError still reads as one line."""
+    probe = (
+        "import sys\n"
+        "from bench.cli import app, main\n"
+        "@app.command('explode')\n"
+        "def explode():\n"
+        "    open('/proc/definitely/not/here', 'w')\n"
+        "sys.exit(main(['explode']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: No such file or directory: /proc/definitely/not/here")

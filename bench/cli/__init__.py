@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted; anything written so far is complete or was discarded (runs can be resumed)")
         return 130
+    except OSError as err:  # the machine said no (disk full, permission, read-only folder): one line, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        _print_error(f"{err.strerror or err}{where}")
+        return 1
     except typer.Exit as done:
         return done.exit_code
     except SystemExit as done:
