@@ -62,15 +62,14 @@ def _z(p: float) -> float:
 
 
 def median_ci(sorted_values, confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free CI of the median from order statistics (normal approximation of the binomial ranks)."""
-    n = len(sorted_values)
-    if n == 0:
+    """Distribution-free CI of the median from order statistics: the exact binomial interval the run's stopping rule
+    uses (bench.run.stats), so a report never shows another CI than the one sampling stopped on. NaN when too few."""
+    from bench.run.stats import median_ci as exact_median_ci
+
+    interval = exact_median_ci(sorted_values, confidence)
+    if interval.low is None:
         return (math.nan, math.nan)
-    z = _z(0.5 + confidence / 2)
-    half = z * math.sqrt(n) / 2
-    lower = max(int(math.floor(n / 2 - half)), 0)
-    upper = min(int(math.ceil(n / 2 + half)), n - 1)
-    return float(sorted_values[lower]), float(sorted_values[upper])
+    return (interval.low, interval.high)
 
 
 def summarize_latency(values_ns) -> dict[str, float]:
