@@ -120,22 +120,14 @@ def _theirs(loop, afc, package, round_no):
 
 
 @pytest.mark.benchmark(group="deploy-push")
-def test_push_ours(benchmark, setup):
+@pytest.mark.parametrize("who", ["ours", "pymobiledevice3"])
+def test_push(benchmark, setup, who):
+    """The same bytes pushed by our content-addressed atomic push and by pymobiledevice3's own AfcService.push."""
     loop, phone, package, size = setup
+    push = _ours if who == "ours" else _theirs
     session, afc = loop.run_until_complete(_open(phone.udid))
     counter = iter(range(1000))
-    benchmark.pedantic(lambda: _ours(loop, afc, package, next(counter)), setup=lambda: _clear(phone),
-                       rounds=ROUNDS, iterations=1)
-    benchmark.extra_info["MiB_per_s"] = round(size / MIB / benchmark.stats["median"], 1)
-    loop.run_until_complete(afc.aclose())
-
-
-@pytest.mark.benchmark(group="deploy-push")
-def test_push_pymobiledevice3(benchmark, setup):
-    loop, phone, package, size = setup
-    session, afc = loop.run_until_complete(_open(phone.udid))
-    counter = iter(range(1000))
-    benchmark.pedantic(lambda: _theirs(loop, afc, package, next(counter)), setup=lambda: _clear(phone),
+    benchmark.pedantic(lambda: push(loop, afc, package, next(counter)), setup=lambda: _clear(phone),
                        rounds=ROUNDS, iterations=1)
     benchmark.extra_info["MiB_per_s"] = round(size / MIB / benchmark.stats["median"], 1)
     loop.run_until_complete(afc.aclose())
