@@ -330,7 +330,8 @@ def test_key_comparison_can_fail():
 
     def visit(node):
         nonlocal sample
-        if node.type == "class_declaration" and text(node.child_by_field_name("name")) == "Sample":
+        if (node.type == "class_declaration" and declaration_keyword(node) == "struct"
+                and text(node.child_by_field_name("name")) == "Sample"):
             sample = {p.name for m in node.child_by_field_name("body").children
                       if m.type == "property_declaration" and (p := parse_property(m))}
         for child in node.children:
@@ -515,3 +516,295 @@ def test_build_script_is_valid_bash_and_refuses_linux_clearly():
         done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
         assert done.returncode != 0
         assert "needs macOS" in done.stderr and done.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------- robustness (issue 10)
+# Structural checks of the runner's error and threading paths, by tree-sitter query: each names the fault it guards
+# against. They prove the code has the shape; that Core ML and iOS then behave as documented needs a device.
+
+
+def functions_named(name: str, file: str | None = None) -> list:
+    found = []
+
+    def visit(node):
+        if node.type == "function_declaration" and text(node.child_by_field_name("name")) == name:
+            found.append(node)
+        for child in node.children:
+            visit(child)
+
+    for path in SWIFT_FILES:
+        if file is None or path.name == file:
+            visit(parse(path.read_bytes()).root_node)
+    return found
+
+
+def the_function(name: str, file: str | None = None):
+    found = functions_named(name, file)
+    assert len(found) == 1, f"expected one function {name}, found {len(found)}"
+    return found[0]
+
+
+def descendants(node, node_type: str) -> list:
+    found = []
+
+    def visit(current):
+        if current.type == node_type:
+            found.append(current)
+        for child in current.children:
+            visit(child)
+
+    visit(node)
+    return found
+
+
+def callee_name(call) -> str:
+    """The called name of a call_expression: `f(...)` -> f, `a.b.f(...)` -> f, `x[...]` -> x."""
+    head = call.children[0]
+    if head.type == "navigation_expression":
+        return text(head.children[-1]).lstrip(".").strip()
+    return text(head)
+
+
+def calls_to(node, name: str) -> list:
+    return [call for call in descendants(node, "call_expression") if callee_name(call) == name]
+
+
+def ancestors(node) -> list:
+    found = []
+    while node.parent is not None:
+        node = node.parent
+        found.append(node)
+    return found
+
+
+def all_sources():
+    return [(path.name, parse(path.read_bytes()).root_node) for path in SWIFT_FILES]
+
+
+# -- stride-aware MLMultiArray access ------------------------------------------------------------------------------
+
+
+def test_multiarray_writes_in_the_decoder_loop_use_keyed_subscripts():
+    """`ids[3] = …` is a linear index, which ignores strides on non-contiguous storage; `ids[[0, 3]] = …` does not."""
+    caption = the_function("caption", "Captioner.swift")
+    multiarrays = {"ids", "created", "mask"}  # every MLMultiArray the loop writes (features is a dictionary)
+    targets = [node for node in descendants(caption, "directly_assignable_expression")
+               if node.children[0].type == "call_expression" and text(node.children[0].children[0]) in multiarrays]
+    assert {text(t.children[0].children[0]) for t in targets} == multiarrays
+    for target in targets:
+        arguments = next(c for c in target.children[0].children[-1].children if c.type == "value_arguments")
+        (argument,) = [c for c in arguments.children if c.type == "value_argument"]
+        assert text(argument).startswith("Self.position("), f"linear subscript {text(target)!r}"
+    position = the_function("position", "Captioner.swift")
+    assert "[0, NSNumber(value: index)]" in text(position)
+
+
+def test_pixel_inputs_are_copied_through_the_destination_strides():
+    load = the_function("load", "Captioner.swift")
+    (call,) = calls_to(load, "withUnsafeMutableBufferPointer")
+    (closure,) = descendants(call, "lambda_literal")
+    parameters = [text(p) for p in descendants(closure, "lambda_parameter")]
+    assert len(parameters) == 2 and parameters[1] != "_", "the closure must take the strides it is given"
+    body = text(closure)
+    assert f"strides == dense" in body and "Strided.offset(index, strides: strides)" in body
+
+
+def test_argmax_addresses_logits_through_their_strides_and_checks_the_storage():
+    argmax = [f for f in functions_named("argmax", "Captioner.swift")]
+    assert len(argmax) == 2
+    public, scalar = sorted(argmax, key=lambda f: "withUnsafeBufferPointer" in text(f))
+    assert "logits.strides" in text(public) and "Strided.offset(index, strides: strides)" in text(public)
+    assert "last < buffer.count" in text(scalar) and "base + index * stride" in text(scalar)
+
+
+def test_strided_offset_matches_numpy_for_a_padded_array():
+    """Strided.offset / contiguous, transcribed line by line, against numpy's own strides of a padded view."""
+    import numpy as np
+
+    source = text(the_function("offset", "Captioner.swift"))
+    assert "pair.0 * pair.1" in source  # the transcription below is of this body
+    padded = np.zeros((1, 7, 40), dtype=np.float32)[:, :, :33]  # rows padded to 40 elements
+    strides = [s // padded.itemsize for s in padded.strides]
+    assert strides == [280, 40, 1]
+    flat = padded.base.reshape(-1) if padded.base is not None else padded.reshape(-1)
+    padded[0, 5, 17] = 3.0
+    offset = sum(i * s for i, s in zip((0, 5, 17), strides))
+    assert flat[offset] == 3.0 and offset != 5 * 33 + 17  # the linear index would have read the wrong element
+
+
+# -- a failed result plus DONE on every path ---------------------------------------------------------------------
+
+
+def test_finish_writes_done_even_when_the_result_cannot_be_written():
+    finish = the_function("finish", "JobRunner.swift")
+    body = finish.child_by_field_name("body") or next(c for c in finish.children if c.type == "function_body")
+    top = next(c for c in body.children if c.type == "statements")
+    blocks = [c for c in top.children if c.type == "do_statement"]
+    assert len(blocks) == 2, "result.json and DONE are written in separate do/catch blocks"
+    writes_result, writes_done = blocks
+    assert "ContractNames.doneFile" not in text(writes_result)
+    assert "ContractNames.doneFile" in text(writes_done)
+    (fallback,) = [c for c in writes_result.children if c.type == "catch_block"]
+    assert calls_to(fallback, "failedResult") and calls_to(fallback, "write"), "no failed result written on error"
+    failed = text(the_function("failedResult", "JobRunner.swift"))
+    assert 'status = "failed"' in failed and "steps = []" in failed and "compiles = []" in failed
+
+
+def test_every_job_error_ends_in_finish():
+    (run,) = [f for f in functions_named("run", "JobRunner.swift") if "finish()" in text(f)]
+    top = next(c for c in next(c for c in run.children if c.type == "function_body").children if c.type == "statements")
+    assert [callee_name(c) for c in top.children if c.type == "call_expression"][-2:] == ["finish",
+                                                                                            "removeCompiledModels"]
+    (block,) = [c for c in top.children if c.type == "do_statement"]
+    (catch,) = [c for c in block.children if c.type == "catch_block"]
+    assert 'result.status = "failed"' in text(catch) and "result.error" in text(catch)
+    assert text(catch).startswith("catch {"), "the job's catch takes every error"
+
+
+# -- strings cut and numbers clamped to the schema ----------------------------------------------------------------
+
+# Every bounded field of the result schema -> the Swift limit that fits it (and the struct whose fittedToSchema
+# assigns it). A bound added to the schema without a line here fails test_every_schema_bound_is_fitted.
+SCHEMA_BOUNDS = {
+    (("$defs", "nullable_message"), "maxLength"): "message",
+    (("properties", "runner_version"), "maxLength"): "shortText",
+    (("properties", "started_at"), "maxLength"): "shortText",
+    (("properties", "finished_at"), "maxLength"): "shortText",
+    (("$defs", "device", "properties", "model_identifier"), "maxLength"): "shortText",
+    (("$defs", "device", "properties", "os_version"), "maxLength"): "shortText",
+    (("$defs", "device", "properties", "os_build"), "maxLength"): "shortText",
+    (("$defs", "sample", "properties", "image_id"), "maxLength"): "imageId",
+    (("$defs", "op", "properties", "name"), "maxLength"): "opName",
+    (("$defs", "op", "properties", "type"), "maxLength"): "opType",
+    (("$defs", "op", "properties", "supported"), "maxItems"): "supportedDevices",
+    (("$defs", "sample", "properties", "decoder_ns"), "maxItems"): "perSampleItems",
+    (("$defs", "sample", "properties", "tokens"), "maxItems"): "perSampleItems",
+    (("$defs", "sample", "properties", "tokens", "items"), "maximum"): "tokenMax",
+}
+# Bounds that need no fitting: job ids and variant ids are copied from the validated job, nanoseconds are UInt64
+# (the schema's range exactly), fractions are clamped by Fit.unit (checked below).
+UNFITTED_BOUNDS = {"job_id", "variant_id", "ns", "battery_level", "cost"}
+FITTED_FIELDS = {  # struct -> fields its fittedToSchema must assign
+    "ResultFile": {"error", "runner_version", "started_at", "finished_at", "device.model_identifier",
+                   "device.os_version", "device.os_build", "device.battery_level", "compiles", "steps"},
+    "StepRecord": {"error", "compute_plan_error", "warmup", "samples", "compute_plan"},
+    "Sample": {"image_id", "repeat", "decoder_ns", "tokens"},
+    "OpRecord": {"name", "type", "supported", "cost"},
+}
+
+
+def schema_bounds() -> set[tuple[tuple[str, ...], str]]:
+    found = set()
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key in ("maxLength", "maxItems", "maximum"):
+                if key in node:
+                    found.add((path, key))
+            for key, value in node.items():
+                walk(value, path + (key,))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path)
+
+    walk(contract.schema("result"), ())
+    return found
+
+
+def test_every_schema_bound_is_fitted():
+    unfitted = {(path, key) for path, key in schema_bounds() if UNFITTED_BOUNDS & set(path)}
+    assert schema_bounds() - unfitted == set(SCHEMA_BOUNDS)
+
+
+def test_swift_limits_equal_the_schema():
+    limits = static_string_constants("SchemaLimits")
+    for (path, key), name in SCHEMA_BOUNDS.items():
+        assert limits[name] == schema_object("result", path)[key], f"SchemaLimits.{name} vs {path} {key}"
+    for path in (("$defs", "op", "properties", "cost"), ("$defs", "device", "properties", "battery_level")):
+        assert {"type": "number", "minimum": 0, "maximum": 1} in schema_object("result", path)["anyOf"]
+    assert "min(max(value, 0), 1)" in text(the_function("unit", "Contract.swift"))
+    assert "isNaN" in text(the_function("unit", "Contract.swift"))
+
+
+def extension_functions(type_name: str, function: str):
+    for _, root in all_sources():
+        for node in descendants(root, "class_declaration"):
+            if declaration_keyword(node) == "extension" and text(node.children[1]) == type_name:
+                return [f for f in descendants(node, "function_declaration")
+                        if text(f.child_by_field_name("name")) == function]
+    return []
+
+
+@pytest.mark.parametrize("struct_name", sorted(FITTED_FIELDS))
+def test_fitted_to_schema_assigns_every_bounded_field(struct_name):
+    (function,) = extension_functions(struct_name, "fittedToSchema")
+    assigned = set()
+    for assignment in descendants(function, "assignment"):
+        target = text(assignment.children[0])
+        assigned.add(target.split(".", 1)[1] if target.startswith(("fitted.", "record.")) else target)
+    assert FITTED_FIELDS[struct_name] <= assigned
+
+
+def test_results_are_fitted_before_encoding():
+    encoded = text(the_function("encoded", "JobRunner.swift"))
+    assert ".fittedToSchema()" in encoded and "encoder.encode(" in encoded
+
+
+def test_fit_text_counts_unicode_scalars_like_json_schema():
+    """Fit.text cuts by Unicode scalars (JSON Schema's maxLength counts code points, Swift's count graphemes)."""
+    body = text(the_function("text", "Contract.swift"))
+    assert "unicodeScalars" in body and "prefix(limit - 1)" in body and '"…"' in body
+    # The host agrees: a message of exactly 4096 code points passes, one more fails.
+    from bench.errors import ContractError
+
+    golden = json.loads((Path(__file__).parent / "golden" / "result.v1.json").read_text())
+    job = json.loads((Path(__file__).parent / "golden" / "job.v1.json").read_text())
+    cut = "é" * 4095 + "…"  # 4096 scalars, what Fit.text makes of a longer message
+    failed = {**golden, "status": "failed", "error": cut, "compiles": [], "steps": []}
+    contract.validate_result(json.dumps(failed), job=job)
+    with pytest.raises(ContractError, match="error"):
+        contract.validate_result(json.dumps({**failed, "error": cut + "x"}), job=job)
+
+
+# -- predictions off the cooperative pool --------------------------------------------------------------------------
+
+
+def test_predictions_run_only_inside_caption():
+    users = [(file, f) for file, root in all_sources() for f in descendants(root, "function_declaration")
+             if calls_to(f, "prediction")]
+    assert [(file, text(f.child_by_field_name("name"))) for file, f in users] == [("Captioner.swift", "caption")]
+    callers = [text(f.child_by_field_name("name")) for _, root in all_sources()
+               for f in descendants(root, "function_declaration") if calls_to(f, "caption")]
+    assert callers == ["sample"]
+
+
+def test_samples_are_measured_on_the_measurement_thread():
+    run_step = [f for f in functions_named("run", "JobRunner.swift") if "StepRecord" in text(f)]
+    assert len(run_step) == 1
+    calls = calls_to(run_step[0], "sample")
+    assert len(calls) == 2  # warm-up and samples
+    for call in calls:
+        closure = next(a for a in ancestors(call) if a.type == "lambda_literal")
+        runner = closure.parent.parent
+        assert runner.type == "call_expression" and text(runner.children[0]) == "measuring.run", text(call)
+    assert "MeasurementThread.shared" in text(run_step[0])
+
+
+def test_the_measurement_thread_is_a_thread_of_its_own():
+    source = SOURCES.joinpath("MeasurementThread.swift").read_text()
+    assert "Thread {" in source and "thread.start()" in source and "NSCondition()" in source
+    assert "withCheckedThrowingContinuation" in source
+    assert "Task" not in source.replace("Task)", "")  # no Swift-concurrency task does the blocking work
+
+
+def test_only_sendable_values_cross_into_the_detached_task():
+    app = parse(SOURCES.joinpath("BenchRunnerApp.swift").read_bytes()).root_node
+    (detached,) = [c for c in descendants(app, "call_expression") if text(c.children[0]) == "Task.detached"]
+    (closure,) = [c for c in descendants(detached, "lambda_literal") if c.parent.type == "call_suffix"]
+    captured = {text(n) for n in descendants(closure, "simple_identifier")} - {
+        "JobRunner", "jobId", "paths", "device", "progress", "show", "run"}
+    assert captured == set(), f"the detached task captures {captured}"
+    assert calls_to(closure, "JobRunner"), "the JobRunner is made inside the task"
+    start = text(the_function("start", "BenchRunnerApp.swift"))
+    assert "let show: @Sendable (String) -> Void" in start
+    assert "progress: @escaping @Sendable (String) -> Void" in SOURCES.joinpath("JobRunner.swift").read_text()

@@ -46,14 +46,16 @@ final class RunnerState: ObservableObject {
             return
         }
         let device = DeviceProbe.read()
-        let runner = JobRunner(jobId: jobId, paths: paths, device: device) { line in
+        let show: @Sendable (String) -> Void = { line in
             Task { @MainActor [weak self] in
                 self?.lines.append(line)
             }
         }
-        // Measure off the main thread so the UI (and the idle-timer setting) stays responsive.
+        // Measure off the main thread so the UI (and the idle-timer setting) stays responsive. Only Sendable values
+        // (strings, paths, the device record, the progress closure) cross into the task; the JobRunner, which is
+        // not Sendable, is made and used inside it (its predictions then run on MeasurementThread).
         await Task.detached(priority: .userInitiated) {
-            await runner.run()
+            await JobRunner(jobId: jobId, paths: paths, device: device, progress: show).run()
         }.value
         if LaunchOptions.exitWhenDone {
             exit(0)

@@ -24,7 +24,27 @@ enum MeasureError: LocalizedError {
     }
 }
 
-/// Reads a preprocessed image (inputs/<sha>.f32: little-endian float32, shape from the job).
+/// Element offsets in an MLMultiArray's storage. Core ML may hand back arrays whose storage is not contiguous
+/// (padded rows, e.g. when backed by a pixel buffer), so every read and write goes through `strides`.
+enum Strided {
+    /// Storage offset of the element at `index` (one entry per axis).
+    static func offset(_ index: [Int], strides: [Int]) -> Int {
+        zip(index, strides).reduce(0) { total, pair in total + pair.0 * pair.1 }
+    }
+
+    /// The strides of a dense C-order array of `shape`.
+    static func contiguous(_ shape: [Int]) -> [Int] {
+        var strides = Array(repeating: 1, count: shape.count)
+        var step = 1
+        for axis in stride(from: shape.count - 1, through: 0, by: -1) {
+            strides[axis] = step
+            step *= shape[axis]
+        }
+        return strides
+    }
+}
+
+/// Reads a preprocessed image (inputs/<sha>.f32: little-endian float32, C order, shape from the job).
 enum PixelInput {
     static func load(_ url: URL, shape: [Int]) throws -> MLMultiArray {
         let data = try Data(contentsOf: url)
@@ -33,10 +53,24 @@ enum PixelInput {
             throw MeasureError.inputSize(url.lastPathComponent, expected: count * MemoryLayout<Float32>.size, found: data.count)
         }
         let array = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: .float32)
-        // A fresh MLMultiArray is contiguous, so the file's bytes map 1:1 onto its storage.
-        data.withUnsafeBytes { (source: UnsafeRawBufferPointer) in
-            array.withUnsafeMutableBytes { (destination: UnsafeMutableRawBufferPointer, _: [Int]) in
-                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<min(source.count, destination.count)]))
+        // Copied out of `data` first: its bytes need not be aligned for Float32 (iOS is little-endian, like the file).
+        var values = [Float32](repeating: 0, count: count)
+        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0) }
+        let dense = Strided.contiguous(shape)
+        array.withUnsafeMutableBufferPointer(ofType: Float32.self) { destination, strides in
+            if strides == dense {
+                _ = destination.update(from: values)  // same layout: one copy
+                return
+            }
+            // Padded storage: place each element at its strided offset (outside any timed region).
+            for flat in 0..<count {
+                var rest = flat
+                var index = Array(repeating: 0, count: shape.count)
+                for axis in 0..<shape.count {
+                    index[axis] = rest / dense[axis]
+                    rest %= dense[axis]
+                }
+                destination[Strided.offset(index, strides: strides)] = values[flat]
             }
         }
         return array
@@ -131,11 +165,12 @@ final class Captioner {
             throw MeasureError.missingOutput(names.encoderOutput)
         }
 
+        // Written by (row, column) key, never by linear index: the key subscript honours the array's strides.
         let ids = try MLMultiArray(shape: [1, NSNumber(value: decoderLength)], dataType: idsType)
         for index in 0..<decoderLength {
-            ids[index] = NSNumber(value: decode.pad_id)
+            ids[Self.position(index)] = NSNumber(value: decode.pad_id)
         }
-        ids[0] = NSNumber(value: decode.bos_id)
+        ids[Self.position(0)] = NSNumber(value: decode.bos_id)
         // The builder's decoder step also takes an attention mask over the filled positions; feed it when declared.
         let maskDescription = decoder.modelDescription.inputDescriptionsByName[names.decoderAttentionMask]
         var mask: MLMultiArray? = nil
@@ -143,7 +178,7 @@ final class Captioner {
             let maskType = maskDescription?.multiArrayConstraint?.dataType ?? idsType
             let created = try MLMultiArray(shape: [1, NSNumber(value: decoderLength)], dataType: maskType)
             for index in 0..<decoderLength {
-                created[index] = NSNumber(value: index == 0 ? 1 : 0)
+                created[Self.position(index)] = NSNumber(value: index == 0 ? 1 : 0)
             }
             mask = created
         }
@@ -173,36 +208,44 @@ final class Captioner {
             if next == decode.eos_id || tokens.count + 1 >= limit {
                 break
             }
-            ids[tokens.count] = NSNumber(value: next)
-            mask?[tokens.count] = NSNumber(value: 1)
+            ids[Self.position(tokens.count)] = NSNumber(value: next)
+            mask?[Self.position(tokens.count)] = NSNumber(value: 1)
         }
         return CaptionTiming(
             encoderNs: encoderNs, decoderNs: decoderNs, totalNs: Monotonic.elapsed(since: start), tokens: tokens)
     }
 
-    /// Argmax over the vocabulary at `position` for logits shaped [1, L, V], [L, V], [1, V] or [V].
+    /// The key of column `index` in a [1, L] array.
+    static func position(_ index: Int) -> [NSNumber] {
+        [0, NSNumber(value: index)]
+    }
+
+    /// Argmax over the vocabulary at `position` for logits shaped [1, L, V], [L, V], [1, V] or [V]. Every element
+    /// is addressed through the array's strides, and the last one is checked to lie inside the storage first.
     static func argmax(_ logits: MLMultiArray, position: Int) throws -> Int {
         let shape = logits.shape.map { $0.intValue }
         let strides = logits.strides.map { $0.intValue }
-        guard let vocabulary = shape.last, let vocabularyStride = strides.last, vocabulary > 0 else {
+        guard let vocabulary = shape.last, vocabulary > 0, strides.count == shape.count else {
             throw MeasureError.badLogits("empty shape \(shape)")
         }
-        var base = 0
+        var index = Array(repeating: 0, count: shape.count)  // leading (batch) axes: element 0
         if shape.count >= 2 {
             let sequenceAxis = shape.count - 2
             let row = shape[sequenceAxis] == 1 ? 0 : position
             guard row < shape[sequenceAxis] else {
                 throw MeasureError.badLogits("position \(row) outside shape \(shape)")
             }
-            base = row * strides[sequenceAxis]
+            index[sequenceAxis] = row
         }
+        let base = Strided.offset(index, strides: strides)
+        let step = strides[strides.count - 1]
         switch logits.dataType {
         case .float32:
-            return argmax(logits, Float32.self, base: base, stride: vocabularyStride, count: vocabulary)
+            return try argmax(logits, Float32.self, base: base, stride: step, count: vocabulary)
         case .float16:
-            return argmax(logits, Float16.self, base: base, stride: vocabularyStride, count: vocabulary)
+            return try argmax(logits, Float16.self, base: base, stride: step, count: vocabulary)
         case .double:
-            return argmax(logits, Double.self, base: base, stride: vocabularyStride, count: vocabulary)
+            return try argmax(logits, Double.self, base: base, stride: step, count: vocabulary)
         default:
             throw MeasureError.badLogits("unsupported data type \(logits.dataType.rawValue)")
         }
@@ -210,8 +253,12 @@ final class Captioner {
 
     private static func argmax<Scalar: BinaryFloatingPoint & MLShapedArrayScalar>(
         _ array: MLMultiArray, _ type: Scalar.Type, base: Int, stride: Int, count: Int
-    ) -> Int {
-        array.withUnsafeBufferPointer(ofType: Scalar.self) { (buffer: UnsafeBufferPointer<Scalar>) -> Int in
+    ) throws -> Int {
+        try array.withUnsafeBufferPointer(ofType: Scalar.self) { (buffer: UnsafeBufferPointer<Scalar>) -> Int in
+            let last = base + (count - 1) * stride
+            guard base >= 0, stride > 0, last < buffer.count else {
+                throw MeasureError.badLogits("strides \(array.strides) reach past the storage (\(buffer.count) elements)")
+            }
             var best = 0
             var bestValue = buffer[base]
             for index in 1..<count {

@@ -192,3 +192,108 @@ struct StepRecord: Encodable {
     @Nullable var compute_plan: ComputePlanRecord? = nil
     @Nullable var compute_plan_error: String? = nil
 }
+
+// MARK: - fitting a result to the schema
+
+/// The result schema's limits (bench/deploy/schemas/result.v1.schema.json; tests/test_runner_swift.py checks
+/// that these equal the schema). Strings count Unicode scalars, as JSON Schema's maxLength does.
+enum SchemaLimits {
+    static let message = 4096          // error, compile/step error, compute_plan_error
+    static let shortText = 64          // runner_version, started_at, finished_at, device strings
+    static let imageId = 512
+    static let opName = 1024
+    static let opType = 256
+    static let supportedDevices = 8
+    static let perSampleItems = 4096   // decoder_ns and tokens
+    static let tokenMax = 2147483647
+}
+
+enum Fit {
+    /// At most `limit` Unicode scalars, marked with "…" when cut; `fallback` when empty and a value is required.
+    static func text(_ value: String, _ limit: Int, fallback: String? = nil) -> String {
+        if value.isEmpty, let fallback = fallback {
+            return fallback
+        }
+        let scalars = value.unicodeScalars
+        guard scalars.count > limit else {
+            return value
+        }
+        var cut = String.UnicodeScalarView()
+        cut.append(contentsOf: scalars.prefix(limit - 1))
+        cut.append("…")
+        return String(cut)
+    }
+
+    static func nullableText(_ value: String?, _ limit: Int) -> String? {
+        value.map { text($0, limit) }
+    }
+
+    /// A fraction in [0, 1]; NaN (which JSONEncoder cannot write) becomes unknown.
+    static func unit(_ value: Double?) -> Double? {
+        guard let value = value, !value.isNaN else {
+            return nil
+        }
+        return min(max(value, 0), 1)
+    }
+}
+
+extension ResultFile {
+    /// A copy within the schema's limits: the host validates every field and refuses the whole result otherwise.
+    func fittedToSchema() -> ResultFile {
+        var fitted = self
+        fitted.error = Fit.nullableText(error, SchemaLimits.message)
+        fitted.runner_version = Fit.text(runner_version, SchemaLimits.shortText, fallback: "unknown")
+        fitted.started_at = Fit.text(started_at, SchemaLimits.shortText, fallback: "unknown")
+        fitted.finished_at = Fit.nullableText(finished_at, SchemaLimits.shortText)
+        fitted.device.model_identifier = Fit.text(device.model_identifier, SchemaLimits.shortText)
+        fitted.device.os_version = Fit.text(device.os_version, SchemaLimits.shortText)
+        fitted.device.os_build = Fit.text(device.os_build, SchemaLimits.shortText)
+        fitted.device.battery_level = Fit.unit(device.battery_level)
+        fitted.compiles = compiles.map { record in
+            var record = record
+            record.error = Fit.nullableText(record.error, SchemaLimits.message)
+            return record
+        }
+        fitted.steps = steps.map { $0.fittedToSchema() }
+        return fitted
+    }
+}
+
+extension StepRecord {
+    func fittedToSchema() -> StepRecord {
+        var fitted = self
+        fitted.error = Fit.nullableText(error, SchemaLimits.message)
+        fitted.compute_plan_error = Fit.nullableText(compute_plan_error, SchemaLimits.message)
+        fitted.warmup = warmup.map { $0.fittedToSchema() }
+        fitted.samples = samples.map { $0.fittedToSchema() }
+        if var plan = compute_plan {
+            plan.encoder = plan.encoder.map { $0.fittedToSchema() }
+            plan.decoder = plan.decoder.map { $0.fittedToSchema() }
+            fitted.compute_plan = plan
+        }
+        return fitted
+    }
+}
+
+extension Sample {
+    /// decoder_ns and tokens are cut together, so each decoder step still has its token.
+    func fittedToSchema() -> Sample {
+        var fitted = self
+        fitted.image_id = Fit.text(image_id, SchemaLimits.imageId)
+        fitted.repeat = max(0, self.repeat)
+        fitted.decoder_ns = Array(decoder_ns.prefix(SchemaLimits.perSampleItems))
+        fitted.tokens = tokens.prefix(SchemaLimits.perSampleItems).map { min(max($0, 0), SchemaLimits.tokenMax) }
+        return fitted
+    }
+}
+
+extension OpRecord {
+    func fittedToSchema() -> OpRecord {
+        var fitted = self
+        fitted.name = Fit.text(name, SchemaLimits.opName)
+        fitted.type = Fit.text(type, SchemaLimits.opType)
+        fitted.supported = Array(supported.prefix(SchemaLimits.supportedDevices))
+        fitted.cost = Fit.unit(cost)
+        return fitted
+    }
+}

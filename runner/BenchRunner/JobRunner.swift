@@ -40,14 +40,14 @@ enum JobError: LocalizedError {
 final class JobRunner {
     private let jobId: String
     private let paths: ContainerPaths
-    private let progress: (String) -> Void
+    private let progress: @Sendable (String) -> Void
     private let log = Logger(subsystem: "bench.runner", category: "job")
     private let origin = Monotonic.now()
     private var result: ResultFile
     private var compiled: [String: (encoder: URL, decoder: URL)] = [:]
     private var compileErrors: [String: String] = [:]
 
-    init(jobId: String, paths: ContainerPaths, device: DeviceConditions, progress: @escaping (String) -> Void) {
+    init(jobId: String, paths: ContainerPaths, device: DeviceConditions, progress: @escaping @Sendable (String) -> Void) {
         self.jobId = jobId
         self.paths = paths
         self.progress = progress
@@ -194,18 +194,23 @@ final class JobRunner {
         let (decoder, warmDecoderNs) = try await timedLoad(urls.decoder, configuration)
         record.warm_load_ns.decoder = warmDecoderNs
 
+        // Predictions are synchronous and can take minutes: they run on the measurement thread, never on a
+        // Swift-concurrency pool thread. This task waits, so captioner and images are used by one thread at a time.
         let captioner = try Captioner(encoder: encoder, decoder: decoder, model: model)
+        let measuring = MeasurementThread.shared
         for index in 0..<max(0, job.warmup) {
-            record.warmup.append(try sample(captioner, images, index % images.count, repeat: index))
+            let warm = try await measuring.run { try self.sample(captioner, images, index % images.count, repeat: index) }
+            record.warmup.append(warm)
             if index == 0 {
-                record.first_prediction_ns = record.warmup[0].total_ns
+                record.first_prediction_ns = warm.total_ns
             }
         }
         for repeatIndex in 0..<max(0, job.repeats) {
             for index in 0..<images.count {
-                record.samples.append(try sample(captioner, images, index, repeat: repeatIndex))
+                let measured = try await measuring.run { try self.sample(captioner, images, index, repeat: repeatIndex) }
+                record.samples.append(measured)
                 if record.first_prediction_ns == nil {
-                    record.first_prediction_ns = record.samples[0].total_ns
+                    record.first_prediction_ns = measured.total_ns
                 }
             }
         }
@@ -261,10 +266,12 @@ final class JobRunner {
 
     // MARK: - results
 
-    private func encoded() throws -> Data {
+    /// The result as JSON, cut to the schema's limits first (an over-long message or a NaN cost must not cost
+    /// the whole result: the host refuses a result that breaks its schema, and JSONEncoder throws on NaN).
+    private func encoded(_ record: ResultFile? = nil) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        return try encoder.encode(result)
+        return try encoder.encode((record ?? result).fittedToSchema())
     }
 
     /// A relaunch of the same job must never leave an old DONE next to new results.
@@ -290,20 +297,45 @@ final class JobRunner {
         }
     }
 
-    /// result.json (atomic), then DONE: the host trusts result.json only once DONE exists.
+    /// result.json (atomic), then DONE: the host trusts result.json only once DONE exists. DONE is written on
+    /// every path, so the host never waits out its timeout for a runner that has finished: when the full result
+    /// cannot be written, a failed result saying why takes its place (the partial file stays for diagnosis).
     private func finish() {
         guard ContainerPaths.isValidJobId(jobId) else {
             log.fault("job id \(self.jobId, privacy: .public) is not a valid folder name; nothing written")
             return
         }
         let folder = paths.resultsFolder(jobId)
+        let resultURL = folder.appendingPathComponent(ContractNames.resultFile)
         do {
-            try AtomicFile.write(encoded(), to: folder.appendingPathComponent(ContractNames.resultFile))
-            try AtomicFile.write(Data((result.status + "\n").utf8), to: folder.appendingPathComponent(ContractNames.doneFile))
-            say("job \(jobId): \(result.status)")
+            try AtomicFile.write(encoded(), to: resultURL)
         } catch {
-            log.fault("could not write the final result: \(self.describe(error), privacy: .public)")
+            let reason = "could not write result.json: \(describe(error))"
+            log.fault("\(reason, privacy: .public)")
+            result = failedResult(reason)
+            do {
+                try AtomicFile.write(encoded(result), to: resultURL)
+            } catch {
+                log.fault("could not write the failed result either: \(self.describe(error), privacy: .public)")
+            }
         }
+        do {
+            try AtomicFile.write(Data((result.status + "\n").utf8), to: folder.appendingPathComponent(ContractNames.doneFile))
+        } catch {
+            log.fault("could not write DONE: \(self.describe(error), privacy: .public)")
+        }
+        say("job \(jobId): \(result.status)")
+    }
+
+    /// The smallest result that answers the job: failed, why, no compiles or steps (nothing in it can fail to encode).
+    private func failedResult(_ reason: String) -> ResultFile {
+        var failed = result
+        failed.status = "failed"
+        failed.error = reason
+        failed.finished_at = failed.finished_at ?? WallClock.iso8601()
+        failed.compiles = []
+        failed.steps = []
+        return failed
     }
 
     /// Progress at the default ("notice") level: syslog_relay, which the host streams, drops info/debug lines.
