@@ -1,4 +1,10 @@
-"""Nothing is left half-written: write to a temporary name beside the target, then rename."""
+"""Nothing is left half-written: write to a temporary name beside the target, then rename.
+
+Output policy (every writer goes through here, so every writer gets it): bench writes only regular files and
+folders of its own. A target that is a device (/dev/null, /dev/full), a FIFO, a socket, a symbolic link or a folder
+where a file is expected is refused with one line before anything is written — renaming over it would replace the
+device node or the link itself and say "wrote" — and nothing here deletes a file that bench did not write.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,9 +39,40 @@ def _publishable(fd_or_path: int | str) -> None:
         os.chmod(fd_or_path, mode)
 
 
+def _kind_of(mode: int) -> str:
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_target(path: Path | str, *, folder: bool = False) -> Path:
+    """Refuse (InputError, one line) an output path that is not absent or a regular file (a folder when `folder`).
+
+    lstat, not stat: a symbolic link is refused rather than followed or replaced, whatever it points to.
+    """
+    from bench.errors import InputError
+
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+    wanted = stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)
+    if not wanted:
+        expected = "a folder" if folder else "a regular file"
+        hint = ("remove the link or give the path it points to" if stat.S_ISLNK(mode)
+                else "give the path of a new or existing file" if not folder else "give a new or existing folder")
+        raise InputError(f"refusing to write {path}: it is {_kind_of(mode)}, and bench writes only {expected} "
+                         f"({hint})")
+    return path
+
+
 def write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -> Path:
     """`durable=False` skips the fsync: still never half-written, but a power cut may lose the newest version."""
-    path = Path(path)
+    path = check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -66,7 +104,7 @@ def directory(final: Path | str) -> Iterator[Path]:
 
     An interrupted build leaves only a `.tmp` folder, never something that looks complete.
     """
-    final = Path(final)
+    final = check_target(final, folder=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -82,7 +120,7 @@ def directory(final: Path | str) -> Iterator[Path]:
 @contextlib.contextmanager
 def temporary_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary file path beside `final` for writers that want a path (parquet, duckdb)."""
-    final = Path(final)
+    final = check_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)

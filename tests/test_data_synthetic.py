@@ -61,7 +61,7 @@ def test_export_refuses_a_folder_it_would_wipe(tmp_path):
     from bench.errors import InputError
 
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="did not write"):
         synthetic.export(tmp_path, split="test", limit=1)
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert synthetic.export(tmp_path / "out", split="test", limit=1) == 1

@@ -228,11 +228,33 @@ def export(directory, *, split: str, limit: int | None = None, seed: int = 0) ->
 
 
 def _export_target(directory: Path) -> Path:
-    """The resolved folder to replace; refuses a file or a folder holding anything but an earlier export."""
+    """The resolved folder to replace; refuses a link, a file, or a folder holding anything an earlier export did
+    not write (the whole folder is replaced, and bench never deletes a file a user put there)."""
+    from bench import atomic
+
+    atomic.check_target(directory, folder=True)  # a symbolic link is refused, not followed to somewhere else
     target = directory.resolve()  # "." would otherwise name no folder and the whole working directory be removed
-    if target.is_file():
-        raise InputError("is a file; export into a new folder", file=str(directory))
-    if target.is_dir() and any(target.iterdir()) and not (target / "manifest.jsonl").is_file():
-        raise InputError("folder is not empty and holds no earlier export (manifest.jsonl); "
-                         "export replaces the whole folder, so choose a new one", file=str(directory))
+    if target.is_dir() and any(target.iterdir()):
+        foreign = _not_exported(target)
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise InputError(f"folder holds files an earlier export did not write ({shown}); export replaces the "
+                             "whole folder and never deletes your files, so choose a new folder", file=str(directory))
     return target
+
+
+def _not_exported(folder: Path) -> list[str]:
+    """Entries of `folder` that are not an earlier export's manifest.jsonl or one of the images it lists."""
+    import json
+
+    manifest = folder / "manifest.jsonl"
+    written = {"manifest.jsonl"}
+    try:
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if isinstance(entry, dict) and isinstance(entry.get("image"), str):
+                written.add(entry["image"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        written = set()  # no readable manifest: nothing here is known to be ours
+    return [entry.name for entry in folder.iterdir()
+            if entry.name not in written or entry.is_symlink() or not entry.is_file()]
