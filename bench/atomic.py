@@ -65,7 +65,7 @@ def check_target(path: Path | str, *, folder: bool = False) -> Path:
         expected = "a folder" if folder else "a regular file"
         hint = ("remove the link or give the path it points to" if stat.S_ISLNK(mode)
                 else "give the path of a new or existing file" if not folder else "give a new or existing folder")
-        raise InputError(f"refusing to write {path}: it is {_kind_of(mode)}, and bench writes only {expected} "
+        raise InputError(f"cannot write {path}: it is {_kind_of(mode)}, and bench writes only to {expected} "
                          f"({hint})")
     return path
 

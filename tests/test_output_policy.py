@@ -99,6 +99,6 @@ def test_cli_report_out_to_a_link_or_fifo_is_one_line_and_nothing_changes(tmp_pa
     for out in (link, fifo):
         code = main(["report", "nightly-2026-11-28", "--format", "markdown", "--out", str(out)])
         line = _one_error_line(capsys.readouterr().err)
-        assert code != 0 and "refusing to write" in line and "wrote" not in line
+        assert code != 0 and "cannot write" in line and "wrote" not in line
     assert link.is_symlink() and target.read_text() == "a user's notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "mine.md", "report.md", "ws"]
