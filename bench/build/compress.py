@@ -7,6 +7,11 @@ Two coremltools problems are worked around here (shared/notes/coreml-on-linux.md
 - Bug 2: `op_type_configs` raises "compression config conflict" when one constant feeds ops of different types
   (the tied word embedding feeds a gather and a linear). We always select constants by name from
   `get_weights_metadata` and pass `op_name_configs` with `global_config=None`.
+- Bug 3 (slow): `constexpr_sparse_to_dense.type_inference` counts the mask's set bits in pure Python
+  (`sum(bin(x).count("1") for x in self.mask.val)`), which runs every time a pruned program is built or loaded:
+  about half of a BLIP-base prune build. `patch_sparse_mask_popcount` swaps in the same checks, vectorised.
+  Upstream: apple/coremltools, coremltools/converters/mil/mil/ops/defs/iOS16/constexpr_ops.py,
+  `constexpr_sparse_to_dense.type_inference` (still there in 9.0); drop the patch once a release vectorises it.
 Only constants that map to a PyTorch parameter are ever compressed: the causal mask the exporter bakes in is not a
 weight and pruning it would break attention.
 """
@@ -104,6 +109,45 @@ def not_applicable(candidate: Candidate, recipe: Recipe) -> str | None:
     return None
 
 
+def mask_popcount(mask) -> int:
+    """Set bits of a packed uint8 mask: what coremltools' `sum(bin(x).count("1") for x in mask)` computes."""
+    import numpy as np
+
+    return int(np.bitwise_count(np.asarray(mask, dtype=np.uint8)).sum(dtype=np.int64))
+
+
+def _sparse_to_dense_type_inference(self):
+    """coremltools 9.0's iOS16 `constexpr_sparse_to_dense.type_inference`, same checks and messages, vectorised."""
+    import numpy as np
+    from coremltools.converters.mil.mil import types
+
+    if self.nonzero_data.rank != 1:
+        raise ValueError("Parameter nonzero_data needs to have rank == 1")
+    if self.mask.rank != 1:
+        raise ValueError("Parameter mask needs to have rank == 1")
+    if mask_popcount(self.mask.val) != self.nonzero_data.shape[0]:
+        raise AssertionError(
+            "Number of set bits in mask needs to be equal to number of elements in parameter nonzero_data"
+        )
+    output_size = np.prod(self.shape.val)
+    if self.mask.shape[0] != np.ceil(output_size / 8.0):
+        raise AssertionError("Constraint Violated: M = ceil( product(shape) / 8) where M = mask.size")
+    padding = np.unpackbits(self.mask.val[-1:], bitorder="little")[int(output_size - 8 * (self.mask.shape[0] - 1)):]
+    if np.any(padding != 0):
+        raise AssertionError("Padded bits in mask should be unset or equals to zero")
+    return types.tensor(self.nonzero_data.dtype, self.shape.val)
+
+
+def patch_sparse_mask_popcount() -> None:
+    """Bug 3 (module docstring): install the vectorised type inference on coremltools' iOS16 sparse op (idempotent).
+    Every path that builds a pruned program (compressing, decompressing a stored package) calls this first."""
+    from coremltools.converters.mil.mil.ops.defs.iOS16.constexpr_ops import constexpr_sparse_to_dense
+
+    if constexpr_sparse_to_dense.type_inference is not _sparse_to_dense_type_inference:
+        constexpr_sparse_to_dense._coremltools_type_inference = constexpr_sparse_to_dense.type_inference
+        constexpr_sparse_to_dense.type_inference = _sparse_to_dense_type_inference
+
+
 def float32_threshold(value, sparsity: float) -> float:
     """The magnitude at or below which `sparsity` of the elements lie, computed in float32 (bug 1) and snapped to
     a magnitude that actually occurs, so comparing it in the weight's own dtype (fp16) is exact."""
@@ -126,6 +170,7 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
     """
     import coremltools.optimize.coreml as cto
 
+    patch_sparse_mask_popcount()
     chosen = select(cands, recipe)
     skipped = {name: why for name in chosen if (why := not_applicable(cands[name], recipe))}
     chosen = [name for name in chosen if name not in skipped]

@@ -114,8 +114,10 @@ def deployed_constants(package: Path) -> dict[str, Any]:
     import coremltools.optimize.coreml as cto
 
     from bench.build.analyze import constant_values, load_program
+    from bench.build.compress import patch_sparse_mask_popcount
 
     load_program(package)  # a missing, corrupt or non-ML-program package: one clear InputError, not a traceback
+    patch_sparse_mask_popcount()
     try:
         mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
         dense = cto.decompress_weights(mlmodel)

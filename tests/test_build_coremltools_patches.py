@@ -1,0 +1,100 @@
+"""The coremltools work-arounds of bench/build/compress.py checked against coremltools' own code (real coremltools).
+
+Bug 3: the iOS16 sparse op's pure-Python mask popcount is replaced by a vectorised copy of the same checks; on random
+masks, valid and broken, the copy must answer exactly what coremltools' original answers (type or error message).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench.build.compress import mask_popcount, patch_sparse_mask_popcount
+
+
+def _original_and_patched():
+    from coremltools.converters.mil.mil.ops.defs.iOS16.constexpr_ops import constexpr_sparse_to_dense
+
+    patch_sparse_mask_popcount()
+    return constexpr_sparse_to_dense._coremltools_type_inference, constexpr_sparse_to_dense.type_inference
+
+
+def _var(value):
+    value = np.asarray(value)
+    return SimpleNamespace(val=value, rank=value.ndim, shape=value.shape, dtype=value.dtype)
+
+
+def _op(mask, nonzero: int, shape):
+    from coremltools.converters.mil.mil import types
+
+    data = np.ones(nonzero, dtype=np.float32)
+    op = SimpleNamespace(nonzero_data=_var(data), mask=_var(mask), shape=_var(np.asarray(shape, dtype=np.uint32)))
+    op.nonzero_data.dtype = types.fp32
+    return op
+
+
+def _outcome(function, op):
+    try:
+        return ("type", repr(function(op)))
+    except (AssertionError, ValueError) as err:
+        return (type(err).__name__, str(err))
+
+
+def test_mask_popcount_equals_coremltools_expression_on_random_masks():
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 8, 9, 1000, 65_537):
+        for density in (0.0, 0.1, 0.5, 1.0):
+            mask = np.packbits(rng.random(size * 8) < density, bitorder="little")
+            assert mask_popcount(mask) == sum(bin(x).count("1") for x in mask)
+
+
+def test_patched_type_inference_answers_like_the_original_on_random_masks():
+    original, patched = _original_and_patched()
+    assert patched is not original
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(300):
+        elements = int(rng.integers(1, 200))
+        bits = rng.random(elements) < rng.random()
+        mask = np.packbits(bits, bitorder="little")
+        nonzero = int(bits.sum()) + int(rng.choice([0, 0, -1, 1]))
+        shape = [elements]
+        if rng.random() < 0.2 and elements % 8:  # a set padding bit past the last element
+            mask[-1] |= np.uint8(1 << 7)
+            nonzero = int(bits.sum()) + 1
+        if rng.random() < 0.1:  # a mask of the wrong length
+            mask = np.concatenate([mask, np.zeros(1, np.uint8)])
+        if nonzero < 0:
+            continue
+        op = _op(mask, nonzero, shape)
+        expected, got = _outcome(original, op), _outcome(patched, op)
+        assert got == expected, (bits, mask, nonzero)
+        seen.add(expected[0] if expected[0] == "type" else expected[1][:20])
+    assert len(seen) >= 3, seen  # valid masks and at least two kinds of broken one were exercised
+
+
+def test_a_pruned_program_builds_through_the_patched_op():
+    from coremltools.converters.mil import Builder as mb
+
+    patch_sparse_mask_popcount()
+    weight = np.arange(1, 21, dtype=np.float32).reshape(4, 5) * np.array([1, 0, 1, 0, 1], dtype=np.float32)
+    bits = (weight.reshape(-1) != 0)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 5))])
+    def program(x):
+        dense = mb.constexpr_sparse_to_dense(nonzero_data=weight.reshape(-1)[bits],
+                                             mask=np.packbits(bits, bitorder="little"),
+                                             shape=np.array([4, 5], dtype=np.uint32))
+        return mb.linear(x=x, weight=dense)
+
+    op = next(op for op in program.functions["main"].operations if op.op_type == "constexpr_sparse_to_dense")
+    np.testing.assert_array_equal(op.materialized_val_inference(), weight)
+    with pytest.raises(AssertionError, match="Number of set bits"):
+        @mb.program(input_specs=[mb.TensorSpec(shape=(1, 5))])
+        def broken(x):
+            dense = mb.constexpr_sparse_to_dense(nonzero_data=np.ones(3, np.float32),
+                                                 mask=np.packbits(bits, bitorder="little"),
+                                                 shape=np.array([4, 5], dtype=np.uint32))
+            return mb.linear(x=x, weight=dense)
