@@ -33,6 +33,11 @@ def mux(monkeypatch):
     import pymobiledevice3.common
 
     monkeypatch.setattr(pymobiledevice3.common, "_HOMEFOLDER", short / "home" / ".pymobiledevice3")
+    # Tests never reach the network: the one seam that decides it (Apple's signing server, the image download)
+    # says it is unreachable, as on a lab host without internet.
+    import bench.deploy.diskimage
+
+    monkeypatch.setattr(bench.deploy.diskimage, "network_reachable", lambda *_args, **_kwargs: False)
     server = FakeUsbmuxd(short / "mux.sock").start()
     server.tmp = short
     try:

@@ -118,7 +118,7 @@ def test_health_reports_every_check(mux):
     assert report.battery_percent == 87 and report.battery_temperature_c == pytest.approx(31.2)
     assert report.runner.version == "0.3"
     assert any("Developer Mode" in p for p in report.problems)
-    assert any("auto-mount" in p for p in report.problems)
+    assert any("no Developer disk image mounted" in p and "bench devices prepare" in p for p in report.problems)
     assert not report.ready
 
 

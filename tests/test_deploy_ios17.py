@@ -27,7 +27,8 @@ def _ios17(mux, tunneld, index=1):
 def test_ios17_job_runs_through_the_tunnel(mux, tunneld, variants):
     phone, _tunnel = _ios17(mux, tunneld)
     health = api.health(phone.udid)
-    assert health.tunnel is True and health.ddi_mounted is None and health.ready
+    assert health.tunnel is True and health.ready
+    assert health.disk_image == "Personalized" and health.ddi_mounted is True
     report = api.deploy(phone.udid, job_spec(list(variants)), variants, make_inputs())
     result = api.run_job(phone.udid, report.job_id, 30, poll_s=0.05)
     assert result["status"] == "complete" and result["device"]["os_version"] == "17.5.1"

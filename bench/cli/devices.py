@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     devices = typer.Typer(help="iPhones: inventory, health, runner install, what each device holds.",
                           invoke_without_command=True, no_args_is_help=False)
     devices.callback()(overview_command)
+    devices.command("prepare")(prepare_command)
     devices.command("install")(install_command)
     devices.command("ls-models")(list_command)
     devices.command("prune")(prune_command)
@@ -47,6 +48,8 @@ def overview_command(ctx: typer.Context, inventory: InventoryOption = None) -> N
     for row in result.rows:
         for problem in (row.health.problems if row.health else []):
             console().print(f"  [yellow]{row.info.name or row.info.udid}[/]: {problem}", highlight=False)
+        for note in (row.health.notes if row.health else []):
+            console().print(f"  [cyan]{row.info.name or row.info.udid}[/]: note: {note}", highlight=False)
         if row.info.mismatch:
             console().print(f"  [yellow]{row.info.name or row.info.udid}[/]: reports {row.info.mismatch}",
                             highlight=False)
@@ -56,11 +59,20 @@ def _yes_no(value) -> str:
     return "–" if value is None else ("[green]yes[/]" if value else "[red]no[/]")
 
 
+def _mounted(value) -> str:
+    return "?" if value is None else ("[green]mounted[/]" if value else "[red]not mounted[/]")
+
+
+def _major(version: str) -> int:
+    head = version.split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
 def _table(result):
     from rich.table import Table
 
     table = Table(title="iPhones", show_lines=False)
-    for column in ("state", "name", "udid", "model", "iOS", "paired", "dev mode", "DDI / tunnel", "battery",
+    for column in ("state", "name", "udid", "model", "iOS", "paired", "dev mode", "disk image", "tunnel", "battery",
                    "charging", "runner", "tags"):
         table.add_column(column, no_wrap=column in ("state", "name", "udid"), overflow="fold")
     colours = {"ready": "green", "attention": "yellow", "missing": "red", "unknown": "cyan", "gone": "red", "disabled": "dim"}
@@ -69,20 +81,63 @@ def _table(result):
         model = info.model_identifier or (f"({info.expected_model})" if info.expected_model else "")
         os_version = info.os_version or (f"({info.expected_os})" if info.expected_os else "")
         if health is None or not health.paired:
-            link = battery = charging = runner = "–"
+            image = tunnel = battery = charging = runner = "–"
             dev_mode = "–"
         else:
-            link = _yes_no(health.ddi_mounted if health.ddi_mounted is not None else health.tunnel)
-            link = ("DDI " if health.ddi_mounted is not None else "tunnel ") + link
+            image = (f"{health.disk_image} {_mounted(health.ddi_mounted)}" if health.disk_image else "?")
+            tunnel = _yes_no(health.tunnel) if health.tunnel is not None else (
+                "not needed" if info.os_version and _major(info.os_version) < 17 else "–")
             temperature = f" {health.battery_temperature_c:.1f}°C" if health.battery_temperature_c is not None else ""
             battery = f"{health.battery_percent}%{temperature}" if health.battery_percent is not None else "?"
             charging = _yes_no(health.charging)
             runner = (f"{health.runner.version} ({health.runner.build})" if health.runner else "[red]not installed[/]")
             dev_mode = _yes_no(health.developer_mode)
         table.add_row(f"[{colours[row.state]}]{row.state}[/]", info.name or "", info.udid, model, os_version,
-                      _yes_no(info.paired) if info.connected else "–", dev_mode, link, battery, charging, runner,
+                      _yes_no(info.paired) if info.connected else "–", dev_mode, image, tunnel, battery, charging,
+                      runner,
                       ",".join(info.tags) + ("" if info.enabled else " (disabled)"))
     return table
+
+
+CHECK_MARKS = {"ok": "[green]✓[/]", "done": "[green]+[/]", "person": "[yellow]![/]", "failed": "[red]✗[/]",
+               "skipped": "[dim]–[/]"}
+
+
+def prepare_command(
+    device: DeviceOption = None,
+    inventory: InventoryOption = None,
+    enable_developer_mode: Annotated[bool, typer.Option(
+        "--enable-developer-mode", help="Ask the phone to turn Developer Mode on (it restarts; a person confirms; "
+                                        "refused while a passcode is set).")] = False,
+    launch_check: Annotated[bool, typer.Option(
+        "--launch-check/--no-launch-check", help="Finish by launching the runner on a status job.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the runner in the launch check.")] = 60.0,
+) -> None:
+    """Per phone: mount the disk image its iOS needs, check Developer Mode (offer to enable it), trust, tunnel,
+    runner and a real launch; then print what remains for a person. Exit status 1 while anything remains."""
+    from bench.cli._common import console
+    from bench.deploy.api import phones_to_prepare, prepare
+
+    phones = phones_to_prepare(device, _inventory(inventory))
+    if not phones:
+        raise typer.BadParameter("no iPhone attached: plug one in by USB and unlock it", param_hint="--device")
+    remaining: list[str] = []
+    for info in phones:
+        name = info.name or info.udid
+        console().print(f"[bold]{name}[/] {info.udid} {info.model or ''} iOS {info.os_version or '?'}", highlight=False)
+        with console().status(f"preparing {name} …"):
+            report = prepare(info.udid, enable_developer_mode=enable_developer_mode, launch_check=launch_check,
+                             timeout_s=timeout)
+        for check in report.checks:
+            console().print(f"  {CHECK_MARKS[check.status]} {check.name}: {check.line}", highlight=False,
+                            soft_wrap=True)
+        remaining += [f"{name}: {line}" for line in report.remaining]
+    if remaining:
+        console().print("[bold]What remains for a person:[/]")
+        for line in remaining:
+            console().print(f"  {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console().print(f"[green]{len(phones)} phone(s) ready[/]")
 
 
 def install_command(

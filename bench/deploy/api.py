@@ -3,7 +3,8 @@
     from bench.deploy import api
 
     devices = api.discover(inventory)            # list[DeviceInfo]: connected ∪ inventory (.connected, .known)
-    report  = api.health(udid)                   # HealthReport: paired, developer_mode, ddi_mounted/tunnel, battery…
+    report  = api.health(udid)                   # HealthReport: paired, developer_mode, disk image, tunnel, battery…
+    checks  = api.prepare(udid)                  # PrepareReport: mount the disk image, Developer Mode, launch check…
     api.install_runner(udid, "Runner.ipa")       # install or upgrade (.ipa or .app directory)
     job_id  = api.deploy_job(udid, job_spec, variant_dirs, inputs)   # or api.deploy(...) -> DeployReport (bytes sent)
     result  = api.run_job(udid, job_id, timeout_s=1800, on_log=print)   # validated bench.result dict
@@ -34,9 +35,10 @@ Guarantees:
   pulls result.json (refusing > 64 MiB) and validates it against the deployed job.json
   (bench.deploy.contract.validate_result). A result with status "failed" is returned, not raised: it is a record.
 - Every failure is a `bench.errors.DeviceError` subclass from `bench.deploy.errors` (NotPaired, DeviceNotFound,
-  DeveloperModeOff, TunnelUnavailable, DiskImageMissing, RunnerNotInstalled, PushFailed, LaunchFailed, RunnerTimeout,
-  RunnerCrashed, ResultInvalid, UsbmuxUnavailable, InstallFailed) whose one-line message says what a person must
-  do; `err.kind` is the class name to record in run.json.
+  DeveloperModeOff, TunnelUnavailable, DiskImageMissing, DiskImageUnavailable, RunnerNotInstalled, PushFailed,
+  LaunchFailed and its reasons PhoneLocked / ProfileUntrusted / LaunchBusy / LaunchDenied, AppLeftForeground,
+  RunnerTimeout, RunnerCrashed, ResultInvalid, UsbmuxUnavailable, InstallFailed) whose one-line message says what a
+  person must do; `err.kind` is the class name to record in run.json.
   Each function is synchronous (it runs its own asyncio loop); call it from a worker thread per device.
 """
 
@@ -210,6 +212,24 @@ async def _health(udid: str, bundle_id: str) -> HealthReport:
         return HealthReport(udid, attached=True, paired=False, problems=[err.action or str(err)])
     except DeviceError as err:
         return HealthReport(udid, attached=False, problems=[str(err)])
+
+
+def prepare(udid: str, *, enable_developer_mode: bool = False, launch_check: bool = True, timeout_s: float = 60.0,
+            poll_s: float = 1.0, bundle_id: str = RUNNER_BUNDLE_ID):
+    """Make one phone ready as far as a host can (bench/deploy/prepare.py) and say what remains for a person."""
+    from bench.deploy.prepare import prepare as prepare_phone
+
+    return prepare_phone(udid, bundle_id=bundle_id, enable_developer_mode=enable_developer_mode,
+                         launch_check=launch_check, timeout_s=timeout_s, poll_s=poll_s)
+
+
+def phones_to_prepare(selector: str | None, inventory=None) -> list[DeviceInfo]:
+    """The named phone, else every attached phone that devices.yaml does not switch off."""
+    if selector:
+        udid = resolve_device(selector, inventory)
+        found = [info for info in discover(inventory) if info.udid == udid]
+        return found or [DeviceInfo(udid=udid, connected=False, known=False)]
+    return [info for info in discover(inventory) if info.connected and info.enabled]
 
 
 def install_runner(udid: str, package: Path | str, *, bundle_id: str = RUNNER_BUNDLE_ID):

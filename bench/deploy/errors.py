@@ -38,7 +38,14 @@ class DeveloperModeOff(DeployError):
 
 
 class DiskImageMissing(DeployError):
-    """iOS < 17 without the Developer Disk Image mounted: DVT process control is unavailable."""
+    """No developer disk image mounted (Developer on iOS < 17, Personalized on 17+; gone after every reboot):
+    DVT process control is unavailable."""
+
+    quarantine_reason = "no disk image mounted: run `bench devices prepare`"
+
+
+class DiskImageUnavailable(DeployError):
+    """The disk image could not be fetched or signed (Apple's signing server or the image download unreachable)."""
 
 
 class TunnelUnavailable(DeployError):
@@ -58,7 +65,44 @@ class PushFailed(DeployError):
 
 
 class LaunchFailed(DeployError):
-    """DVT could not start the runner."""
+    """DVT could not start the runner (a reason FrontBoard did not name, or a transport failure)."""
+
+
+class PhoneLocked(LaunchFailed):
+    """FrontBoard refused the launch because the phone is locked (reason "Locked"). Retried after a wait; a phone
+    still locked after the retries is quarantined for the run with "unlock it" as the reason."""
+
+    transient = True
+    retry_after_s = 60.0  # long enough for a person walking by to unlock it
+    quarantine_reason = "phone locked: unlock it (and set Auto-Lock to Never)"
+
+
+class ProfileUntrusted(LaunchFailed):
+    """FrontBoard refused the launch for security (reason "Security"): the developer profile is not trusted on the
+    phone, or the signature/profile is invalid or expired."""
+
+    transient = False
+    quarantine_reason = "developer profile not trusted: trust it in Settings > General > VPN & Device Management"
+
+
+class LaunchBusy(LaunchFailed):
+    """FrontBoard refused the launch because the phone is busy (reason "Busy": preflight checks failed)."""
+
+    transient = True
+
+
+class LaunchDenied(LaunchFailed):
+    """FrontBoard denied the launch for a reason with no better action (e.g. "RequestDenied", "Disabled")."""
+
+    transient = False
+
+
+class AppLeftForeground(DeployError):
+    """The runner stopped measuring because it left the foreground (phone locked, a call, a notification tapped):
+    it wrote a failed result with the app state it saw. Nothing from that job is used."""
+
+    transient = True
+    quarantine_reason = "phone locked or app left the foreground: unlock it, Auto-Lock Never, Focus on"
 
 
 class RunnerTimeout(DeployError):

@@ -1,11 +1,27 @@
 """Launch and stop the runner with DVT process control.
 
+Every iOS version needs a developer disk image mounted before DVT exists (checked here before each launch; mounted
+by `bench devices prepare`, bench/deploy/prepare.py): the shared "Developer" image below iOS 17, the "Personalized"
+image that Apple signs per device from iOS 17 on. Both are gone after every reboot.
+
 Which transport carries DVT depends on iOS:
-- iOS < 17: the lockdown connection itself, once the Developer Disk Image is mounted (checked here, never mounted
-  here: `pymobiledevice3 mounter auto-mount` downloads images, a lab step).
+- iOS < 17: the lockdown connection itself.
 - iOS >= 17: an RSD connection through a tunnel. tunneld (root, HTTP on 127.0.0.1:49151) is asked first; its
-  blocking HTTP lookup runs off the event loop. With BENCH_TUNNEL=userspace a userspace tunnel (iOS 17.4+, no root,
-  one per process) is opened instead. Tunnels cannot exist in tests: this seam raises TunnelUnavailable there.
+  blocking HTTP lookup runs off the event loop. With BENCH_TUNNEL=userspace a userspace tunnel (iOS 17.4+, no root)
+  is opened instead. Tunnels cannot exist in tests: this seam raises TunnelUnavailable there.
+
+Userspace tunnels with several phones: serialised, one at a time per process. pymobiledevice3 allows one userspace
+tunnel per process (its TCP/IP stack is a process-global singleton) and guards it with an asyncio lock, i.e. per
+event loop; the run stage drives each phone from its own thread with its own loop, so two iOS 17 phones would race
+on that global (one fails with "already active", or worse, both touch one stack). The alternatives: one process per
+phone would make the run stage ship jobs, log lines, results and Ctrl-C across process boundaries for a mode that
+exists only for hosts without root; serialising costs parallelism only in that mode, keeps every other step (pushes,
+health, pulls) parallel, and is correct by construction. A process-wide lock (`USERSPACE_TUNNEL`) is held from
+opening the tunnel until it is closed, i.e. for one launched job; another phone waits (polling, so a waiting
+coroutine can still be cancelled) and says so in its log. tunneld stays the recommended path for more than one phone:
+it keeps one tunnel per phone outside our process and nothing is serialised.
+
+A refused launch is classified by FrontBoard's reason (bench/deploy/launch_errors.py).
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator
 
 from bench.deploy.errors import (
@@ -26,10 +43,13 @@ from bench.deploy.lockdown import os_major
 
 TUNNELD_ENV = "BENCH_TUNNELD_ADDRESS"  # host:port of tunneld, default 127.0.0.1:49151
 TUNNEL_MODE_ENV = "BENCH_TUNNEL"  # "tunneld" (default) or "userspace"
-TUNNELD_ACTION = ("start the tunnel daemon once on this host: `sudo pymobiledevice3 remote tunneld` "
-                  "(or set BENCH_TUNNEL=userspace for iOS 17.4+ without root)")
-DEVELOPER_MODE_ACTION = "Settings > Privacy & Security > Developer Mode > On, restart the phone and confirm"
-DDI_ACTION = "mount the Developer Disk Image once per boot: `pymobiledevice3 mounter auto-mount --udid {udid}`"
+TUNNELD_ACTION = ("start the tunnel daemon on this host and keep it running: "
+                  "`sudo \"$(command -v pymobiledevice3)\" remote tunneld` (see bench/deploy/README.md; "
+                  "or BENCH_TUNNEL=userspace for iOS 17.4+ without root)")
+DEVELOPER_MODE_ACTION = ("run `bench devices prepare -d <name>` (turns it on from the host when the phone has no "
+                         "passcode), or on the phone: Settings > Privacy & Security > Developer Mode > On, restart, "
+                         "confirm")
+DDI_ACTION = "run `bench devices prepare -d <name>` (mounts it; needed again after every reboot)"
 
 
 def tunneld_address() -> tuple[str, int]:
@@ -45,11 +65,19 @@ def tunnel_mode() -> str:
     return os.environ.get(TUNNEL_MODE_ENV, "tunneld")
 
 
+def disk_image_type(lockdown) -> str:
+    """"Developer" (iOS < 17) or "Personalized" (17+), decided by pymobiledevice3's own cut-off."""
+    from pymobiledevice3.services.mobile_image_mounter import image_type_for_device
+
+    return image_type_for_device(lockdown)
+
+
 async def ddi_mounted(lockdown) -> bool:
+    """Whether this device's developer disk image (the type its iOS needs) is mounted."""
     from pymobiledevice3.services.mobile_image_mounter import MobileImageMounterService
 
     async with MobileImageMounterService(lockdown) as mounter:
-        return await mounter.is_image_mounted("Developer")
+        return await mounter.is_image_mounted(disk_image_type(lockdown))
 
 
 async def developer_mode(lockdown) -> bool | None:
@@ -105,36 +133,59 @@ async def _rsd_through_tunneld(udid: str) -> AsyncIterator:
         await rsd.close()
 
 
+USERSPACE_TUNNEL = threading.Lock()  # one userspace tunnel per process (see the module docstring)
+
+
 @contextlib.asynccontextmanager
-async def _rsd_through_userspace(udid: str) -> AsyncIterator:
+async def userspace_slot(udid: str, on_wait=None, poll_s: float = 0.2) -> AsyncIterator[None]:
+    """Hold the process's single userspace-tunnel slot; waits (without blocking the loop) while another phone has it."""
+    told = False
+    while not USERSPACE_TUNNEL.acquire(blocking=False):
+        if not told and on_wait is not None:
+            on_wait(f"{udid}: waiting for the userspace tunnel (one per process; another phone holds it)")
+            told = True
+        await asyncio.sleep(poll_s)
+    try:
+        yield
+    finally:
+        USERSPACE_TUNNEL.release()
+
+
+@contextlib.asynccontextmanager
+async def _rsd_through_userspace(udid: str, on_wait=None) -> AsyncIterator:
     from pymobiledevice3.exceptions import PyMobileDevice3Exception
     from pymobiledevice3.remote.userspace_tunnel import UserspaceRsdTunnel
 
-    tunnel = UserspaceRsdTunnel(serial=udid, autopair=False)
-    try:
-        rsd = await tunnel.aopen()
-    except PyMobileDevice3Exception as err:
-        raise TunnelUnavailable(f"userspace tunnel failed: {err}", udid=udid, action=TUNNELD_ACTION) from None
-    try:
-        yield rsd
-    finally:
-        await tunnel.aclose()
+    async with userspace_slot(udid, on_wait):
+        tunnel = UserspaceRsdTunnel(serial=udid, autopair=False)
+        try:
+            rsd = await tunnel.aopen()
+        except PyMobileDevice3Exception as err:
+            raise TunnelUnavailable(f"userspace tunnel failed: {err}", udid=udid, action=TUNNELD_ACTION) from None
+        try:
+            yield rsd
+        finally:
+            await tunnel.aclose()
 
 
 @contextlib.asynccontextmanager
-async def dvt_transport(lockdown, udid: str) -> AsyncIterator:
+async def dvt_transport(lockdown, udid: str, on_wait=None) -> AsyncIterator:
     """The provider DVT runs over for this device, checked first so failures say what to do."""
     if await developer_mode(lockdown) is False:
         raise DeveloperModeOff("Developer Mode is off, development-signed apps cannot run", udid=udid,
                                action=DEVELOPER_MODE_ACTION)
+    if not await ddi_mounted(lockdown):
+        raise DiskImageMissing(f"no {disk_image_type(lockdown)} disk image is mounted (iOS "
+                               f"{lockdown.all_values.get('ProductVersion')}), so no app can be launched", udid=udid,
+                               action=DDI_ACTION)
     if os_major(lockdown) < 17:
-        if not await ddi_mounted(lockdown):
-            raise DiskImageMissing("the Developer Disk Image is not mounted", udid=udid,
-                                   action=DDI_ACTION.format(udid=udid))
         yield lockdown
         return
-    opener = _rsd_through_userspace if tunnel_mode() == "userspace" else _rsd_through_tunneld
-    async with opener(udid) as rsd:
+    if tunnel_mode() == "userspace":
+        async with _rsd_through_userspace(udid, on_wait) as rsd:
+            yield rsd
+        return
+    async with _rsd_through_tunneld(udid) as rsd:
         yield rsd
 
 
@@ -177,22 +228,19 @@ class Runner:
         from pymobiledevice3.dtx.exceptions import DTXNsError, DTXProtocolError
         from pymobiledevice3.exceptions import PyMobileDevice3Exception
 
+        from bench.deploy.launch_errors import INSTALL_ACTION, classify
+
         try:
             pid = await self._control.launch(bundle_id, arguments=arguments, environment=environment,
                                              kill_existing=True)
         except AssertionError:
             raise RunnerNotInstalled(f"DVT returned no process for {bundle_id}", udid=self.udid,
-                                     action="install the runner with `bench devices install Runner.ipa`") from None
+                                     action=INSTALL_ACTION) from None
         except (PyMobileDevice3Exception, DTXNsError, DTXProtocolError, OSError, ConnectionError) as err:
-            text = str(err)
-            if "not found" in text.lower() or "No such" in text or "FBSOpenApplication" in text:
-                raise RunnerNotInstalled(f"cannot launch {bundle_id}: {text}", udid=self.udid,
-                                         action="install the runner with `bench devices install Runner.ipa`") from None
-            raise LaunchFailed(f"cannot launch {bundle_id}: {text}", udid=self.udid,
-                               action="unlock the phone and trust the developer certificate in Settings") from None
+            raise classify(err, bundle_id, self.udid) from None
         if not pid:  # the library's own check is an `assert`, gone under `python -O`
             raise RunnerNotInstalled(f"DVT returned no process for {bundle_id}", udid=self.udid,
-                                     action="install the runner with `bench devices install Runner.ipa`")
+                                     action=INSTALL_ACTION)
         return int(pid)
 
     async def pid_of(self, bundle_id: str) -> int:

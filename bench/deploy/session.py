@@ -42,13 +42,16 @@ class HealthReport:
     os_build: str | None = None
     name: str | None = None
     developer_mode: bool | None = None  # None: iOS < 16 (no such switch) or unknown
-    ddi_mounted: bool | None = None  # iOS < 17 only
+    disk_image: str | None = None  # the developer disk image this iOS needs: "Developer" (< 17) or "Personalized"
+    ddi_mounted: bool | None = None  # whether that image is mounted (every iOS version; gone after a reboot)
     tunnel: bool | None = None  # iOS >= 17 only: tunneld lists the device / userspace mode chosen
     battery_percent: int | None = None
     battery_temperature_c: float | None = None
     charging: bool | None = None
     runner: AppInfo | None = None
+    passcode: bool | None = None  # lockdown's PasswordProtected: the phone locks itself, and then refuses launches
     problems: list[str] = field(default_factory=list)  # one actionable line each
+    notes: list[str] = field(default_factory=list)  # worth knowing, not blocking (e.g. a passcode is set)
 
     @property
     def ready(self) -> bool:
@@ -90,16 +93,23 @@ class DeviceSession:
         from bench.deploy.lockdown import identity
 
         report = HealthReport(self.udid, attached=True, paired=True, **identity(self.lockdown))
+        report.passcode = self.lockdown.all_values.get("PasswordProtected")
+        if report.passcode:
+            report.notes.append("a passcode is set: the phone locks itself and a locked phone refuses every launch; "
+                                "remove it for unattended runs (Settings > Face ID & Passcode)")
         report.developer_mode = await launch.developer_mode(self.lockdown)
         if report.developer_mode is False:
             report.problems.append(problem_line(DeveloperModeOff(
                 "Developer Mode is off", udid=self.udid,
                 action=launch.DEVELOPER_MODE_ACTION)))
+        report.disk_image = launch.disk_image_type(self.lockdown)
+        report.ddi_mounted = await launch.ddi_mounted(self.lockdown)
+        if not report.ddi_mounted:
+            report.problems.append(f"no {report.disk_image} disk image mounted, every launch would fail: "
+                                   f"{launch.DDI_ACTION}")
         try:
             if self.os_major < 17:
-                report.ddi_mounted = await launch.ddi_mounted(self.lockdown)
-                if not report.ddi_mounted:
-                    report.problems.append(launch.DDI_ACTION.format(udid=self.udid))
+                pass  # DVT runs over lockdown itself
             elif launch.tunnel_mode() == "userspace":
                 report.tunnel = None  # opened per job (iOS 17.4+); nothing to check ahead of time
             else:
@@ -148,7 +158,7 @@ class DeviceSession:
             if await afc.exists(results):
                 await afc.rm(results, force=True)  # a rerun of the same job starts clean
             async with SyslogTail(self.lockdown, on_log or (lambda _line: None)) as tail:
-                async with launch.dvt_transport(self.lockdown, self.udid) as provider:
+                async with launch.dvt_transport(self.lockdown, self.udid, on_log) as provider:
                     async with launch.Runner(provider, self.udid) as runner:
                         pid = await runner.launch(self.bundle_id, ["--job", job_id, "--exit-when-done"],
                                                  {"BENCH_JOB_ID": job_id})

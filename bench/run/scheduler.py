@@ -119,6 +119,7 @@ class Scheduler:
         self.observer = observer or RunObserver()
         self.base_conditions = base_conditions or {}
         self.stop_event = threading.Event()
+        self._quarantine_now: dict[str, str] = {}  # target id -> reason, set when an error says a person must act
         self._done_lock = threading.Lock()
         self.writer = RecordWriter()
         self._sleep = sleep if sleep is not None else (lambda seconds: self.stop_event.wait(seconds))
@@ -202,6 +203,9 @@ class Scheduler:
                 steps = [Step(s.job_key(round_index), s.key, s.variant, s.compute_unit, round_index) for s in ordered]
                 ok = self._run_round(target, round_index, steps)
                 failures_in_a_row = 0 if ok else failures_in_a_row + 1
+                if (reason := self._quarantine_now.pop(target.id, None)) is not None:
+                    self._quarantine(target, steps, reason)
+                    return
                 if failures_in_a_row >= self.settings.retry.quarantine_after:
                     self._quarantine(target, steps, f"{failures_in_a_row} failed jobs in a row")
                     return
@@ -239,8 +243,13 @@ class Scheduler:
                 message = f"{type(err).__name__}: {err}"
                 if not is_transient(err) or attempt + 1 >= retry.attempts:
                     self._fail(target, remaining.values(), message)
+                    # A phone that needs a person (locked, untrusted profile) will not fix itself this run.
+                    if getattr(err, "quarantine_reason", None):
+                        self._quarantine_now[target.id] = err.quarantine_reason
                     return False
-                delay = min(retry.backoff_s * (2 ** attempt), retry.backoff_max_s)
+                # Some conditions need longer than the backoff to clear (a person unlocking a phone).
+                delay = max(min(retry.backoff_s * (2 ** attempt), retry.backoff_max_s),
+                            float(getattr(err, "retry_after_s", 0) or 0))
                 self.observer.retrying(target.id, message, delay)
                 self.manifest.add_attempt({"target_id": target.id, "round": round_index, "error": message,
                                            "retry_in_s": delay})

@@ -49,7 +49,11 @@ class FakeIPhone:
     build: str = "20H115"
     name: str = "Fake iPhone"
     developer_mode: bool = True
-    ddi_mounted: bool = True
+    ddi_mounted: bool = True  # the disk image this iOS needs: Developer (< 17) or Personalized (17+)
+    locked: bool = False  # at the lock screen: FrontBoard refuses launches (reason Locked)
+    developer_profile_trusted: bool = True  # False: the Apple Development certificate is not trusted (Security)
+    passcode: bool = False  # AMFI refuses to turn Developer Mode on from the host while a passcode is set
+    personalization_ticket: bool = False  # iOS 17+: the phone still holds Apple's ticket for the Personalized image
     battery_percent: int = 87
     battery_centi_celsius: int = 3120
     charging: bool = True
@@ -71,6 +75,8 @@ class FakeIPhone:
         self.runner_tasks: dict[int, asyncio.Task] = {}  # pid -> the runner stand-in's task
         self.file_events: list[tuple[str, str]] = []  # ("write"|"rename", path) in the order the phone saw them
         self.status_probes = 0
+        self.uploaded_images: list[tuple[str, bytes]] = []  # (image type, bytes) received by mobile_image_mounter
+        self.amfi_actions: list[int] = []  # com.apple.amfi.lockdown actions asked for
         self.syslog_subscribers: list[asyncio.Queue] = []
         self._ports: dict[int, str] = {LOCKDOWN_PORT: "lockdownd"}
         self._next_port = itertools.count(49200)
@@ -82,6 +88,15 @@ class FakeIPhone:
     @property
     def trusted(self) -> bool:
         return not self.faults.untrusted
+
+    @property
+    def ios_major(self) -> int:
+        return int(self.ios.split(".")[0])
+
+    @property
+    def disk_image_type(self) -> str:
+        """The developer disk image this iOS mounts: shared "Developer" below 17, "Personalized" from 17."""
+        return "Developer" if self.ios_major < 17 else "Personalized"
 
     def container(self, bundle_id: str) -> Path:
         path = self.root / "containers" / bundle_id
@@ -108,7 +123,8 @@ class FakeIPhone:
                 "DeviceName": self.name, "HardwareModel": self.hardware_model, "UniqueDeviceID": self.udid,
                 "CPUArchitecture": "arm64e", "DeviceClass": "iPhone", "UniqueChipID": 0x1A2B3C4D5E6F,
                 "SerialNumber": "FAKE" + self.udid[-8:], "ProductName": "iPhone OS",
-                "WiFiAddress": "00:00:00:00:00:00", "ChipID": 0x8110, "BoardId": 0x0C, "DevicePublicKey": b""}
+                "WiFiAddress": "00:00:00:00:00:00", "ChipID": 0x8110, "BoardId": 0x0C, "DevicePublicKey": b"",
+                "PasswordProtected": self.passcode}
 
     # ---- plugging -------------------------------------------------------------------------------------------------
     def unplug(self) -> None:
@@ -207,7 +223,7 @@ class FakeIPhone:
             return {"Error": "InvalidHostID"}
         if service not in services.KNOWN:
             return {"Error": "InvalidService"}
-        if service == DVT_SERVICE and (not self.ddi_mounted or int(self.ios.split(".")[0]) >= 17):
+        if service == DVT_SERVICE and (not self.ddi_mounted or self.ios_major >= 17):
             return {"Error": "InvalidService"}  # what a phone without the Developer Disk Image answers
         port = next(self._next_port)
         self._ports[port] = service

@@ -40,9 +40,33 @@ class FakeProcessControl(DTXService):
         return None
 
 
-def not_installed(bundle_id: str) -> NSError:
-    return NSError(4, "FBSOpenApplicationErrorDomain",
-                   {"NSLocalizedDescription": f"The request to open \"{bundle_id}\" failed: application not found"})
+# FrontBoard's refusals as a real phone nests them (FBSOpenApplicationErrorDomain code, reason, service-level
+# code and description, what SpringBoard says).
+REFUSALS = {
+    "NotFound": (4, 4, "InvalidRequest", "Application info provider (FBSApplicationLibrary) returned nil for \"{b}\""),
+    "Locked": (7, 1, "RequestDenied", "Unable to launch {b} because the device was not, or could not be, unlocked."),
+    "Security": (3, 1, "RequestDenied", "Unable to launch {b} because it has an invalid code signature, inadequate "
+                                        "entitlements or its profile has not been explicitly trusted by the user."),
+}
+
+
+def launch_refused(bundle_id: str, reason: str) -> NSError:
+    """What DVT process control answers when FrontBoard refuses: code 2 of deviceprocesscontrolservice, with
+    FrontBoard's service error and its reason nested under NSUnderlyingError (str() of it shows neither)."""
+    code, service_code, service_reason, text = REFUSALS[reason]
+    text = text.format(b=bundle_id)
+    frontboard = NSError(code, "FBSOpenApplicationErrorDomain",
+                         {"NSLocalizedDescription": text, "BSErrorCodeDescription": reason,
+                          "NSLocalizedFailureReason": text})
+    service = NSError(service_code, "FBSOpenApplicationServiceErrorDomain",
+                      {"NSLocalizedDescription": f"The request to open \"{bundle_id}\" failed.",
+                       "NSLocalizedFailureReason": "The request was denied by service delegate (SBMainWorkspace) for "
+                                                   f"reason: {reason} (\"{text}\").",
+                       "BSErrorCodeDescription": service_reason, "NSUnderlyingError": frontboard})
+    return NSError(2, "com.apple.dt.deviceprocesscontrolservice",
+                   {"NSLocalizedDescription": f"Request to launch {bundle_id} failed.",
+                    "NSLocalizedFailureReason": service.user_info["NSLocalizedFailureReason"],
+                    "NSUnderlyingError": service})
 
 
 async def serve_dvt(device, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

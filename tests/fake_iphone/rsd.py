@@ -54,7 +54,9 @@ class FakeTunnel:
                 "Properties": {"UniqueDeviceID": device.udid, "ProductType": device.product_type,
                                "OSVersion": device.ios, "BuildVersion": device.build, "HardwareModel":
                                device.hardware_model, "DeviceClass": "iPhone"},
-                "Services": {DTSERVICEHUB: {"Port": str(self.dvt_port), "Properties": {}}}}
+                # Developer services come from the disk image: without it mounted the phone does not offer them.
+                "Services": ({DTSERVICEHUB: {"Port": str(self.dvt_port), "Properties": {}}}
+                             if device.ddi_mounted else {})}
 
     async def _read_frame(self, reader) -> Frame:
         header = await reader.readexactly(FRAME_HEADER)

@@ -31,11 +31,15 @@ RUNNER_OVERHEAD_NS = 40_000  # the runner's own work per caption (argmax, buildi
 
 
 def launch(device, bundle_id: str, arguments: list[str], environment: dict, options: dict):
-    from .dvt import not_installed
+    from .dvt import launch_refused
 
     device.launches.append({"bundle_id": bundle_id, "arguments": arguments, "environment": environment})
     if bundle_id not in device.apps:
-        return not_installed(bundle_id)
+        return launch_refused(bundle_id, "NotFound")
+    if device.locked:
+        return launch_refused(bundle_id, "Locked")
+    if not device.developer_profile_trusted:
+        return launch_refused(bundle_id, "Security")
     if options.get("KillExisting"):
         for pid, bundle in list(device.processes.items()):
             if bundle == bundle_id:

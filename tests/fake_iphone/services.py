@@ -16,13 +16,14 @@ INSTALLATION_PROXY = "com.apple.mobile.installation_proxy"
 DIAGNOSTICS = "com.apple.mobile.diagnostics_relay"
 IMAGE_MOUNTER = "com.apple.mobile.mobile_image_mounter"
 SYSLOG = "com.apple.syslog_relay"
+AMFI = "com.apple.amfi.lockdown"
 DVT = "com.apple.instruments.remoteserver.DVTSecureSocketProxy"
-KNOWN = {AFC, HOUSE_ARREST, INSTALLATION_PROXY, DIAGNOSTICS, IMAGE_MOUNTER, SYSLOG, DVT}
+KNOWN = {AFC, HOUSE_ARREST, INSTALLATION_PROXY, DIAGNOSTICS, IMAGE_MOUNTER, SYSLOG, DVT, AMFI}
 
 
 async def serve(device, service: str, reader, writer) -> None:
     handlers = {AFC: _afc, HOUSE_ARREST: _house_arrest, INSTALLATION_PROXY: _installation_proxy,
-                DIAGNOSTICS: _diagnostics, IMAGE_MOUNTER: _image_mounter, SYSLOG: _syslog, DVT: _dvt}
+                DIAGNOSTICS: _diagnostics, IMAGE_MOUNTER: _image_mounter, SYSLOG: _syslog, DVT: _dvt, AMFI: _amfi}
     await handlers[service](device, reader, writer)
 
 
@@ -117,13 +118,34 @@ async def _image_mounter(device, reader, writer) -> None:
     while (request := await read_plist(reader)) is not None:
         command = request.get("Command")
         if command == "LookupImage":
-            signatures = [b"\x01fake-ddi-signature"] if device.ddi_mounted else []
+            mounted = device.ddi_mounted and request.get("ImageType") == device.disk_image_type
+            signatures = [b"\x01fake-ddi-signature"] if mounted else []
             await write_plist(writer, {"ImageSignature": signatures, "Status": "Complete"})
         elif command == "CopyDevices":
-            entries = [{"DiskImageType": "Developer", "IsMounted": True}] if device.ddi_mounted else []
+            entries = [{"DiskImageType": device.disk_image_type, "IsMounted": True}] if device.ddi_mounted else []
             await write_plist(writer, {"EntryList": entries, "Status": "Complete"})
         elif command == "QueryDeveloperModeStatus":
             await write_plist(writer, {"DeveloperModeStatus": device.developer_mode})
+        elif command == "QueryPersonalizationManifest":
+            # A phone keeps the ticket Apple issued for it until it reboots; without one the host must ask TSS.
+            if device.personalization_ticket:
+                await write_plist(writer, {"ImageSignature": b"fake-im4m", "Status": "Complete"})
+            else:
+                await write_plist(writer, {"Error": "MissingManifest", "Status": "Failed"})
+                return  # the real service hangs up here; pymobiledevice3 reconnects
+        elif command == "ReceiveBytes":
+            await write_plist(writer, {"Status": "ReceiveBytesAck"})
+            device.uploaded_images.append((request.get("ImageType"), await reader.readexactly(request["ImageSize"])))
+            await write_plist(writer, {"Status": "Complete"})
+        elif command == "MountImage":
+            image_type = request.get("ImageType")
+            if not device.developer_mode:
+                await write_plist(writer, {"Error": "DeviceLocked", "DetailedError": "Developer mode is not enabled."})
+            elif image_type != device.disk_image_type or not device.uploaded_images:
+                await write_plist(writer, {"Error": "InternalError", "DetailedError": f"cannot mount {image_type}"})
+            else:
+                device.ddi_mounted = True
+                await write_plist(writer, {"Status": "Complete"})
         elif command == "Hangup":
             await write_plist(writer, {"Status": "Complete"})
             return
@@ -149,3 +171,19 @@ async def _dvt(device, reader, writer) -> None:
     from .dvt import serve_dvt
 
     await serve_dvt(device, reader, writer)
+
+
+async def _amfi(device, reader, writer) -> None:
+    """com.apple.amfi.lockdown: action 0 reveals the Developer Mode toggle, 1 asks to turn it on (the phone then
+    restarts and a person confirms on screen; refused while a passcode is set), 2 is that confirmation."""
+    request = await read_plist(reader)
+    if request is None:
+        return
+    action = request.get("action")
+    device.amfi_actions.append(action)
+    if action == 1 and device.passcode:
+        await write_plist(writer, {"Error": "Device has a passcode set"})
+    elif action in (0, 1, 2):
+        await write_plist(writer, {"success": True})
+    else:
+        await write_plist(writer, {"Error": "unknown action"})

@@ -1,0 +1,248 @@
+"""A lab's first day: the scenarios that stop a real phone, each through `bench devices`, `bench devices prepare`
+and `bench run` (its library entry, start_run), against the protocol-level fake iPhone.
+
+Real: pymobiledevice3 11.45's client (lockdown, mobile_image_mounter incl. its upload/mount protocol, AMFI, DVT
+process control with FrontBoard's nested NSErrors), our deploy and run code. Faked, because it cannot exist here:
+the phone (tests/fake_iphone), the tunnel (fake_iphone/rsd.py), and the network: `diskimage.network_reachable` is the
+one seam that decides whether Apple's signing server / the image download can be reached, and the `mux` fixture
+makes it say "unreachable" so no test ever reaches the network. The disk image bytes are a few stand-in bytes placed
+in pymobiledevice3's own cache folder (as a previous download would have left them).
+"""
+
+from __future__ import annotations
+
+import plistlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.deploy import api
+from bench.deploy.errors import DiskImageMissing, PhoneLocked, ProfileUntrusted, RunnerNotInstalled
+from bench.paths import Workspace
+from bench.run.api import start_run
+from bench.run.config import RunConfig
+from bench.run.targets.base import ImageItem, VariantRef
+from deploy_fixtures import DECODE, add_phone, job_spec, make_inputs, make_variant, mux, tunneld  # noqa: F401
+
+RUNNER = "org.bench.runner"
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    from bench.cli._common import console
+
+    monkeypatch.setattr(console(), "width", 220)
+
+
+def _cli(*args: str):
+    """`bench devices …` with an inventory listing the fake phones as "lab<N>" (in the mux folder)."""
+    from bench.cli import app
+
+    return CliRunner().invoke(app, [*args, "--inventory", str(_INVENTORY[0])], terminal_width=220)
+
+
+_INVENTORY: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _lab_inventory(mux):
+    _INVENTORY[:] = [mux.tmp / "devices.yaml"]
+    mux.tmp.joinpath("devices.yaml").write_text("devices: []\n")
+
+
+def _list(mux, *phones) -> None:
+    entries = "".join(f"  - name: lab{i}\n    udid: {p.udid}\n    model: {p.product_type}\n    ios: \"{p.ios}\"\n"
+                      for i, p in enumerate(phones, 1))
+    (mux.tmp / "devices.yaml").write_text("devices:\n" + entries)
+
+
+def _cache_personalized_image() -> Path:
+    """What `fetch_personalized_ddi` leaves in ~/.pymobiledevice3 after a download (stand-in bytes)."""
+    from pymobiledevice3.common import get_home_folder
+    from pymobiledevice3.services.mobile_image_mounter import LATEST_DDI_BUILD_ID
+
+    folder = get_home_folder() / "Xcode_iOS_DDI_Personalized"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Image.dmg").write_bytes(b"personalized-image" * 64)
+    (folder / "Image.trustcache").write_bytes(b"trust-cache")
+    (folder / "BuildManifest.plist").write_bytes(plistlib.dumps({"ProductBuildVersion": LATEST_DDI_BUILD_ID,
+                                                                 "BuildIdentities": []}))
+    return folder
+
+
+def _cache_developer_image(version: str) -> Path:
+    from pymobiledevice3.common import get_home_folder
+    from pymobiledevice3.services.mobile_image_mounter import _developer_disk_image_path
+
+    image = _developer_disk_image_path(get_home_folder() / "Xcode.app", version)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"developer-image" * 64)
+    image.with_name(image.name + ".signature").write_bytes(b"signature")
+    return image
+
+
+def _ios17(mux, tunneld, index: int = 1, **kwargs):
+    phone = add_phone(mux, index, ios="17.5.1", build="21F90", product_type="iPhone15,2", **kwargs)
+    tunneld.add(mux, phone)
+    return phone
+
+
+def _variants(folder: Path) -> list[VariantRef]:
+    return [VariantRef(variant_id="int8-bbbbbbbbbbbb", name="int8", variant_hash="bbbbbbbbbbbb",
+                       path=make_variant(folder, "int8-bbbbbbbbbbbb", 1), image_size=32, decode=DECODE)]
+
+
+def _bench_run(phone, tmp_path, sleeps):
+    """`bench run` on one fake phone (start_run is what the command calls), two rounds, one compute unit."""
+    from bench.run.targets.iphone import IPhoneTarget
+
+    def zeros(images, size, mode, variant):
+        import numpy as np
+
+        return np.zeros((len(images), 3, size, size), dtype="float32")
+
+    target = IPhoneTarget(phone.udid, name=phone.name, api=api, timeout_s=30, poll_s=0.05, preprocess=zeros)
+    config = RunConfig.model_validate({"seed": 1, "rounds": 2, "evaluate": False, "report": False,
+                                       "compute_units": ["cpuOnly"], "adaptive": {"ci_width": None},
+                                       "retry": {"attempts": 2, "backoff_s": 1, "quarantine_after": 2}})
+    return start_run(config, Workspace(tmp_path), targets=[target], variants=_variants(tmp_path / "v"),
+                     images=[ImageItem("img-1", lambda: None)], sleep=sleeps.append)
+
+
+def _nothing_measured(outcome) -> bool:
+    return not list((outcome.run_dir / "jobs").glob("*.json")) and len(outcome.data.samples) == 0
+
+
+# ---- iOS 17+ without the Personalized image ------------------------------------------------------------------------
+def test_ios17_without_the_personalized_image_is_shown_refused_and_prepared(mux, tunneld, wide):
+    phone = _ios17(mux, tunneld, ddi_mounted=False)
+    health = api.health(phone.udid)
+    assert (health.disk_image, health.ddi_mounted, health.tunnel, health.ready) == ("Personalized", False, True, False)
+    _list(mux, phone)
+    shown = _cli("devices")
+    assert "Personalized not mounted" in shown.output and "attention" in shown.output
+    assert [line for line in shown.output.splitlines() if "no Personalized disk image mounted" in line] == [
+        "  lab1: no Personalized disk image mounted, every launch would fail: run `bench devices prepare "
+        "-d <name>` (mounts it; needed again after every reboot)"]
+
+    job_id = api.deploy_job(phone.udid, job_spec(["int8-abcd"]), {"int8-abcd": make_variant(mux.tmp, "int8-abcd", 4)},
+                            make_inputs())
+    with pytest.raises(DiskImageMissing, match="no Personalized disk image is mounted .iOS 17.5.1"):
+        api.run_job(phone.udid, job_id, 5, poll_s=0.05)
+    assert phone.launches == []  # refused before asking the phone
+
+    # No image cached and no network: one line, nothing tried.
+    first = _cli("devices", "prepare", "--timeout", "20")
+    assert first.exit_code == 1 and phone.uploaded_images == []
+    assert "github.com cannot be reached" in first.output
+
+    # Image cached, but the phone holds no ticket since its reboot: Apple must sign it, and cannot be reached.
+    _cache_personalized_image()
+    unsigned = _cli("devices", "prepare", "--timeout", "20")
+    assert unsigned.exit_code == 1 and not phone.ddi_mounted
+    line = next(line for line in unsigned.output.splitlines() if "disk image:" in line and "What" not in line)
+    assert "must be signed for this phone by Apple's signing server (gs.apple.com), which this host cannot " \
+           "reach" in line
+    assert "What remains for a person:" in unsigned.output and "launch: fix the lines above first" in unsigned.output
+
+    # The phone still holds its ticket (mounted before, not rebooted since): mounted offline, then launched.
+    phone.personalization_ticket = True
+    prepared = _cli("devices", "prepare", "--timeout", "20")
+    assert prepared.exit_code == 0, prepared.output
+    assert "mounted the Personalized disk image (signed with the phone's own ticket)" in prepared.output
+    assert "the runner launched and answered" in prepared.output and "1 phone(s) ready" in prepared.output
+    assert phone.ddi_mounted and [kind for kind, _ in phone.uploaded_images] == ["Personalized"]
+    assert api.health(phone.udid).ready
+
+
+def test_ios16_developer_image_is_mounted_from_the_cache(mux):
+    phone = add_phone(mux, 1, ddi_mounted=False)  # iOS 16.7.2
+    report = api.prepare(phone.udid, poll_s=0.05)
+    assert [c.status for c in report.checks if c.name == "disk image"] == ["failed"]  # not cached, no network
+    _cache_developer_image("16.7")
+    report = api.prepare(phone.udid, poll_s=0.05)
+    assert report.ready, report.remaining
+    assert [(c.name, c.status) for c in report.checks] == [
+        ("trust", "ok"), ("dev mode", "ok"), ("disk image", "done"), ("tunnel", "ok"), ("runner", "ok"),
+        ("launch", "ok")]
+    assert phone.uploaded_images[0][0] == "Developer" and api.health(phone.udid).disk_image == "Developer"
+
+
+def test_bench_run_on_an_ios17_phone_without_the_image_records_the_reason_and_measures_nothing(mux, tunneld,
+                                                                                               tmp_path):
+    phone = _ios17(mux, tunneld, ddi_mounted=False)
+    outcome = _bench_run(phone, tmp_path, sleeps := [])
+    assert outcome.quarantined == {f"iphone-{phone.udid}": "no disk image mounted: run `bench devices prepare`"}
+    assert outcome.failures and all("DiskImageMissing" in why and "bench devices prepare" in why
+                                    for _, why in outcome.failures)
+    assert sleeps == [] and _nothing_measured(outcome) and phone.launches == []
+
+
+# ---- Developer Mode from the host --------------------------------------------------------------------------------
+def test_developer_mode_off_is_revealed_then_enabled_from_the_host_unless_a_passcode_is_set(mux, wide):
+    phone = add_phone(mux, 1, developer_mode=False, passcode=True)
+    shown = _cli("devices", "prepare")
+    assert shown.exit_code == 1 and phone.amfi_actions == [0]  # only revealed the toggle
+    assert "run prepare again with --enable-developer-mode" in shown.output
+    assert "disk image: needs Developer Mode first" in shown.output
+    refused = _cli("devices", "prepare", "--enable-developer-mode")
+    assert "cannot be turned on from the host while a passcode is set" in refused.output
+    phone.passcode = False
+    asked = _cli("devices", "prepare", "--enable-developer-mode")
+    assert phone.amfi_actions[-1] == 1 and "it restarts now; unlock it, tap Turn On" in asked.output
+
+
+# ---- a locked phone ----------------------------------------------------------------------------------------------
+def test_locked_phone_one_line_in_devices_and_prepare(mux, wide):
+    phone = add_phone(mux, 1, passcode=True)
+    phone.locked = True
+    shown = _cli("devices")
+    assert "a passcode is set: the phone locks itself" in shown.output  # what the host can see beforehand
+    prepared = _cli("devices", "prepare", "--timeout", "20")
+    assert prepared.exit_code == 1
+    launch = [line.strip() for line in prepared.output.splitlines() if line.strip().startswith("! launch:")]
+    assert launch == ["! launch: the phone is locked, iOS refused to launch org.bench.runner (FrontBoard: Locked) — "
+                      "unlock it; for unattended runs remove the passcode and set Auto-Lock to Never"]
+
+
+def test_bench_run_retries_a_locked_phone_after_a_wait_then_quarantines_it_with_unlock_it(mux, tmp_path):
+    phone = add_phone(mux, 1)
+    phone.locked = True
+    outcome = _bench_run(phone, tmp_path, sleeps := [])
+    assert sleeps == [60.0]  # retried once, after a wait long enough for a person to unlock it
+    assert outcome.quarantined == {f"iphone-{phone.udid}": "phone locked: unlock it (and set Auto-Lock to Never)"}
+    assert all("PhoneLocked" in why and "FrontBoard: Locked" in why for _, why in outcome.failures)
+    assert _nothing_measured(outcome)
+
+
+# ---- an untrusted developer profile ------------------------------------------------------------------------------
+def test_untrusted_profile_is_named_as_such_in_prepare_and_run(mux, tmp_path, wide):
+    phone = add_phone(mux, 1)
+    phone.developer_profile_trusted = False
+    _list(mux, phone)
+    assert "ready" in _cli("devices").output  # nothing on the host shows it before a launch …
+    prepared = _cli("devices", "prepare", "--timeout", "20")
+    launch = [line for line in prepared.output.splitlines() if "! launch:" in line]
+    assert len(launch) == 1 and "refused org.bench.runner for security (FrontBoard: Security)" in launch[0]
+    assert "VPN & Device Management" in launch[0] and "install" not in launch[0].split("—")[0]
+    outcome = _bench_run(phone, tmp_path, sleeps := [])
+    assert sleeps == []  # a person must act: not retried
+    assert outcome.quarantined == {f"iphone-{phone.udid}": "developer profile not trusted: trust it in Settings > "
+                                                           "General > VPN & Device Management"}
+    assert all("ProfileUntrusted" in why for _, why in outcome.failures) and _nothing_measured(outcome)
+
+
+def test_not_installed_is_not_confused_with_locked_or_untrusted(mux):
+    phone = add_phone(mux, 1)
+    job_id = api.deploy_job(phone.udid, job_spec([], mode="status"), {}, {})
+    del phone.apps[RUNNER]
+    phone.locked = True  # the app is looked up first: "not installed" wins, as on a real phone
+    with pytest.raises(RunnerNotInstalled, match="bench devices install"):
+        api.run_job(phone.udid, job_id, 5, poll_s=0.05)
+    phone.install_app(RUNNER)
+    with pytest.raises(PhoneLocked):
+        api.run_job(phone.udid, job_id, 5, poll_s=0.05)
+    phone.locked, phone.developer_profile_trusted = False, False
+    with pytest.raises(ProfileUntrusted):
+        api.run_job(phone.udid, job_id, 5, poll_s=0.05)
