@@ -246,3 +246,29 @@ def test_not_installed_is_not_confused_with_locked_or_untrusted(mux):
     phone.locked, phone.developer_profile_trusted = False, False
     with pytest.raises(ProfileUntrusted):
         api.run_job(phone.udid, job_id, 5, poll_s=0.05)
+
+
+# ---- the runner leaves the foreground mid-job --------------------------------------------------------------------
+def test_runner_sent_to_the_background_mid_job_is_reported_as_such_not_as_a_timeout(mux, tmp_path, wide):
+    from bench.deploy.errors import AppLeftForeground
+
+    phone = add_phone(mux, 1)
+    phone.faults.background_after_steps = 1
+    _list(mux, phone)
+    assert "ready" in _cli("devices").output and _cli("devices", "prepare").exit_code == 0  # a status job is fine
+    variants = {"int8-abcd": make_variant(tmp_path, "int8-abcd", 4)}
+    job_id = api.deploy_job(phone.udid, job_spec(list(variants)), variants, make_inputs())
+    with pytest.raises(AppLeftForeground) as caught:
+        api.run_job(phone.udid, job_id, 30, poll_s=0.05)
+    assert str(caught.value).splitlines() == [
+        f"{phone.udid}: phone locked or app left the foreground during step 2/2 (the runner saw active → inactive → "
+        "background and stopped measuring); nothing from this job is used — unlock it; for unattended runs remove "
+        "the passcode, set Auto-Lock to Never and silence notifications (a Focus)"]
+
+    phone.faults.background_after_steps = 0  # `bench run` below measures one step per job: leave at the first
+    outcome = _bench_run(phone, tmp_path, sleeps := [])
+    assert outcome.quarantined == {f"iphone-{phone.udid}": "phone locked or app left the foreground: unlock it, "
+                                                           "Auto-Lock Never, Focus on"}
+    assert len(sleeps) == 1 and all("AppLeftForeground" in why and "RunnerTimeout" not in why
+                                    for _, why in outcome.failures)
+    assert _nothing_measured(outcome)

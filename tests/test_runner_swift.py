@@ -40,6 +40,7 @@ RESULT_STRUCTS = {
     "Sample": ("$defs", "sample"),
     "ComputePlanRecord": ("$defs", "compute_plan"),
     "OpRecord": ("$defs", "op"),
+    "AppStateChange": ("$defs", "app_state"),
 }
 JOB_STRUCTS = {
     "JobHeader": (),
@@ -363,6 +364,8 @@ def test_golden_result_keys_are_exactly_what_swift_writes():
             assert set(step["compute_plan"]) == keys("ComputePlanRecord")
             for op in step["compute_plan"]["encoder"] + step["compute_plan"]["decoder"]:
                 assert set(op) == keys("OpRecord")
+    for change in result["app_states"]:
+        assert set(change) == keys("AppStateChange")
 
 
 def memberwise_calls() -> list[tuple[str, int, str, list[str | None]]]:
@@ -480,7 +483,10 @@ def test_runner_uses_the_apis_the_contract_relies_on():
                    "ProcessInfo.processInfo.thermalState", "isBatteryMonitoringEnabled = true",
                    "isLowPowerModeEnabled", "isIdleTimerDisabled = true", "#available(iOS 17.4, *)",
                    "MLComputePlan.load(contentsOf:", "deviceUsage(for:", "estimatedCost(of:",
-                   'Logger(subsystem: "bench.runner"', '"--job"', '"BENCH_JOB"', '"BENCH_JOB_ID"', "rename("):
+                   'Logger(subsystem: "bench.runner"', '"--job"', '"BENCH_JOB"', '"BENCH_JOB_ID"', "rename(",
+                   "UIApplication.shared.applicationState", "UIApplication.didEnterBackgroundNotification",
+                   "UIApplication.willResignActiveNotification", "UIApplication.didBecomeActiveNotification",
+                   "beginBackgroundTask(withName:"):
         assert needle in source, needle
 
 
@@ -781,13 +787,15 @@ def test_predictions_run_only_inside_caption():
 def test_samples_are_measured_on_the_measurement_thread():
     run_step = [f for f in functions_named("run", "JobRunner.swift") if "StepRecord" in text(f)]
     assert len(run_step) == 1
-    calls = calls_to(run_step[0], "sample")
-    assert len(calls) == 2  # warm-up and samples
+    assert len(calls_to(run_step[0], "foregroundSample")) == 2  # warm-up and samples, each through the bracket
+    bracket = the_function("foregroundSample", "JobRunner.swift")
+    calls = calls_to(bracket, "sample")
+    assert len(calls) == 1
     for call in calls:
         closure = next(a for a in ancestors(call) if a.type == "lambda_literal")
         runner = closure.parent.parent
         assert runner.type == "call_expression" and text(runner.children[0]) == "measuring.run", text(call)
-    assert "MeasurementThread.shared" in text(run_step[0])
+    assert "MeasurementThread.shared" in text(bracket)
 
 
 def test_the_measurement_thread_is_a_thread_of_its_own():
@@ -802,9 +810,43 @@ def test_only_sendable_values_cross_into_the_detached_task():
     (detached,) = [c for c in descendants(app, "call_expression") if text(c.children[0]) == "Task.detached"]
     (closure,) = [c for c in descendants(detached, "lambda_literal") if c.parent.type == "call_suffix"]
     captured = {text(n) for n in descendants(closure, "simple_identifier")} - {
-        "JobRunner", "jobId", "paths", "device", "progress", "show", "run"}
+        "JobRunner", "jobId", "paths", "device", "progress", "show", "run", "appState"}
     assert captured == set(), f"the detached task captures {captured}"
+    # appState crosses too: AppStateWatch is Sendable (its state behind a lock), checked here.
+    watch = SOURCES.joinpath("AppState.swift").read_text()
+    assert "final class AppStateWatch: @unchecked Sendable" in watch and "lock.withLock" in watch
     assert calls_to(closure, "JobRunner"), "the JobRunner is made inside the task"
     start = text(the_function("start", "BenchRunnerApp.swift"))
     assert "let show: @Sendable (String) -> Void" in start
     assert "progress: @escaping @Sendable (String) -> Void" in SOURCES.joinpath("JobRunner.swift").read_text()
+
+
+# -- application state: measuring only in the foreground --------------------------------------------------------------
+
+
+def test_app_states_the_runner_names_are_the_schemas():
+    source = SOURCES.joinpath("AppState.swift").read_text()
+    named = set(re.findall(r'(?:return|,)\s*"(active|inactive|background|unknown|\w+)"\)?', source))
+    assert named == set(contract.schema("result")["$defs"]["app_state"]["properties"]["state"]["enum"])
+
+
+def test_the_left_foreground_message_starts_with_what_the_host_looks_for():
+    source = SOURCES.joinpath("AppState.swift").read_text()
+    assert f'static let leftForegroundPrefix = "{contract.APP_LEFT_FOREGROUND}"' in source
+    requirement = text(the_function("requireForeground", "AppState.swift"))
+    assert "leftForegroundPrefix" in requirement and "JobError.leftForeground" in requirement
+
+
+def test_every_measured_prediction_is_bracketed_by_foreground_checks():
+    """Warm-up and samples go through foregroundSample, which checks the state before and after the prediction;
+    a step error seen out of the foreground stops the job instead of being recorded as the step's error."""
+    run = next(f for f in functions_named("run", "JobRunner.swift") if "warmup" in text(f))
+    assert "MeasurementThread" not in text(run) and len(calls_to(run, "foregroundSample")) == 2
+    bracket = text(the_function("foregroundSample", "JobRunner.swift"))
+    _before, rest = bracket.split("requireForeground", 1)
+    assert "measuring.run" in rest.split("requireForeground", 1)[0]  # the prediction sits between the two checks
+    measure = text(the_function("measure", "JobRunner.swift"))
+    catch = measure[measure.index("} catch {"):]
+    assert catch.index("requireForeground") < catch.index("record.error")
+    written = text(the_function("finish", "JobRunner.swift")) + text(the_function("writePartial", "JobRunner.swift"))
+    assert written.count("result.app_states = appState.history") == 2

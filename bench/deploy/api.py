@@ -359,7 +359,24 @@ async def _run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id) -> dict:
     result = validate_result(raw, udid=udid, job=job, job_id=job_id)
     if result.get("job_id") != job_id:
         raise ResultInvalid(f"result.json answers job {result.get('job_id')!r}, not {job_id!r}", udid=udid)
+    _raise_if_left_foreground(result, udid)
     return result
+
+
+def _raise_if_left_foreground(result: dict, udid: str) -> None:
+    """A runner that left the foreground stopped measuring: its job is a device failure, not a result."""
+    from bench.deploy.contract import APP_LEFT_FOREGROUND
+    from bench.deploy.errors import AppLeftForeground
+
+    error = result.get("error") or ""
+    if result.get("status") != "failed" or not error.startswith(APP_LEFT_FOREGROUND):
+        return
+    seen = " → ".join(change["state"] for change in result.get("app_states") or []) or "?"
+    where = error.split(" during ", 1)[1].split(":", 1)[0] if " during " in error else "the job"
+    raise AppLeftForeground(f"phone locked or app left the foreground during {where} (the runner saw {seen} and "
+                            "stopped measuring); nothing from this job is used", udid=udid,
+                            action="unlock it; for unattended runs remove the passcode, set Auto-Lock to Never and "
+                                   "silence notifications (a Focus)")
 
 
 def device_status(udid: str, timeout_s: float = 120.0, *, poll_s: float = 1.0,

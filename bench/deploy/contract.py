@@ -40,6 +40,9 @@ THROTTLED_STATES = ("serious", "critical")
 BATTERY_STATES = ("unknown", "unplugged", "charging", "full")
 MODES = ("measure", "status")
 RESULT_STATUSES = ("complete", "partial", "failed")
+# A failed result whose error starts with this: the runner left the foreground (phone locked, another app in front)
+# and stopped measuring (runner/BenchRunner/AppState.swift). The host reports it as AppLeftForeground.
+APP_LEFT_FOREGROUND = "app left the foreground"
 PACKAGES = ("encoder", "decoder")
 
 CONTAINER_ROOT = "Documents/bench"

@@ -46,6 +46,11 @@ final class RunnerState: ObservableObject {
             return
         }
         let device = DeviceProbe.read()
+        // Recorded from job start; a DVT launch reaches "active" a moment after the first frame.
+        let appState = AppStateWatch(origin: Monotonic.now())
+        if !(await appState.waitUntilActive(seconds: 10)) {
+            lines.append("Not in the foreground (\(appState.state)): the job will fail and say so.")
+        }
         let show: @Sendable (String) -> Void = { line in
             Task { @MainActor [weak self] in
                 self?.lines.append(line)
@@ -55,8 +60,9 @@ final class RunnerState: ObservableObject {
         // (strings, paths, the device record, the progress closure) cross into the task; the JobRunner, which is
         // not Sendable, is made and used inside it (its predictions then run on MeasurementThread).
         await Task.detached(priority: .userInitiated) {
-            await JobRunner(jobId: jobId, paths: paths, device: device, progress: show).run()
+            await JobRunner(jobId: jobId, paths: paths, device: device, appState: appState, progress: show).run()
         }.value
+        appState.jobFinished()
         if LaunchOptions.exitWhenDone {
             exit(0)
         }

@@ -130,6 +130,13 @@ struct ResultFile: Encodable {
     var device: DeviceConditions
     var compiles: [CompileRecord]
     var steps: [StepRecord]
+    var app_states: [AppStateChange] = []
+}
+
+/// One application state the runner was in, and when (ns since the runner started watching, at launch).
+struct AppStateChange: Encodable {
+    var state: String
+    var t_ns: UInt64
 }
 
 struct DeviceConditions: Encodable {

@@ -11,6 +11,7 @@ enum JobError: LocalizedError {
     case unknownComputeUnit(String)
     case unknownVariant(String)
     case modelUnavailable(String)
+    case leftForeground(String)
 
     var errorDescription: String? {
         switch self {
@@ -30,26 +31,32 @@ enum JobError: LocalizedError {
             return "step names variant \(variant) that the job does not list"
         case .modelUnavailable(let reason):
             return reason
+        case .leftForeground(let reason):
+            return reason
         }
     }
 }
 
 /// Runs one job from Documents/bench/jobs/<id>/job.json and writes results/<id>/{result.partial.json,
 /// result.json, DONE}. It stays dumb: raw nanoseconds only, statistics happen on the host. An error in one
-/// step is recorded in that step and the next step still runs.
+/// step is recorded in that step and the next step still runs, except leaving the foreground (AppState.swift):
+/// that stops the job, which then fails with the app states it saw.
 final class JobRunner {
     private let jobId: String
     private let paths: ContainerPaths
     private let progress: @Sendable (String) -> Void
+    private let appState: AppStateWatch
     private let log = Logger(subsystem: "bench.runner", category: "job")
     private let origin = Monotonic.now()
     private var result: ResultFile
     private var compiled: [String: (encoder: URL, decoder: URL)] = [:]
     private var compileErrors: [String: String] = [:]
 
-    init(jobId: String, paths: ContainerPaths, device: DeviceConditions, progress: @escaping @Sendable (String) -> Void) {
+    init(jobId: String, paths: ContainerPaths, device: DeviceConditions, appState: AppStateWatch,
+         progress: @escaping @Sendable (String) -> Void) {
         self.jobId = jobId
         self.paths = paths
+        self.appState = appState
         self.progress = progress
         self.result = ResultFile(
             job_id: jobId, status: "partial", error: nil, runner_version: DeviceProbe.runnerVersion(),
@@ -112,6 +119,7 @@ final class JobRunner {
     }
 
     private func measure(_ job: Job) async throws {
+        try appState.requireForeground(during: "start")
         for model in job.models {
             await compile(model)
             writePartial()
@@ -126,6 +134,8 @@ final class JobRunner {
                 }
                 try await run(step, model: model, job: job, into: &record)
             } catch {
+                // Out of the foreground the step's error (often a refused GPU submission) is a symptom: stop.
+                try appState.requireForeground(during: "step \(index + 1)/\(job.steps.count)")
                 record.error = describe(error)
                 log.error("step \(index, privacy: .public) failed: \(self.describe(error), privacy: .public)")
             }
@@ -197,9 +207,9 @@ final class JobRunner {
         // Predictions are synchronous and can take minutes: they run on the measurement thread, never on a
         // Swift-concurrency pool thread. This task waits, so captioner and images are used by one thread at a time.
         let captioner = try Captioner(encoder: encoder, decoder: decoder, model: model)
-        let measuring = MeasurementThread.shared
+        let what = "\(step.variant_id) on \(step.compute_unit)"
         for index in 0..<max(0, job.warmup) {
-            let warm = try await measuring.run { try self.sample(captioner, images, index % images.count, repeat: index) }
+            let warm = try await foregroundSample(captioner, images, index % images.count, repeat: index, during: what)
             record.warmup.append(warm)
             if index == 0 {
                 record.first_prediction_ns = warm.total_ns
@@ -207,7 +217,7 @@ final class JobRunner {
         }
         for repeatIndex in 0..<max(0, job.repeats) {
             for index in 0..<images.count {
-                let measured = try await measuring.run { try self.sample(captioner, images, index, repeat: repeatIndex) }
+                let measured = try await foregroundSample(captioner, images, index, repeat: repeatIndex, during: what)
                 record.samples.append(measured)
                 if record.first_prediction_ns == nil {
                     record.first_prediction_ns = measured.total_ns
@@ -226,6 +236,16 @@ final class JobRunner {
         let start = Monotonic.now()
         let model = try await MLModel.load(contentsOf: url, configuration: configuration)
         return (model: model, nanoseconds: Monotonic.elapsed(since: start))
+    }
+
+    /// One caption on the measurement thread, kept only if the app was in the foreground before and after it.
+    private func foregroundSample(_ captioner: Captioner, _ images: StepInputs, _ index: Int, repeat number: Int,
+                                  during what: String) async throws -> Sample {
+        try appState.requireForeground(during: what)
+        let measuring = MeasurementThread.shared
+        let taken = try await measuring.run { try self.sample(captioner, images, index, repeat: number) }
+        try appState.requireForeground(during: what)
+        return taken
     }
 
     /// One caption of input `index`; the pixels are in memory before the clock starts.
@@ -290,6 +310,7 @@ final class JobRunner {
         guard ContainerPaths.isValidJobId(jobId) else {
             return
         }
+        result.app_states = appState.history
         do {
             try AtomicFile.write(encoded(), to: paths.resultsFolder(jobId).appendingPathComponent(ContractNames.partialResultFile))
         } catch {
@@ -307,6 +328,7 @@ final class JobRunner {
         }
         let folder = paths.resultsFolder(jobId)
         let resultURL = folder.appendingPathComponent(ContractNames.resultFile)
+        result.app_states = appState.history
         do {
             try AtomicFile.write(encoded(), to: resultURL)
         } catch {

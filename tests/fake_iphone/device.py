@@ -30,6 +30,7 @@ class Faults:
     thermal_serious_probes: int = 0  # the first N status jobs report "serious", later ones "nominal"
     install_verification_fails: bool = False  # installd answers ApplicationVerificationFailed
     runner_seconds: float = 0.05  # simulated work per step
+    background_after_steps: int | None = None  # the app leaves the foreground (phone locks) after N measured steps
 
 
 @dataclass

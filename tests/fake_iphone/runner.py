@@ -126,7 +126,17 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
     clock = 0
     models = {m["variant_id"]: m for m in job["models"]}
     done_models: set[str] = set()
-    for step in job["steps"]:
+    for number, step in enumerate(job["steps"], 1):
+        if faults.background_after_steps is not None and number > faults.background_after_steps:
+            # The phone locked: iOS moves the app to the background; the runner stops measuring and says so.
+            states = [{"state": "active", "t_ns": 0}, {"state": "inactive", "t_ns": clock * 50_000_000 + 1},
+                      {"state": "background", "t_ns": clock * 50_000_000 + 2}]
+            log("app state: inactive, background")
+            error = (f"app left the foreground (background) during step {number}/{len(job['steps'])}: phone locked "
+                     "or another app in front; measuring stopped")
+            _finish(results, _result(device, job["job_id"], "failed", error, compiles, steps_out, started=started,
+                                     app_states=states))
+            return
         model = models[step["variant_id"]]
         unit = step["compute_unit"]
         encoder, decoder = bench / model["encoder"], bench / model["decoder"]
@@ -250,7 +260,7 @@ def _step(model: dict, unit: str, error, warmup: list, samples: list) -> dict:
 
 
 def _result(device, job_id: str, status: str, error, compiles: list, steps: list, *, started: str | None = None,
-            thermal: str = "nominal") -> dict:
+            thermal: str = "nominal", app_states: list | None = None) -> dict:
     app = device.apps.get(device.runner_bundle_id)
     return {"schema": "bench.result", "schema_version": 1, "job_id": job_id, "status": status, "error": error,
             "runner_version": f"{app.version} ({app.build})" if app else "unknown",
@@ -258,7 +268,8 @@ def _result(device, job_id: str, status: str, error, compiles: list, steps: list
             "device": {"model_identifier": device.product_type, "os_version": device.ios, "os_build": device.build,
                        "low_power_mode": device.low_power_mode, "battery_level": device.battery_percent / 100,
                        "battery_state": "charging" if device.charging else "unplugged", "thermal_state": thermal},
-            "compiles": compiles, "steps": steps}
+            "compiles": compiles, "steps": steps,
+            "app_states": app_states or [{"state": "active", "t_ns": 0}]}
 
 
 def _finish(results: Path, result: dict) -> None:
