@@ -73,12 +73,21 @@ def test_verdicts_against_the_baseline(report):
     assert len(sizes) == 10 and all(v.outcome == "SAME" for v in sizes)
 
 
-def test_history_pools_the_previous_runs():
+def test_history_takes_the_night_as_the_unit():
+    """Two past nights: tonight's median against their spread (1 degree of freedom), not 60 pooled samples as if
+    they were one night — the wide prediction interval says so instead of a confident verdict."""
     report = build_report(CURRENT, history=2)
     assert report.baseline == {"kind": "history", "run_ids": ["nightly-2026-11-26", "nightly-2026-11-27"],
                                "forced": False}
-    prune = next(v for v in report.verdicts if v.key == "prune-0.20 · iPhone14,2 · all")
-    assert prune.extra["n_baseline"] == 60 and prune.outcome == "DIFFERENT"
+    prune = next(v for v in report.verdicts if v.key == "prune-0.20 · iPhone14,2 · all" and v.metric == "latency median")
+    assert prune.extra["nights"] == 2 and "n_baseline" not in prune.extra
+    assert "past nights" in prune.detail and prune.ci95[1] - prune.ci95[0] > 0.05
+    assert any("the night as the unit" in note for note in report.notes)
+
+
+def test_one_baseline_run_says_between_run_variation_is_not_estimated(report):
+    assert any("between-run variation cannot be estimated" in note for note in report.notes)
+    assert any(note.startswith("Error control: Benjamini–Hochberg") for note in report.notes)
 
 
 def test_trends_cover_every_run_up_to_the_current(report):

@@ -160,3 +160,77 @@ def test_exact_size_and_sparsity():
     assert grew.outcome == v.DIFFERENT and grew.regression
     changed = v.compare_exact("sparsity", 0.2, 0.19, worse_when="change")
     assert changed.outcome == v.DIFFERENT and changed.regression
+
+
+# --- the rule: equivalence shown, not absence of evidence ----------------------------------------------------------
+def test_same_needs_the_whole_ci_inside_the_margin():
+    """A significant 2 % shift whose CI reaches past 3 % is UNKNOWN, not SAME (the old rule called it SAME)."""
+    rng = np.random.default_rng(7)
+    verdict = v.compare_latency(lognormal(rng, 150, sigma=0.08), lognormal(rng, 150, 204.0, sigma=0.08))
+    assert verdict.ci95[1] > v.MIN_EFFECT and verdict.outcome == v.UNKNOWN and verdict.more_samples
+
+
+def test_different_says_whether_the_whole_ci_is_past_the_margin():
+    rng = np.random.default_rng(8)
+    clear = v.compare_latency(lognormal(rng, 300), lognormal(rng, 300, 220.0))
+    assert clear.outcome == v.DIFFERENT and "whole CI past 3%" in clear.detail
+
+
+def test_the_report_control_demotes_a_lone_significance_among_many():
+    """Benjamini–Hochberg over 200 comparisons: p = 0.004 alone is not a discovery, p = 1e-9 is."""
+    def verdict(p):
+        return v.Verdict("latency median", "k", v.DIFFERENT if p < v.ALPHA else v.SAME, p < v.ALPHA, 1.0, 1.1, 0.1,
+                         0.1, (0.05, 0.15), p_value=p, extra={})
+    verdicts = [verdict(p) for p in (0.004, 1e-9)] + [verdict(0.2 + 0.004 * i) for i in range(198)]
+    note = v.control_report(verdicts)
+    assert verdicts[0].outcome == v.UNKNOWN and not verdicts[0].regression and "Benjamini" in verdicts[0].detail
+    assert verdicts[1].outcome == v.DIFFERENT and verdicts[1].regression
+    assert "200 comparisons" in note and "1 significant alone" in note
+
+
+def test_nights_with_one_baseline_run_say_what_they_cannot_cover():
+    rng = np.random.default_rng(9)
+    verdict = v.compare_latency_nights([lognormal(rng, 50)], lognormal(rng, 50))
+    assert "between-run variation cannot be estimated" in verdict.detail and verdict.extra["nights"] == 1
+
+
+# --- tokens per caption --------------------------------------------------------------------------------------------
+def _series(rng, images: int, tokens: int, step_ms: float = 10.0, encoder_ms: float = 40.0, repeats: int = 4):
+    ids = np.repeat(np.arange(images), repeats)
+    steps = np.full(ids.size, tokens, dtype=float)
+    encoder = encoder_ms * 1e6 * np.exp(rng.normal(0, 0.03, ids.size))
+    decoder = steps * step_ms * 1e6 * np.exp(rng.normal(0, 0.03, ids.size))
+    return {"latency": encoder + decoder, "encoder": encoder, "decoder": decoder, "steps": steps,
+            "image": ids.astype(str), "throttled": np.zeros(ids.size, bool)}
+
+
+def test_shorter_captions_are_never_faster_without_the_token_flag():
+    """Captions 30 % shorter (10 → 7 tokens) at the same cost per step: the whole caption is faster, but only with the
+    token flag; the caption of fixed length is not faster, and nothing is called a regression."""
+    from bench.report.data import latency_verdicts
+
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        verdicts = latency_verdicts([_series(rng, 25, 10)], _series(rng, 25, 7), key="short")
+        by_metric = {verdict.metric: verdict for verdict in verdicts}
+        whole, tokens = by_metric["latency median"], by_metric["tokens per caption"]
+        assert tokens.outcome == v.DIFFERENT and tokens.relative == pytest.approx(-0.3)
+        if whole.outcome == v.DIFFERENT and whole.relative < 0:
+            assert whole.extra.get("tokens_differ") and "TOKEN COUNTS DIFFER" in whole.detail
+        fixed = by_metric["latency at fixed length"]
+        assert not (fixed.outcome == v.DIFFERENT and fixed.relative < 0)
+        assert not any(verdict.regression for verdict in verdicts)
+
+
+def test_slower_steps_behind_shorter_captions_are_the_regression():
+    """Captions 30 % shorter hide decoder steps 20 % slower in the whole-caption time: the fixed-length latency
+    carries the regression, and the decoder-per-step verdict says where."""
+    from bench.report.data import latency_verdicts
+
+    rng = np.random.default_rng(1)
+    verdicts = latency_verdicts([_series(rng, 25, 10)], _series(rng, 25, 7, step_ms=12.0), key="k")
+    by_metric = {verdict.metric: verdict for verdict in verdicts}
+    assert by_metric["latency at fixed length"].regression
+    assert by_metric["latency: decoder per step"].outcome == v.DIFFERENT
+    assert by_metric["latency: encoder"].outcome != v.DIFFERENT
+    assert not by_metric["latency median"].regression

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.report.data import HOST_EMULATION, ReportData, table_records
 
-RESULT_COLUMNS = ["variant", "unit", "n", "median ms (95% CI)", "p90", "p99", "IQR", "flags",
+RESULT_COLUMNS = ["variant", "unit", "n", "tokens", "median ms (95% CI)", "p90", "p99", "IQR", "flags",
                   "load ms: compile/cold/warm/1st", "MB", "sparsity", "bits", "BLEU (95% CI)", "CIDEr (95% CI)"]
 VERDICT_COLUMNS = ["metric", "what", "baseline", "current", "change", "95% CI", "p", "verdict", "note"]
 
@@ -55,7 +55,7 @@ def load_times(row: dict) -> str:
 
 
 def result_cells(row: dict) -> list[str]:
-    return [str(row["variant"]), str(row["compute_unit"]), str(row["n"]),
+    return [str(row["variant"]), str(row["compute_unit"]), str(row["n"]), num(row.get("tokens")),
             with_ci(row["median_ms"], row["ci_lo_ms"], row["ci_hi_ms"]), num(row["p90_ms"]), num(row["p99_ms"]),
             num(row["iqr_ms"]), flags(row), load_times(row), num(row["size_mb"]), percent(row["sparsity"]),
             num(row["bits_per_weight"]), with_ci(row["bleu"], row["bleu_lo"], row["bleu_hi"]),
@@ -89,6 +89,9 @@ def verdict_cells(verdict) -> list[str]:
         change = "–" if missing(v.get("delta")) else f"{float(v['delta']):+.{digits}f}"
         ci = f"{float(v['ci95'][0]):+.2f} … {float(v['ci95'][1]):+.2f}" if v.get("ci95") else "–"
         base, cur = num(v["baseline"], digits), num(v["current"], digits)
+    elif unit == "tokens":
+        change = "–" if missing(v.get("relative")) else percent(v["relative"])
+        ci, base, cur = "exact", num(v["baseline"]), num(v["current"])
     else:
         digits = 0 if unit == "bytes" else 4
         change = "–" if missing(v.get("delta")) else f"{float(v['delta']):+,.{digits}f}"
@@ -117,5 +120,8 @@ def explanation_summary(explanation: dict) -> str:
 
 
 def shown_verdicts(report: ReportData) -> list:
-    """Latency verdicts always; size / sparsity / quality ones only when not SAME (they are SAME for a rerun)."""
-    return [v for v in report.verdicts if v.outcome != "SAME" or v.metric.startswith("latency")]
+    """Whole-caption latency verdicts always; latency parts and tokens per caption when DIFFERENT (they say where a
+    change is); size, sparsity and quality when not SAME (they are SAME for a rerun)."""
+    parts = ("latency: encoder", "latency: decoder per step", "latency at fixed length", "tokens per caption")
+    return [v for v in report.verdicts if v.metric == "latency median"
+            or (v.outcome == "DIFFERENT" if v.metric in parts else v.outcome != "SAME")]

@@ -12,16 +12,18 @@ from typing import Any
 
 from bench.errors import IncomparableError, InputError
 from bench.report import verdicts as stats
+from bench.report.facts import (HOST_EMULATION, KIND_ORDER, UNIT_ORDER, load_ns, target_label, variant_facts,
+                                variant_name)
 from bench.report.load import RunData, list_runs, load_run
 
-HOST_EMULATION = "host emulation (not Core ML)"
-UNIT_ORDER = {"all": 0, "cpuAndNeuralEngine": 1, "cpuAndGPU": 2, "cpuOnly": 3}
-KIND_ORDER = {"iphone": 0, "macos-coreml": 1, "host-torch": 2}
+__all__ = ["HOST_EMULATION", "KIND_ORDER", "UNIT_ORDER", "ReportData", "build_report", "load_ns", "merge_table",
+           "table_records", "target_label", "variant_facts", "variant_name"]
+
 GROUP = ["variant_id", "target_kind", "target_id", "compute_unit"]
 
 COLUMNS = [
     "variant", "variant_id", "variant_hash", "target_kind", "target", "target_id", "device_model", "os_build",
-    "compute_unit", "emulated", "n", "median_ms", "p90_ms", "p99_ms", "iqr_ms", "ci_lo_ms", "ci_hi_ms", "unstable",
+    "compute_unit", "emulated", "n", "tokens", "median_ms", "p90_ms", "p99_ms", "iqr_ms", "ci_lo_ms", "ci_hi_ms", "unstable",
     "throttled_fraction", "stop_reason", "compile_ms", "cold_load_ms", "warm_load_ms", "first_prediction_ms",
     "total_bytes", "size_mb", "sparsity", "bits_per_weight", "precision", "prune_layers", "target_sparsity",
     "image_size", "bleu", "bleu_lo", "bleu_hi", "bleu_signature", "cider", "cider_lo", "cider_hi", "cider_scorer",
@@ -84,58 +86,27 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# ----------------------------------------------------------------------------------------------- variant facts
-def variant_name(variant_id: str, manifest: dict | None) -> str:
-    if manifest and manifest.get("name"):
-        return str(manifest["name"])
-    head, _, tail = variant_id.rpartition("-")
-    return head if head and len(tail) == 12 else variant_id
-
-
-def variant_facts(manifest: dict | None) -> dict[str, Any]:
-    """What the seed's studies group by: precision, which layers were pruned, the input size (from the recipe)."""
-    if not manifest:
-        return {"precision": None, "prune_layers": None, "target_sparsity": None, "image_size": None}
-    recipe = manifest.get("recipe") or {}
-    quantize = recipe.get("quantize") or {}
-    palettize = recipe.get("palettize") or {}
-    prune = recipe.get("prune") or {}
-    if quantize:
-        # bench.build's validated recipe says `bits`; older/hand-written manifests say dtype / nbits.
-        bits = quantize.get("bits")
-        precision = str(quantize.get("dtype") or quantize.get("nbits") or (f"int{bits}" if bits else "quantized"))
-    elif palettize:
-        precision = f"palettized-{palettize.get('nbits', palettize.get('bits', '?'))}bit"
-    else:
-        precision = str(recipe.get("precision") or "fp32")
-    layers = prune.get("layers") if prune else None
-    if isinstance(layers, (list, tuple)):
-        layers = ",".join(map(str, layers))
-    # bench.build's recipe says `sparsity`; older/hand-written manifests say target_sparsity / amount.
-    sparsity = prune.get("target_sparsity", prune.get("amount", prune.get("sparsity"))) if prune else 0.0
-    return {"precision": precision, "prune_layers": layers if prune else None, "target_sparsity": sparsity,
-            "image_size": manifest.get("image_size")}
-
-
-def target_label(kind: str | None, model: str | None, name: str | None) -> str:
-    if kind == "host-torch":
-        return f"host-torch: {HOST_EMULATION}"
-    if kind == "macos-coreml":
-        return f"macOS Core ML ({model})"
-    return f"{model} ({name})" if name and name != model else str(model)
-
-
 # ----------------------------------------------------------------------------------------------- merged table
-def series_samples(run: RunData) -> dict[tuple, tuple[Any, Any]]:
-    """Measured (non-warm-up) latency_ns and throttled flags per (variant, target kind, target, unit); computed once."""
+SERIES_FIELDS = {"latency": "latency_ns", "encoder": "encoder_ns", "decoder": "decoder_ns", "steps": "decoder_steps"}
+
+
+def series_samples(run: RunData) -> dict[tuple, dict[str, Any]]:
+    """Measured (non-warm-up) samples per (variant, target kind, target, unit), computed once: arrays `latency`,
+    `throttled`, and where the run stored them `encoder`, `decoder` (ns, all steps), `steps` (decoder calls = tokens
+    per caption) and `image` (ids)."""
     cached = run.cache.get("series")
     if cached is None:
         samples = run.samples
         measured = samples[~samples["is_warmup"].astype(bool)]
         cached = {}
         for key, frame in measured.groupby(GROUP, sort=False, observed=True):
-            cached[tuple(str(k) for k in key)] = (frame["latency_ns"].to_numpy(),
-                                                  frame["throttled"].astype(bool).to_numpy())
+            series = {"throttled": frame["throttled"].astype(bool).to_numpy()}
+            for name, column in SERIES_FIELDS.items():
+                if column in frame.columns and not frame[column].isna().any():
+                    series[name] = frame[column].to_numpy(dtype="float64")
+            has_images = "image_id" in frame.columns and not frame["image_id"].isna().any()
+            series["image"] = frame["image_id"].astype(str).to_numpy() if has_images else None
+            cached[tuple(str(k) for k in key)] = series
         run.cache["series"] = cached
     return cached
 
@@ -146,9 +117,11 @@ def merge_table(run: RunData):
     import pandas as pd
 
     summaries: dict[tuple, dict] = {}
-    for key, (latency, throttled) in series_samples(run).items():
-        summary = stats.summarize_latency(latency)
+    for key, series in series_samples(run).items():
+        summary = stats.summarize_latency(series["latency"])
+        throttled = series["throttled"]
         summary["throttled_fraction"] = float(throttled.mean()) if len(throttled) else 0.0
+        summary["tokens"] = float(np.median(series["steps"])) if len(series.get("steps", ())) else None
         summaries[key] = summary
     jobs_by_group: dict[tuple, list[dict]] = {}
     for job in run.jobs:
@@ -172,6 +145,7 @@ def merge_table(run: RunData):
             "device_model": target.get("model"), "os_build": target.get("os_build"), "compute_unit": unit,
             "emulated": kind == "host-torch",
             **{k: summary[k] for k in ("n", "median_ms", "p90_ms", "p99_ms", "iqr_ms", "ci_lo_ms", "ci_hi_ms")},
+            "tokens": summary.get("tokens"),
             "unstable": any(bool(j.get("unstable")) for j in jobs),
             "throttled_fraction": summary.get("throttled_fraction", 0.0),
             "stop_reason": ",".join(sorted({str(j.get("stop_reason")) for j in jobs if j.get("stop_reason")})) or None,
@@ -197,15 +171,6 @@ def _load_times(jobs: list[dict]) -> dict[str, float | None]:
         values = [v for j in jobs if (v := load_ns(j, field_name)) is not None]
         out[f"{field_name}_ms"] = float(np.median(values)) / 1e6 if values else None
     return out
-
-
-def load_ns(job: dict, field_name: str) -> float | None:
-    """A job's load time in ns; per-package values ({encoder, decoder}) are added up (both load before predicting)."""
-    value = (job.get("load") or {}).get(f"{field_name}_ns")
-    if isinstance(value, dict):
-        parts = [v for v in value.values() if v is not None]
-        return float(sum(parts)) if parts else None
-    return None if value is None else float(value)
 
 
 def _quality(record: dict | None) -> dict[str, Any]:
@@ -244,17 +209,9 @@ def check_comparable(current, baseline, *, baseline_label: str) -> list[str]:
 
 
 def compute_verdicts(current: RunData, current_table, baselines: list[RunData], baseline_table) -> list[stats.Verdict]:
-    """Per matched row: latency (MWU + KS + effect size), BLEU / CIDEr (paired bootstrap), size and sparsity (exact)."""
-    import numpy as np
-
-    def samples_of(runs: list[RunData], row) -> np.ndarray:
-        parts = []
-        for run in runs:
-            for (variant_id, kind, _target, unit), (latency, _) in series_samples(run).items():
-                if (variant_id, kind, unit) == (row["variant_id"], row["target_kind"], row["compute_unit"]):
-                    parts.append(latency)
-        return np.concatenate(parts) if parts else np.array([])
-
+    """Per matched row: latency as a whole and by part (bench.report.verdicts; against one run by samples, against
+    several past runs night by night), tokens per caption; per variant: BLEU / CIDEr (paired bootstrap), size and
+    sparsity (exact)."""
     base_rows = {}
     for _, row in baseline_table.iterrows():
         base_rows.setdefault(_match_key(row), row)
@@ -268,7 +225,10 @@ def compute_verdicts(current: RunData, current_table, baselines: list[RunData], 
             continue
         where = row["target"] if row["target_kind"] == "host-torch" else row["device_model"]
         key = f"{row['variant']} · {where} · {row['compute_unit']}"
-        results.append(stats.compare_latency(samples_of(baselines, base), samples_of([current], row), key=key))
+        past = [s for run in baselines if (s := _matching_series(run, base)) is not None]
+        now = _matching_series(current, row)
+        if past and now is not None:
+            results.extend(latency_verdicts(past, now, key=key))
         if row["variant"] in seen_variants:
             continue  # size and quality belong to the variant, not to a target: compare them once
         seen_variants.add(row["variant"])
@@ -281,6 +241,68 @@ def compute_verdicts(current: RunData, current_table, baselines: list[RunData], 
             results.append(stats.compare_quality(evals_by_variant.get(base["variant_id"]),
                                                  current.evals.get(row["variant_id"]), metric, key=vkey))
     return results
+
+
+def _matching_series(run: RunData, row) -> dict[str, Any] | None:
+    """The run's samples of the row's variant × target kind × unit (one target of that kind per run is compared)."""
+    for (variant_id, kind, _target, unit), series in series_samples(run).items():
+        if (variant_id, kind, unit) == (row["variant_id"], row["target_kind"], row["compute_unit"]):
+            return series
+    return None
+
+
+def _compare(past: list[dict], now: dict, field_of, *, key: str, metric: str) -> stats.Verdict:
+    """One latency-like metric: night by night against two or more past runs, by samples against one."""
+    import numpy as np
+
+    if len(past) >= 2:
+        return stats.compare_latency_nights([field_of(s) for s in past], field_of(now), key=key, metric=metric)
+    return stats.compare_latency(np.concatenate([field_of(s) for s in past]), field_of(now), key=key, metric=metric)
+
+
+def latency_verdicts(past: list[dict], now: dict, *, key: str) -> list[stats.Verdict]:
+    """Whole-caption latency, then by part where both sides stored the parts: tokens per caption, encoder time,
+    decoder time per step, and the latency of a caption of the baseline's token count (encoder + that many steps).
+    Whole-caption time grows with the tokens generated: when token counts differ it is marked as not like for like."""
+    import numpy as np
+
+    whole = _compare(past, now, lambda s: s["latency"], key=key, metric="latency median")
+    sides = [*past, now]
+    if not all({"encoder", "decoder", "steps"} <= set(s) for s in sides):
+        return [whole]
+    tokens = stats.compare_tokens(np.concatenate([s["steps"] for s in past]), _images(past), now["steps"],
+                                  now["image"], key=key)
+    tokens_differ = tokens.outcome == stats.DIFFERENT
+    if tokens_differ:
+        whole.extra["tokens_differ"] = True
+        whole.regression = False  # not like for like: the fixed-length latency below carries the regression
+        whole.detail += (f" — TOKEN COUNTS DIFFER ({tokens.detail}): whole-caption times are not like for like; "
+                         "see latency at fixed length")
+    length = float(np.median(np.concatenate([s["steps"] for s in past])))
+
+    def per_step(s):
+        return s["decoder"] / np.maximum(s["steps"], 1)
+
+    def fixed_length(s):
+        return s["encoder"] + length * per_step(s)
+
+    parts = [_compare(past, now, lambda s: s["encoder"], key=key, metric="latency: encoder"),
+             _compare(past, now, per_step, key=key, metric="latency: decoder per step"),
+             _compare(past, now, fixed_length, key=key, metric="latency at fixed length")]
+    parts[-1].detail = f"caption of {length:g} tokens (the baseline's median): {parts[-1].detail}"
+    # One regression per problem: encoder and per-step times say where; the fixed-length latency counts only when
+    # the token counts differ (otherwise it is the whole-caption verdict again).
+    for part in parts[:2] + ([] if tokens_differ else parts[2:]):
+        part.regression = False
+    return [whole, tokens, *parts]
+
+
+def _images(series: list[dict]):
+    import numpy as np
+
+    if any(s["image"] is None for s in series):
+        return None
+    return np.concatenate([s["image"] for s in series])
 
 
 def _num(value) -> float | None:
@@ -385,6 +407,13 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
         if problems:
             report.notes.append(f"forced comparison despite: {'; '.join(problems[:3])}")
         report.verdicts = compute_verdicts(current, table, baselines, baseline_table)
+        if len(baselines) == 1:
+            report.notes.append(f"Latency verdicts against {stats.ONE_NIGHT_NOTE}.")
+        else:
+            report.notes.append(f"Latency verdicts against {len(baselines)} past runs, the night as the unit: "
+                                "tonight's median vs a t prediction interval of the past run medians "
+                                f"(α = {stats.ALPHA_NIGHTS:g} per comparison).")
+        report.notes.append(stats.control_report(report.verdicts))
         report.baseline = {"kind": "run" if baseline is not None else "history",
                            "run_ids": [b.run_id for b in baselines], "forced": bool(problems)}
     report.trends = history_trends(current, table, trend_runs)

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.errors import InputError, did_you_mean
 from bench.report import verdicts as stats
+from bench.report.facts import KIND_ORDER, UNIT_ORDER, load_ns, target_label, variant_name
 from bench.report.load import RunData
 
 ESTIMATE = "estimate"
@@ -38,8 +39,6 @@ def unit_name(raw: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------- resolution
 def _variant_names(run: RunData) -> dict[str, str]:
-    from bench.report.data import variant_name
-
     return {job["variant_id"]: variant_name(job["variant_id"], run.variants.get(job["variant_id"])) for job in run.jobs}
 
 
@@ -67,8 +66,6 @@ def _target_matches(target: dict, device: str | None) -> bool:
 
 def pick_jobs(run: RunData, a_id: str, b_id: str, device: str | None, compute_unit: str | None) -> tuple[dict, dict]:
     """The two jobs to compare: same target and compute unit; defaults prefer a phone and `all`."""
-    from bench.report.data import KIND_ORDER, UNIT_ORDER
-
     pairs = []
     for job_a in _jobs_for(run, a_id):
         for job_b in _jobs_for(run, b_id):
@@ -114,8 +111,6 @@ def measured_difference(run: RunData, job_a: dict, job_b: dict, name_a: str, nam
                                            _image_ids(sb), _image_ids(sa), key=f"{name_a} vs {name_b}",
                                            metric="latency median")
     loads = []
-    from bench.report.data import load_ns
-
     for field_name, label in (("compile", "compile"), ("cold_load", "cold load"), ("warm_load", "warm load"),
                               ("first_prediction", "first prediction")):
         a, b = load_ns(job_a, field_name), load_ns(job_b, field_name)
@@ -259,8 +254,6 @@ def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_
     static = static_difference(run.variants.get(a_id), run.variants.get(b_id))
     plan = compute_plan_difference(job_a.get("compute_plan"), job_b.get("compute_plan"), package_ms_a, package_ms_b)
     target = job_a.get("target") or {}
-    from bench.report.data import target_label
-
     result = {
         "run_id": run.run_id, "a": {"name": name_a, "variant_id": a_id}, "b": {"name": name_b, "variant_id": b_id},
         "target": target_label(target.get("kind"), target.get("model"), target.get("name")),

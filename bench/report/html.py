@@ -32,9 +32,11 @@ def view_model(report: ReportData) -> dict[str, Any]:
         sections.append({"id": "verdicts", "title": f"Verdicts vs {report.baseline['kind']} "
                                                      f"{', '.join(report.baseline['run_ids'])}",
                          "notes": [f"{len(regressions)} regression(s)." if regressions else "No regressions.",
-                                   "Latency: Mann–Whitney U and Kolmogorov–Smirnov (α = 0.01, Bonferroni) and a ≥ 3 % "
-                                   "median shift; quality: paired bootstrap; size and sparsity: exact."],
-                         "tables": [{"title": "Verdicts (latency, and every size / sparsity / quality change)",
+                                   "Latency: SAME when the 95 % CI of the median ratio (Price–Bonett) lies inside "
+                                   "±3 %; DIFFERENT when significant (median-ratio z test and Mann–Whitney U, "
+                                   "α = 0.01) and at least 3 %; else UNKNOWN. Quality: paired bootstrap; size and "
+                                   "sparsity: exact. The report's error control is stated in the notes."],
+                         "tables": [{"title": "Verdicts (latency, and every change found)",
                                      "columns": cells.VERDICT_COLUMNS,
                                      "rows": [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]}]})
     def add(section_id: str, title: str, ids: list[str], notes: list[str] | None = None) -> None:

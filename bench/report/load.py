@@ -18,7 +18,7 @@ from bench.store import records
 KINDS = {"bench.run": 1, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
 SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
                   "compute_unit", "image_id", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns", "thermal_state",
-                  "throttled"]
+                  "throttled", "decoder_steps"]
 
 
 def _ensure_kinds() -> None:
@@ -180,6 +180,7 @@ def _samples_from_jobs(inline: list) -> Any:
                              "os_build": target.get("os_build"), "compute_unit": job["compute_unit"],
                              "image_id": s.get("image_id"), "is_warmup": is_warmup, "latency_ns": s.get("total_ns"), "encoder_ns": s.get("encoder_ns"),
                              "decoder_ns": sum(decoder) if isinstance(decoder, list) else decoder,
+                             "decoder_steps": len(decoder) if isinstance(decoder, list) else None,
                              "thermal_state": s.get("thermal_state"),
                              "throttled": s.get("thermal_state") in ("serious", "critical")})
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)

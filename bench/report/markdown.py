@@ -29,8 +29,9 @@ def render_report(report: ReportData) -> str:
         lines += [f"**{len(regressions)} regression(s)**" if regressions else "**No regressions.**", ""]
         shown = [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]
         lines += _table(cells.VERDICT_COLUMNS, shown) + [""]
-        same = sum(1 for v in report.verdicts if v.outcome == "SAME" and not v.metric.startswith("latency"))
-        lines += [f"{same} size / sparsity / quality comparisons were SAME (not listed).", ""]
+        hidden = len(report.verdicts) - len(shown)
+        lines += [f"{hidden} comparisons not listed: size / sparsity / quality SAME, latency parts and tokens per "
+                  "caption not DIFFERENT.", ""]
     if report.explanations:
         lines += ["### Why are the pruned variants slower?", ""]
         for explanation in report.explanations:
