@@ -44,9 +44,13 @@ app="$derived/Build/Products/$configuration-iphoneos/BenchRunner.app"
 rm -rf "$out/BenchRunner.app" "$out/Payload" "$out/BenchRunner.ipa"
 cp -R "$app" "$out/BenchRunner.app"
 
-# The harness needs get-task-allow (house_arrest container access, DVT launch); refuse a build without it.
-if ! codesign -d --entitlements :- "$out/BenchRunner.app" 2>/dev/null | grep -q "get-task-allow"; then
-  fail "BenchRunner.app is not development-signed (no get-task-allow entitlement); check the team and profile"
+# The harness needs get-task-allow = true: house_arrest vends the app's container (pushing models, pulling results)
+# only to a debuggable app. Its *value* is checked: a dump that merely names the key (get-task-allow false, as an
+# ad-hoc or App Store export has) is refused too.
+entitlements=$(codesign -d --entitlements - --xml "$out/BenchRunner.app" 2>/dev/null) || entitlements=""
+task_allow=$(printf '%s' "$entitlements" | plutil -extract get-task-allow raw -o - - 2>/dev/null) || task_allow=""
+if [[ "$task_allow" != "true" ]]; then
+  fail "BenchRunner.app is not development-signed (get-task-allow is '${task_allow:-absent}', must be true); use an Apple Development identity and a development profile"
 fi
 codesign --verify --strict "$out/BenchRunner.app" || fail "code signature does not verify"
 

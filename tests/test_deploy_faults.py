@@ -142,7 +142,7 @@ def test_app_not_installed(mux, variants):
 def test_install_refused_by_installd(mux, tmp_path):
     phone = add_phone(mux, 1, installed=False)
     phone.faults.install_verification_fails = True
-    with pytest.raises(InstallFailed, match="provisioning profile that lists this UDID|development or ad-hoc"):
+    with pytest.raises(InstallFailed, match="development profile .not ad-hoc.*lists this UDID"):
         api.install_runner(phone.udid, make_runner_app(tmp_path))
     with pytest.raises(InstallFailed, match="not an .ipa"):
         api.install_runner(phone.udid, tmp_path / "missing.ipa")
@@ -160,7 +160,7 @@ def test_disk_image_missing_and_ios17_without_tunnel(mux, variants):
     with pytest.raises(DiskImageMissing, match="no Developer disk image.*bench devices prepare"):
         api.run_job(old.udid, _deployed(old, variants), 5, poll_s=0.05)
     new = add_phone(mux, 2, ios="17.5", build="21F79")
-    with pytest.raises(TunnelUnavailable, match="pymobiledevice3\\)\" remote tunneld"):
+    with pytest.raises(TunnelUnavailable, match="pymobiledevice3\\\" remote tunneld"):
         api.run_job(new.udid, _deployed(new, variants), 5, poll_s=0.05)
     assert api.health(new.udid).tunnel is False
 

@@ -272,3 +272,14 @@ def test_runner_sent_to_the_background_mid_job_is_reported_as_such_not_as_a_time
     assert len(sleeps) == 1 and all("AppLeftForeground" in why and "RunnerTimeout" not in why
                                     for _, why in outcome.failures)
     assert _nothing_measured(outcome)
+
+
+# ---- an iOS update is shown -------------------------------------------------------------------------------------
+def test_an_os_build_other_than_devices_yaml_says_the_phone_updated(mux, wide):
+    phone = add_phone(mux, 1, ios="17.5.1", build="21F90")
+    (mux.tmp / "devices.yaml").write_text(f"devices:\n  - name: lab1\n    udid: {phone.udid}\n    model: iPhone14,2\n"
+                                          "    ios: \"17.5\"\n    build: 21F79\n")
+    shown = _cli("devices").output
+    assert "17.5.1 (21F90)" in shown and "attention" in shown
+    (line,) = [line for line in shown.splitlines() if "reports iOS build" in line]
+    assert "iOS build 21F90 (inventory says 21F79): the phone updated" in line

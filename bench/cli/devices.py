@@ -45,14 +45,13 @@ def overview_command(ctx: typer.Context, inventory: InventoryOption = None) -> N
     if result.usbmux_problem:
         console().print(f"[yellow]{result.usbmux_problem}[/]", highlight=False)
     console().print(_table(result))
-    for row in result.rows:
-        for problem in (row.health.problems if row.health else []):
-            console().print(f"  [yellow]{row.info.name or row.info.udid}[/]: {problem}", highlight=False)
-        for note in (row.health.notes if row.health else []):
-            console().print(f"  [cyan]{row.info.name or row.info.udid}[/]: note: {note}", highlight=False)
-        if row.info.mismatch:
-            console().print(f"  [yellow]{row.info.name or row.info.udid}[/]: reports {row.info.mismatch}",
-                            highlight=False)
+    for row in result.rows:  # one line each, never wrapped: scripts and people grep them
+        name = row.info.name or row.info.udid
+        lines = [f"[yellow]{name}[/]: {problem}" for problem in (row.health.problems if row.health else [])]
+        lines += [f"[cyan]{name}[/]: note: {note}" for note in (row.health.notes if row.health else [])]
+        lines += [f"[yellow]{name}[/]: reports {row.info.mismatch}"] if row.info.mismatch else []
+        for line in lines:
+            console().print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def _yes_no(value) -> str:
@@ -79,7 +78,8 @@ def _table(result):
     for row in result.rows:
         info, health = row.info, row.health
         model = info.model_identifier or (f"({info.expected_model})" if info.expected_model else "")
-        os_version = info.os_version or (f"({info.expected_os})" if info.expected_os else "")
+        os_version = (f"{info.os_version} ({info.os_build})" if info.os_version and info.os_build else
+                      info.os_version or (f"({info.expected_os})" if info.expected_os else ""))
         if health is None or not health.paired:
             image = tunnel = battery = charging = runner = "–"
             dev_mode = "–"

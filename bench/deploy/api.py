@@ -188,7 +188,8 @@ async def _discover(inventory) -> list[DeviceInfo]:
                 info.update(paired=True, model_identifier=ident["model_identifier"], os_version=ident["os_version"],
                             os_build=ident["os_build"])
                 info["name"] = info["name"] or ident["name"]
-                info["mismatch"] = entry.mismatch(ident["model_identifier"], ident["os_version"]) if entry else None
+                info["mismatch"] = (entry.mismatch(ident["model_identifier"], ident["os_version"], ident["os_build"])
+                                    if entry else None)
         found.append(DeviceInfo(**info))
     return found
 

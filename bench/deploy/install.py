@@ -42,6 +42,7 @@ async def install(lockdown, package: Path, udid: str) -> None:
         async with InstallationProxyService(lockdown) as proxy:
             await proxy.install_from_local(package)
     except AppInstallError as err:
-        hint = ("sign the runner with a development or ad-hoc profile that lists this UDID"
+        hint = ("sign the runner with a development profile (not ad-hoc: it drops get-task-allow, which container "
+                "access needs) that lists this UDID: register the phone in your paid team, then rebuild"
                 if "Verification" in str(err) or "0xe8008015" in str(err) else "see the installd error above")
         raise InstallFailed(f"installd refused {package.name}: {err}", udid=udid, action=hint) from None

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _UDID = re.compile(r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{16}|[0-9A-Fa-f]{40})$")
 _PRODUCT_TYPE = re.compile(r"^(iPhone|iPad|iPod)\d+,\d+$")
 _IOS = re.compile(r"^\d+(\.\d+){0,2}$")
+_BUILD = re.compile(r"^\d{2}[A-Z]\d{1,5}[a-z]?$")  # iOS build numbers: 20H115, 21F90, 22A3354
 
 
 class InventoryDevice(BaseModel):
@@ -20,6 +21,7 @@ class InventoryDevice(BaseModel):
     udid: str
     model: str  # expected ProductType, e.g. iPhone15,2
     ios: str  # expected iOS version prefix, e.g. "17" or "17.5"
+    build: str | None = None  # the iOS build the lab benchmarks on, e.g. 21F90: a different one means it updated
     tags: list[str] = Field(default_factory=list)
     enabled: bool = True
     notes: str = ""
@@ -47,13 +49,26 @@ class InventoryDevice(BaseModel):
             raise ValueError("expected an iOS version such as 17 or 17.5")
         return text
 
-    def mismatch(self, product_type: str | None, os_version: str | None) -> str | None:
+    @field_validator("build", mode="before")
+    @classmethod
+    def _build(cls, value) -> str | None:
+        if value is None:
+            return None
+        if not _BUILD.match(str(value)):
+            raise ValueError("expected an iOS build such as 21F90 (`bench devices` shows it next to the version)")
+        return str(value)
+
+    def mismatch(self, product_type: str | None, os_version: str | None, os_build: str | None = None) -> str | None:
         """What differs between this entry and what the device reports, or None."""
         problems = []
         if product_type and product_type != self.model:
             problems.append(f"model {product_type} (inventory says {self.model})")
         if os_version and not (os_version == self.ios or os_version.startswith(self.ios + ".")):
             problems.append(f"iOS {os_version} (inventory says {self.ios})")
+        if os_build and self.build and os_build != self.build:
+            problems.append(f"iOS build {os_build} (inventory says {self.build}): the phone updated, so its runs are "
+                            "not compared with earlier ones unless forced; turn automatic updates off, run `bench "
+                            "devices prepare`, then set build: in devices.yaml")
         return "; ".join(problems) or None
 
 

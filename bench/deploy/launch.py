@@ -44,8 +44,12 @@ from bench.deploy.lockdown import os_major
 TUNNELD_ENV = "BENCH_TUNNELD_ADDRESS"  # host:port of tunneld, default 127.0.0.1:49151
 TUNNEL_MODE_ENV = "BENCH_TUNNEL"  # "tunneld" (default) or "userspace"
 TUNNELD_ACTION = ("start the tunnel daemon on this host and keep it running: "
-                  "`sudo \"$(command -v pymobiledevice3)\" remote tunneld` (see bench/deploy/README.md; "
+                  "`sudo \"$PWD/.venv/bin/pymobiledevice3\" remote tunneld` from the repository (bench/deploy/"
+                  "README.md §3.3; "
                   "or BENCH_TUNNEL=userspace for iOS 17.4+ without root)")
+RESTART_TUNNELD = ("restart tunneld (`sudo systemctl restart bench-tunneld`, or `sudo \"$PWD/.venv/bin/"
+                   "pymobiledevice3\" remote tunneld` from the repository; bench/deploy/README.md §3.3) and replug the "
+                   "phone")
 DEVELOPER_MODE_ACTION = ("run `bench devices prepare -d <name>` (turns it on from the host when the phone has no "
                          "passcode), or on the phone: Settings > Privacy & Security > Developer Mode > On, restart, "
                          "confirm")
@@ -121,11 +125,10 @@ async def _rsd_through_tunneld(udid: str) -> AsyncIterator:
         rsds = await tunneld_api._create_rsds_from_tunnels({udid: listed}, tunneld_address())
     except (PyMobileDevice3Exception, OSError, asyncio.TimeoutError) as err:
         raise TunnelUnavailable(f"the tunnel tunneld lists does not speak RSD: {err}", udid=udid,
-                                action="restart tunneld (`sudo pymobiledevice3 remote tunneld`) and replug the "
-                                       "phone") from None
+                                action=RESTART_TUNNELD) from None
     if not rsds:
         raise TunnelUnavailable("tunneld lists the device but its tunnel does not answer", udid=udid,
-                                action="restart tunneld (`sudo pymobiledevice3 remote tunneld`) and replug the phone")
+                                action=RESTART_TUNNELD)
     rsd = rsds[0]
     try:
         yield rsd
