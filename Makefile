@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# torch==2.13.0 first, on its own: the local CPU wheel, never a multi-GB CUDA build.
 	$(VENV)/bin/pip install --quiet -c requirements.lock torch==2.13.0
-	$(VENV)/bin/pip install --quiet -c requirements.lock -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -c requirements.lock -e '.[dev,lab]'
 	touch $(STAMP)
 
 setup: $(STAMP)

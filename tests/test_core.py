@@ -118,7 +118,7 @@ def test_cli_help_imports_no_heavy_library():
         "import sys\n"
         "from bench.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'coremltools', 'transformers', 'pymobiledevice3', 'pandas', 'duckdb', 'plotly', 'scipy')"
+        "heavy = [m for m in ('torch', 'coremltools', 'transformers', 'pymobiledevice3', 'pandas', 'duckdb', 'plotly', 'scipy', 'ray')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

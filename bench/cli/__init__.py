@@ -24,7 +24,7 @@ def _root() -> None:
     """Benchmark compressed Core ML image-captioning models on iPhones: speed, size, caption quality."""
 
 # Order follows the pipeline: data -> train -> build -> eval -> deploy -> run -> report.
-AREAS = ("data", "train", "models", "evaluate", "devices", "run", "report")
+AREAS = ("data", "train", "models", "evaluate", "devices", "run", "lab", "report")
 
 
 @app.command("version")

@@ -115,9 +115,9 @@ def _base_conditions() -> dict[str, Any]:
 
 def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None = None,
               variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
-              observer: RunObserver | None = None, sleep=None, run_id: str | None = None) -> RunOutcome:
+              observer: RunObserver | None = None, sleep=None, run_id: str | None = None,
+              executor=None) -> RunOutcome:
     """Plan, measure and store a run under results/<run_id>/ (results/ is created when missing)."""
-    from bench.run.targets import resolve_targets
 
     if variants is None:
         variants = built_variants(workspace)
@@ -126,7 +126,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
                              "or `bench run` with no arguments to build the default matrix")
     variants = select_variants(variants, config.variants)
     if targets is None:
-        targets = resolve_targets(config.targets, workspace=workspace, host_threads=config.host_threads)
+        targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
     dataset_info: dict[str, Any] = {"spec": "given", "n": len(images or [])}
     if images is None:
@@ -153,7 +153,19 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     }
     manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed, "plan": plan,
                                             "environment": host_environment()})
-    return _measure(manifest, config, series, targets, images, observer, sleep, workspace)
+    return _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+
+
+def _targets_and_executor(config: RunConfig, names: list[str], workspace: Workspace) -> tuple[list, Any]:
+    """This host's targets (executor None: local threads), or with `lab:` the lab's phones and the Ray executor.
+    Ray is imported only here, only for a lab run."""
+    if config.lab:
+        from bench.lab.executor import open_lab
+
+        return open_lab(config.lab, names)
+    from bench.run.targets import resolve_targets
+
+    return resolve_targets(names, workspace=workspace, host_threads=config.host_threads), None
 
 
 # --- resuming ----------------------------------------------------------------------------------------------------
@@ -173,10 +185,10 @@ def resolve_run_dir(run: str | Path, workspace: Workspace) -> Path:
 
 def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = None,
                variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
-               observer: RunObserver | None = None, sleep=None, force: bool = False) -> RunOutcome:
-    """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series."""
-    from bench.run.targets import resolve_targets
-
+               observer: RunObserver | None = None, sleep=None, force: bool = False, executor=None,
+               lab: str | None = None) -> RunOutcome:
+    """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series.
+    `lab`: the lab head's address now (a lab run resumes on the lab it was planned on unless told otherwise)."""
     run_dir = resolve_run_dir(run, workspace)
     manifest = RunManifest.open(run_dir)  # a corrupt run.json stops here, before anything is touched
     plan, config = _resumable_plan(manifest)
@@ -186,10 +198,12 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
     else:
         wanted = set(plan["variants"])
         variants = [v for v in variants if v.variant_id in wanted]
+    if lab:
+        config = config.model_copy(update={"lab": lab})
     if targets is None:
-        names = [t["id"].replace("iphone-", "iphone:", 1) if t["kind"] == "iphone" else t["kind"]
-                 for t in plan["targets"]]
-        targets = resolve_targets(names, workspace=workspace, host_threads=config.host_threads)
+        names = [t.get("selector") or (t["id"].replace("iphone-", "iphone:", 1) if t["kind"] == "iphone"
+                                       else t["kind"]) for t in plan["targets"]]
+        targets, executor = _targets_and_executor(config, names, workspace)
     if images is None:
         images, _ = open_images(config)
     planned_ids = plan["images"]["image_ids"]
@@ -204,7 +218,7 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
     _remove_stale_temporaries(run_dir)
     manifest.update(status="running", tables_written=False, resumed_at=[*manifest.data.get("resumed_at", []),
                                                                          now_iso()])
-    return _measure(manifest, config, series, targets, images, observer, sleep, workspace)
+    return _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
 
 
 # What resume reads from run.json, checked in this order (valid JSON may still lack any of it).
@@ -280,9 +294,9 @@ def _planned_variants(plan: dict, workspace: Workspace) -> list[VariantRef]:
 # --- measuring and storing -----------------------------------------------------------------------------------------
 
 def _measure(manifest: RunManifest, config: RunConfig, series: list[Series], targets: list, images, observer,
-             sleep, workspace: Workspace) -> RunOutcome:
+             sleep, workspace: Workspace, executor=None) -> RunOutcome:
     scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, _settings(config), manifest.data["seed"],
-                          observer=observer, base_conditions=_base_conditions(), sleep=sleep)
+                          observer=observer, base_conditions=_base_conditions(), sleep=sleep, executor=executor)
     scheduler.execute()  # Ctrl-C propagates after the manifest says "interrupted"
     return finish_run(manifest, scheduler, workspace)
 
@@ -316,7 +330,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
                  observer: RunObserver | None = None, log=print) -> RunOutcome:
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
     if resume:
-        outcome = resume_run(resume, workspace, observer=observer, force=force)
+        outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab)
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)

@@ -61,6 +61,7 @@ class RunConfig(_Strict):
     evaluate: bool = True  # caption quality of every variant (bench.eval) after measuring
     eval_images: int = Field(100, ge=1)  # BLEU on fewer images has CIs too wide to rank variants
     report: bool = True
+    lab: Optional[str] = None  # HOST[:PORT] of a lab head (bench lab up): the phones of every lab host, via Ray
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

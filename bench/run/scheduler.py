@@ -5,6 +5,9 @@ Failure isolation: an error on one job marks that job failed (its series stops f
 an error on a device fails that round's jobs and, after `quarantine_after` consecutive failed rounds, quarantines the
 device for the rest of the run. Nothing one worker does stops the others. Ctrl-C stops every worker at its next
 check, puts running jobs back to pending and leaves a resumable run.
+
+Where a round physically runs is the executor's business (bench/run/executor.py): in this thread (local), or on the
+lab host holding the phone (bench/lab). Everything above is the same for both.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from bench.errors import BenchError, DeviceError
 from bench.run.config import RetryConfig, ThermalConfig
+from bench.run.executor import Executor, LocalExecutor
 from bench.run.manifest import RunManifest
 from bench.run.plan import Series, round_order
 from bench.run.stats import StopRule, median_ci, stop_reason
@@ -112,8 +116,10 @@ class Scheduler:
     def __init__(self, run_dir: Path, manifest: RunManifest, series: list[Series], targets: list,
                  images: list[ImageItem], settings: MeasureSettings, seed: int, *,
                  observer: RunObserver | None = None, base_conditions: dict[str, Any] | None = None,
-                 sleep: Callable[[float], None] | None = None, clock: Callable[[], float] = time.monotonic):
+                 sleep: Callable[[float], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 executor: Executor | None = None):
         self.run_dir, self.manifest = Path(run_dir), manifest
+        self.executor = executor or LocalExecutor()
         self.targets = {target.id: target for target in targets}
         self.images, self.settings, self.seed = images, settings, seed
         self.observer = observer or RunObserver()
@@ -228,7 +234,7 @@ class Scheduler:
                 request = RoundRequest(round_index, list(remaining.values()), self.images, self.settings.warmup,
                                        self.settings.repeats, self.settings.compute_plan)
                 self.observer.job_started(target.id, next(iter(remaining.values())), attempt)
-                for result in target.run_round(request, self.stop_event.is_set):
+                for result in self.executor.run_round(target, request, self.stop_event.is_set):
                     step = remaining.pop(result.job_key, None)
                     if step is not None:
                         self._store(target, step, result, gate)
@@ -286,7 +292,7 @@ class Scheduler:
         started, slept = self._clock(), 0.0
         seen: list[str] = []
         while True:
-            conditions = target.conditions()
+            conditions = self.executor.conditions(target)
             waited = max(self._clock() - started, slept)  # slept: what we asked for (an injected sleep may not)
             seen.append(conditions.thermal_state or "unknown")
             if conditions.thermal_state is None and conditions.battery_temperature_c is None:

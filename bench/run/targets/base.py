@@ -111,5 +111,7 @@ class Target(Protocol):
 
 def describe(target: Target) -> dict[str, Any]:
     """The target as stored in run.json and job records."""
-    return {"kind": target.kind, "id": target.id, "name": target.name, "label": target.label,
-            "compute_units": list(target.compute_units)}
+    described = {"kind": target.kind, "id": target.id, "name": target.name, "label": target.label,
+                 "compute_units": list(target.compute_units)}
+    selector = getattr(target, "selector", None)  # how to find it again on resume (lab phones: iphone:…, model:…)
+    return {**described, "selector": selector} if selector else described

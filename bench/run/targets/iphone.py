@@ -84,6 +84,10 @@ class IPhoneTarget:
 
     def conditions(self) -> Conditions:
         status = self._api.device_status(self.udid, timeout_s=min(self._timeout_s, 120.0), poll_s=self._poll_s)
+        return self.conditions_from(status)
+
+    def conditions_from(self, status: Any) -> Conditions:
+        """Conditions from a device status (here, or sent back by the lab host holding the phone)."""
         battery = _get(status, "battery") or {}
         conditions = Conditions(
             device_model=_get(status, "model_identifier") or _get(status, "model") or self.model,
@@ -105,15 +109,16 @@ class IPhoneTarget:
     def run_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
         if should_stop():
             raise Interrupted()
-        spec, variant_dirs, inputs, keys = self._job(request)
+        spec, variant_dirs, inputs, keys = self.job_for(request)
         started, clock = now_iso(), time.perf_counter()
         job_id = self._api.deploy_job(self.udid, spec, variant_dirs, inputs)
         result = self._api.run_job(self.udid, job_id, timeout_s=self._timeout_s, on_log=self.log_lines.append,
                                    poll_s=self._poll_s)
         finished, elapsed = now_iso(), time.perf_counter() - clock
-        yield from self._step_results(request, result, keys, started, finished, elapsed)
+        yield from self.step_results(result, keys, started, finished, elapsed)
 
-    def _job(self, request: RoundRequest):
+    def job_for(self, request: RoundRequest):
+        """The runner job of a round: (spec, variant directories, input tensors, (variant, unit) -> job key)."""
         from bench.deploy import api as deploy_api
 
         sizes = {step.variant.image_size for step in request.steps}
@@ -147,7 +152,8 @@ class IPhoneTarget:
         keys = {(s.variant.variant_id, s.compute_unit): s.job_key for s in request.steps}
         return spec, variant_dirs, inputs, keys
 
-    def _step_results(self, request, result: dict, keys, started, finished, elapsed) -> Iterator[StepResult]:
+    def step_results(self, result: dict, keys, started, finished, elapsed) -> Iterator[StepResult]:
+        """One StepResult per step of the round from the runner's validated result."""
         device = result.get("device") or {}
         compiles: dict[str, dict] = {}
         for record in result.get("compiles") or []:

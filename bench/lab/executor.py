@@ -1,0 +1,262 @@
+"""The driver's side of a lab run: the scheduler (bench/run/scheduler.py) plans, orders, gates, retries and stores as
+for a local run; this executor sends each round to the host holding the phone as a Ray task pinned to the phone's
+resource (`iphone:<udid>`, or `iphone-model:<model>` for "any phone of that model") and hands the results back.
+
+The driver prepares the job exactly as for a local phone (bench/run/targets/iphone.py: preprocessed inputs, the
+runner job spec), ships packages by content hash (bench/lab/packages.py) and stays the single writer of the run
+directory. What it adds per job, under `conditions.lab`: the host and phone that ran it, and where the time went —
+queue wait, package transfer to the host, deployment to the phone, the runner, and the measuring itself.
+
+Failure: a host that dies mid-job, or a phone no live host holds any more, is a transient device error (the
+scheduler retries with backoff, then fails the round; `--resume` measures it again). A phone two hosts claim is an
+error that needs a person. Ctrl-C cancels the remote task and leaves a resumable run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from bench.errors import DeviceError, InputError, did_you_mean
+from bench.lab.cluster import PHONE_RESOURCE, LabError, LabPhone, model_resource, phone_holders, registered_phones
+from bench.run.plan import safe_name
+from bench.run.targets.base import Conditions, Interrupted, RoundRequest, StepResult
+from bench.run.targets.iphone import IPhoneTarget, _default_preprocess
+from bench.store.environment import now_iso
+
+
+class HostLost(DeviceError):
+    """No live host holds the phone any more, or the host died during the job: worth retrying (it may rejoin)."""
+
+    transient = True
+
+
+class PhoneClaimedTwice(DeviceError):
+    """Two live hosts advertise the same phone: one of them is wrong, and a person must say which."""
+
+    transient = False
+
+
+class LabHostError(DeviceError):
+    """A device error raised on the lab host, carried back as data (kind, message, transient)."""
+
+    def __init__(self, kind: str, message: str, transient: bool):
+        self.kind, self.transient = kind, transient
+        super().__init__(message)
+
+
+# --- targets -------------------------------------------------------------------------------------------------------
+
+class LabIPhone(IPhoneTarget):
+    """An iPhone somewhere in the lab: a named phone (`iphone:<udid>`) or any phone of a model (`model:<model>`)."""
+
+    def __init__(self, phone: LabPhone | None = None, *, model: str | None = None, preprocess=_default_preprocess):
+        from bench.deploy import api as deploy_api
+
+        if phone is not None:
+            super().__init__(phone.udid, name=phone.name, model=phone.model, os_build=phone.os_build, api=deploy_api,
+                             preprocess=preprocess)
+            self.resource, self.pool_model, self.selector = PHONE_RESOURCE + phone.udid, None, f"iphone:{phone.udid}"
+        else:
+            super().__init__(f"model-{model}", name=f"any {model}", model=model, api=deploy_api, preprocess=preprocess)
+            self.udid, self.id = None, f"iphone-model-{safe_name(model)}"
+            self.resource, self.pool_model, self.selector = model_resource(model), model, f"model:{model}"
+
+    def conditions(self) -> Conditions:  # pragma: no cover - the executor asks the host; never called directly
+        raise LabError(f"{self.id} is a lab phone: its conditions come from its host (LabExecutor)")
+
+    def run_round(self, request, should_stop):  # pragma: no cover - see conditions()
+        raise LabError(f"{self.id} is a lab phone: its rounds run on its host (LabExecutor)")
+
+
+LAB_TARGET_NAMES = ("iphone", "iphone:<name or udid>", "model:<ProductType>", "auto")
+
+
+def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[LabIPhone]:
+    """Targets from run.yaml / --targets names against the phones the lab's hosts advertise now."""
+    holders = phone_holders()
+    known = registered_phones()
+    twice = {udid: hosts for udid, hosts in holders.items() if len(hosts) > 1}
+    if twice:
+        udid, hosts = next(iter(sorted(twice.items())))
+        raise PhoneClaimedTwice(f"phone {udid} is claimed by lab hosts {' and '.join(hosts)}",
+                                action="stop Ray (`ray stop`) on the host it was unplugged from, then run again")
+    phones = sorted((known.get(udid) or LabPhone(udid, udid, None) for udid in holders), key=lambda p: p.name)
+    chosen: dict[str, LabIPhone] = {}
+    for raw in names:
+        kind, _, which = raw.strip().partition(":")
+        if kind in ("host-torch", "macos-coreml"):
+            raise InputError(f"target {raw!r} measures the host it runs on, not a lab phone; run it without --lab")
+        if kind not in ("iphone", "auto", "model"):
+            raise did_you_mean("lab target", raw, LAB_TARGET_NAMES)
+        if not phones:
+            raise LabError("no host of this lab advertises a phone; run `bench lab join HEAD` on each host that has "
+                           "iPhones attached (`bench lab status` shows the hosts)")
+        if kind == "model":
+            models = sorted({p.model for p in phones if p.model})
+            if which not in models:
+                raise did_you_mean("phone model in this lab", which, models)
+            target = LabIPhone(model=which, preprocess=preprocess)
+            chosen.setdefault(target.id, target)
+            continue
+        for phone in phones:
+            if not which or which in (phone.udid, phone.name):
+                chosen.setdefault(f"iphone-{phone.udid}", LabIPhone(phone, preprocess=preprocess))
+        if which and not any(which in (p.udid, p.name) for p in phones):
+            raise did_you_mean("lab phone", which, [p.name for p in phones] + [p.udid for p in phones])
+    return list(chosen.values())
+
+
+# --- the executor -------------------------------------------------------------------------------------------------
+
+class LabExecutor:
+    """Runs rounds as Ray tasks on the hosts holding the phones. `fetched_by_host`: package bytes each host pulled."""
+
+    def __init__(self, *, timeout_s: float = 1800.0, poll_s: float = 1.0, status_timeout_s: float = 120.0,
+                 wait_poll_s: float = 0.2, holder_check_s: float = 1.0):
+        import ray
+
+        from bench.lab import host
+
+        self._ray = ray
+        self._timeout_s, self._poll_s, self._status_timeout_s = timeout_s, poll_s, status_timeout_s
+        self._wait_poll_s, self._holder_check_s = wait_poll_s, holder_check_s
+        self._run = ray.remote(num_cpus=0, max_retries=0)(host.run_job)
+        self._status = ray.remote(num_cpus=0, max_retries=0)(host.phone_status)
+        self._lock = threading.Lock()
+        self._packages: dict[str, tuple[str, list]] = {}  # variant path -> (key, [ref])
+        self._inputs: dict[tuple, object] = {}
+        self.fetched_by_host: dict[str, int] = defaultdict(int)
+        self.jobs_by_host: dict[str, int] = defaultdict(int)
+
+    # the scheduler's two calls ---------------------------------------------------------------------------------
+    def conditions(self, target: LabIPhone) -> Conditions:
+        self._check_holders(target)
+        ref = self._status.options(resources={target.resource: 1}).remote(
+            target.udid, target.pool_model, self._status_timeout_s, self._poll_s)
+        answer = self._wait(ref, target, lambda: False, self._status_timeout_s + 60)
+        if "error" in answer:
+            raise _host_error(answer)
+        return target.conditions_from(answer["status"])
+
+    def run_round(self, target: LabIPhone, request: RoundRequest,
+                  should_stop: Callable[[], bool]) -> Iterator[StepResult]:
+        if should_stop():
+            raise Interrupted()
+        spec, variant_dirs, inputs, keys = target.job_for(request)
+        packages = [(variant_id, *self._package(path)) for variant_id, path in variant_dirs.items()]
+        inputs_ref = self._inputs_ref(inputs)
+        self._check_holders(target)
+        started, clock = now_iso(), time.perf_counter()
+        ref = self._run.options(resources={target.resource: 1}).remote(
+            target.udid, target.pool_model, spec, packages, inputs_ref, self._timeout_s, self._poll_s)
+        answer = self._wait(ref, target, should_stop, self._timeout_s + 120)
+        roundtrip = time.perf_counter() - clock
+        if "error" in answer:
+            raise _host_error(answer)
+        with self._lock:
+            self.fetched_by_host[answer["node_id"]] += answer["fetched_bytes"]
+            self.jobs_by_host[answer["node_id"]] += 1
+        timing = answer["timing"]
+        lab = {"host": answer["host"], "node_id": answer["node_id"], "udid": answer["phone"]["udid"],
+               "phone": answer["phone"]["name"], "steps_in_round": len(keys), "package_bytes_fetched":
+               answer["fetched_bytes"], "model_bytes_pushed": answer["deploy"]["model_bytes_sent"],
+               # shared by the round's steps: each job carries its share, the round's totals are the sums
+               "queue_wait_s": (roundtrip - timing["task_s"] + timing["lock_wait_s"]) / len(keys),
+               "transfer_s": timing["transfer_s"] / len(keys), "deploy_s": timing["deploy_s"] / len(keys),
+               "runner_s": timing["runner_s"] / len(keys)}
+        for result in target.step_results(answer["result"], keys, started, now_iso(), roundtrip):
+            measured = sum(int(s.get("total_ns") or 0) for s in result.samples) / 1e9
+            result.extra_conditions["lab"] = {**lab, "measure_s": measured}
+            yield result
+
+    # shipping ---------------------------------------------------------------------------------------------------
+    def _package(self, path) -> tuple[str, list]:
+        """(content key, [object ref]) of a variant: packed and put into the object store once per run."""
+        from bench.lab.packages import pack, package_key
+
+        with self._lock:
+            if str(path) not in self._packages:
+                self._packages[str(path)] = (package_key(path), [self._ray.put(pack(path))])
+            return self._packages[str(path)]
+
+    def _inputs_ref(self, inputs: dict):
+        signature = tuple(sorted((key, tensor.shape, len(tensor.data)) for key, tensor in inputs.items()))
+        with self._lock:
+            if signature not in self._inputs:
+                self._inputs[signature] = self._ray.put(inputs)
+            return self._inputs[signature]
+
+    # waiting --------------------------------------------------------------------------------------------------------
+    def _wait(self, ref, target: LabIPhone, should_stop: Callable[[], bool], limit_s: float) -> dict:
+        """The task's answer; cancels it on Ctrl-C, when its phone's host leaves, or after `limit_s`."""
+        ray = self._ray
+        started = checked = time.monotonic()
+        while True:
+            ready, _ = ray.wait([ref], timeout=self._wait_poll_s)
+            if ready:
+                return self._get(ref, target)
+            now = time.monotonic()
+            if should_stop():
+                ray.cancel(ref, force=True)
+                raise Interrupted()
+            if now - started > limit_s:
+                ray.cancel(ref, force=True)
+                raise HostLost(f"no answer from the lab host of {target.name} in {limit_s:.0f} s; the task was "
+                               "cancelled", udid=target.udid)
+            if now - checked >= self._holder_check_s:
+                checked = now
+                try:
+                    self._check_holders(target)
+                except DeviceError:
+                    ray.cancel(ref, force=True)
+                    raise
+
+    def _get(self, ref, target: LabIPhone) -> dict:
+        from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+        try:
+            return self._ray.get(ref)
+        except TaskCancelledError:
+            raise Interrupted() from None
+        except RayTaskError as err:  # a bug on the host: not retried, the message says where it came from
+            cause = err.cause if err.cause is not None else err
+            raise DeviceError(f"the lab host failed unexpectedly: {type(cause).__name__}: {cause}",
+                              udid=target.udid, action="see the host's Ray logs; please report") from None
+        except RayError as err:  # the worker or the whole host died under the job
+            raise HostLost(f"the lab host running {target.name}'s job went away ({type(err).__name__})",
+                           udid=target.udid, action="the job is retried; `bench lab status` shows the hosts") from None
+
+    def _check_holders(self, target: LabIPhone) -> None:
+        """The phone (or model) must be held by exactly one live host (a pool by at least one)."""
+        if target.pool_model is not None:
+            available = self._ray.cluster_resources().get(target.resource, 0)
+            if not available:
+                raise HostLost(f"no live lab host holds a {target.pool_model} any more",
+                               action="run `bench lab join` on a host with one; then `bench run --resume`")
+            return
+        hosts = phone_holders().get(target.udid, [])
+        if not hosts:
+            raise HostLost(f"no live lab host holds {target.name} any more (its host left the lab)", udid=target.udid,
+                           action="run `bench lab join HEAD` on the host it is plugged into, then "
+                                  "`bench run --resume RUN`")
+        if len(hosts) > 1:
+            raise PhoneClaimedTwice(f"{target.name} is claimed by lab hosts {' and '.join(hosts)} (it moved?)",
+                                    udid=target.udid, action="stop Ray (`ray stop`) on the host it was unplugged "
+                                                             "from, then `bench run --resume RUN`")
+
+
+def _host_error(answer: dict) -> LabHostError:
+    error = answer["error"]
+    where = answer.get("host") or "a lab host"
+    return LabHostError(error["kind"], f"on {where}: {error['message']}", bool(error["transient"]))
+
+
+def open_lab(address: str, names: list[str], *, token_file=None, preprocess=_default_preprocess):
+    """Connect to the lab, resolve the targets there and make the executor: what `bench run --lab` needs."""
+    from bench.lab.cluster import connect
+
+    connect(address, token_file)
+    return lab_targets(names, preprocess=preprocess), LabExecutor()

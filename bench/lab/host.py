@@ -1,0 +1,154 @@
+"""What runs on a lab host, inside a Ray task: take the phone, fetch the packages the host lacks, deploy, run.
+
+These functions are plain Python (the executor wraps them with `ray.remote`), use today's deployment layer
+(bench/deploy: content-addressed pushes, the runner contract) and never touch the run directory: they return the
+runner's validated result and where the time went; the driver stores it. Device errors come back as data
+({"error": …}), so the driver's scheduler retries or fails the job exactly as it does for a local phone.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import contextmanager
+
+from bench.errors import DeviceError
+from bench.lab.cluster import KV_NAMESPACE, LabPhone, phones_here
+from bench.lab.packages import HostCache
+
+RUNNING_PREFIX = "running/"
+
+
+def host_name() -> str:
+    """The lab's name for this host (its node label from `bench lab join`), else the machine's host name."""
+    try:
+        import ray
+
+        label = ray.get_runtime_context().get_node_labels().get("bench.host")
+        if label:
+            return label[0] if isinstance(label, list) else str(label)
+    except Exception:  # noqa: BLE001 — only a name for messages
+        pass
+    return socket.gethostname()
+PICK_POLL_S = 0.2
+
+
+class PhoneNotHere(DeviceError):
+    """The phone a job was sent for is not one this host advertised (it moved, or the host restarted)."""
+
+    transient = True
+
+
+@contextmanager
+def hold_phone(udid: str | None, model: str | None, cache: HostCache):
+    """Exclusive use of one phone on this host: the named one, or the first free one of `model`. The lock is a file
+    lock, so a named job and an "any model" job never share a phone, and a killed task releases it."""
+    here = phones_here()
+    if udid is not None:
+        phone = next((p for p in here if p.udid == udid), None)
+        if phone is None:
+            raise PhoneNotHere(f"phone {udid} is not attached to lab host {host_name()} any more",
+                               action="run `bench lab join` on the host it is plugged into now")
+        with cache.lock(f"phone-{udid}"):
+            yield phone
+        return
+    candidates = [p for p in here if p.model == model]
+    if not candidates:
+        raise PhoneNotHere(f"lab host {host_name()} holds no {model}", action="check `bench lab status`")
+    while True:
+        for phone in candidates:
+            with cache.lock(f"phone-{phone.udid}", blocking=False) as held:
+                if held:
+                    yield phone
+                    return
+        time.sleep(PICK_POLL_S)
+
+
+def run_job(udid: str | None, model: str | None, spec, packages: list, inputs: dict, timeout_s: float,
+            poll_s: float) -> dict:
+    """One round on one phone of this host. `packages`: [(variant_id, key, [ObjectRef of the packed variant])] —
+    the reference is wrapped in a list so Ray does not fetch it before we know the host lacks it."""
+    import ray
+
+    from bench.deploy import api as deploy_api
+
+    clock = time.perf_counter
+    started = clock()
+    cache = HostCache()
+    timing: dict[str, float] = {}
+    try:
+        with hold_phone(udid, model, cache) as phone:
+            locked = clock()
+            _mark_running(phone.udid, spec.job_id or "a job")
+            try:
+                dirs, fetched = {}, 0
+                for variant_id, key, holder in packages:
+                    dirs[variant_id], size = cache.ensure(variant_id, key, lambda holder=holder: ray.get(holder[0]))
+                    fetched += size
+                fetched_at = clock()
+                report = deploy_api.deploy(phone.udid, spec, dirs, inputs)
+                deployed = clock()
+                lines: list[str] = []
+                result = deploy_api.run_job(phone.udid, report.job_id, timeout_s=timeout_s, on_log=lines.append,
+                                            poll_s=poll_s)
+                ran = clock()
+            finally:
+                _clear_running(phone.udid)
+    except DeviceError as err:
+        return {"error": error_data(err), "host": host_name()}
+    timing = {"lock_wait_s": locked - started, "transfer_s": fetched_at - locked, "deploy_s": deployed - fetched_at,
+              "runner_s": ran - deployed, "task_s": clock() - started}
+    return {"result": result, "phone": phone.as_dict(), "host": host_name(),
+            "node_id": ray.get_runtime_context().get_node_id(), "fetched_bytes": fetched, "timing": timing,
+            "deploy": {"model_bytes_sent": report.model_bytes_sent, "input_bytes_sent": report.input_bytes_sent,
+                       "models_skipped": report.models_skipped}, "log_tail": lines[-20:]}
+
+
+def phone_status(udid: str | None, model: str | None, timeout_s: float, poll_s: float) -> dict:
+    """The phone's conditions (a status job of the runner), for the driver's thermal gate."""
+    from bench.deploy import api as deploy_api
+
+    try:
+        with hold_phone(udid, model, HostCache()) as phone:
+            status = deploy_api.device_status(phone.udid, timeout_s=timeout_s, poll_s=poll_s)
+    except DeviceError as err:
+        return {"error": error_data(err), "host": host_name()}
+    return {"status": dict(status.__dict__), "phone": phone.as_dict(), "host": host_name()}
+
+
+def phone_health(udids: list[str]) -> dict[str, str]:
+    """`bench devices`' health of this host's phones: "ready" or the problems, one line each."""
+    from bench.deploy import api as deploy_api
+
+    found = {}
+    for udid in udids:
+        report = deploy_api.health(udid)
+        found[udid] = "ready" if report.ready else "; ".join(report.problems) or "not ready"
+    return found
+
+
+def error_data(err: DeviceError) -> dict:
+    from bench.run.targets.iphone import is_transient
+
+    return {"kind": type(err).__name__, "message": str(err), "transient": is_transient(err)}
+
+
+def _mark_running(udid: str, what: str) -> None:
+    try:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(RUNNING_PREFIX + udid, what, overwrite=True, namespace=KV_NAMESPACE)
+    except Exception:  # noqa: BLE001 — status display only; never fail a job over it
+        pass
+
+
+def _clear_running(udid: str) -> None:
+    try:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(RUNNING_PREFIX + udid, namespace=KV_NAMESPACE)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+__all__ = ["LabPhone", "hold_phone", "run_job", "phone_status", "phone_health"]

@@ -1,0 +1,153 @@
+"""A real local Ray lab for the lab tests: a head and two hosts (separate process trees, ray.cluster_utils.Cluster),
+token auth on, loopback only (shared/notes/ray.md), each host with its own fake usbmuxd and fake iPhones.
+
+Faked: the phones (tests/fake_iphone, spoken to by the real pymobiledevice3 inside the hosts' Ray workers) and image
+preprocessing (zeros, to keep torch out). Real: Ray (processes, scheduling on custom resources, the object store,
+killing a host), the deploy layer, the scheduler, the run store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy_fixtures import DECODE, RUNNER, make_variant
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def zeros(images, size, mode, variant=None):
+    return np.zeros((1, 3, size, size), "f4")
+
+
+class FakeHost:
+    """One lab host: a fake usbmuxd with its phones, its HOME and package cache, and (once joined) its Ray node."""
+
+    def __init__(self, root: Path, name: str, indices: list[int], model: str = "iPhone14,2"):
+        from fake_iphone import FakeIPhone, FakeUsbmuxd
+
+        self.name, self.root = name, root
+        (root / "home").mkdir(parents=True)
+        self.mux = FakeUsbmuxd(root / "mux.sock").start()
+        self.phones = []
+        for index in indices:
+            phone = FakeIPhone(root=root / f"phone{index}", udid=f"00008110-{index:016X}", name=f"Fake {index}",
+                               product_type=model)
+            phone.install_app(RUNNER, "0.3", "12")
+            self.phones.append(self.mux.add(phone))
+        self.node = None
+
+    def lab_phones(self):
+        from bench.lab.cluster import LabPhone
+
+        return [LabPhone(p.udid, p.name, p.product_type, p.build, "0.3", self.name) for p in self.phones]
+
+    def env(self) -> dict[str, str]:
+        from bench.lab.cluster import phones_environment
+
+        return {"HOME": str(self.root / "home"), "USBMUXD_SOCKET_ADDRESS": str(self.root / "mux.sock"),
+                "BENCH_TUNNELD_ADDRESS": "127.0.0.1:9", "BENCH_LAB_CACHE": str(self.root / "cache"),
+                **phones_environment(self.lab_phones())}
+
+    def join(self, cluster):
+        """What `bench lab join` does, with Cluster.add_node in place of `ray start` (several nodes, one machine)."""
+        from bench.lab.cluster import check_not_claimed, host_labels, phone_resources, register_phones
+
+        check_not_claimed(self.lab_phones())
+        self.node = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources=phone_resources(
+            self.lab_phones()), labels=host_labels(self.lab_phones(), self.name), env_vars=self.env(),
+            object_store_memory=80 * 1024 * 1024)
+        register_phones(self.lab_phones())
+        return self.node
+
+    def stop(self):
+        self.mux.stop()
+
+
+@contextmanager
+def lab_cluster(hosts_spec: dict[str, list[int]]):
+    """Head + one node per host; yields (cluster, hosts, token file). Everything is stopped by process id."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from bench.lab.cluster import create_token_file, ray_environment, use_environment
+
+    root = Path(tempfile.mkdtemp(prefix="blab", dir="/tmp"))  # UNIX socket paths stay short
+    token = root / "token"
+    create_token_file(token)
+    saved = dict(os.environ)
+    use_environment(ray_environment(token, loopback=True))
+    cluster, hosts = None, {}
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args=dict(
+            num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+            _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 5}))
+        ray.init(address=cluster.address, namespace="bench-lab", logging_level="ERROR", log_to_driver=False,
+                 configure_logging=False)
+        for name, indices in hosts_spec.items():
+            hosts[name] = FakeHost(root / name, name, indices)
+            hosts[name].join(cluster)
+        yield cluster, hosts, token
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        for host in hosts.values():
+            host.stop()
+        os.environ.clear()
+        use_environment(saved)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cluster_pids(cluster) -> set[int]:
+    """Every process of the cluster: the nodes' own processes and everything they started (workers, agents)."""
+    import psutil
+
+    pids = set()
+    for node in cluster.list_all_nodes():
+        for infos in node.all_processes.values():
+            for info in infos:
+                try:
+                    process = psutil.Process(info.process.pid)
+                except psutil.NoSuchProcess:
+                    continue
+                pids.add(process.pid)
+                pids.update(child.pid for child in process.children(recursive=True))
+    return pids
+
+
+def listeners(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket and bound UDP socket of these processes."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        for conn in connections:
+            if conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr):
+                found.append((pid, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def lab_variants(folder: Path, names=("fp16", "int8")):
+    from bench.run.targets.base import VariantRef
+
+    return [VariantRef(f"{name}-{i:012x}", name, f"{i:012x}", path=make_variant(folder, f"{name}-{i:012x}", i),
+                       image_size=32, decode=DECODE) for i, name in enumerate(names, start=1)]
+
+
+@pytest.fixture
+def no_ray_leftovers():
+    yield
+    import ray
+
+    assert not ray.is_initialized()

@@ -1,0 +1,162 @@
+"""A run across a real local Ray lab (head + two hosts, each with two fake iPhones on its own usbmuxd): jobs land on
+the host holding their phone, packages reach each host once, a host killed mid-run loses nothing, and the run
+completes on resume once the host is back — every planned job stored exactly once with all its samples. Then the
+bad inputs a new lab engineer meets, one line each. Loopback only, token auth on, every cluster process started and
+stopped here by process id (lab_fixtures). Faked: the phones and image preprocessing (see lab_fixtures).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from lab_fixtures import LOOPBACK, FakeHost, cluster_pids, lab_cluster, lab_variants, listeners, zeros  # noqa: E402
+
+IMAGES, ROUNDS, UNITS = 2, 3, ["cpuOnly", "all"]
+CONFIG = {"seed": 5, "evaluate": False, "report": False, "rounds": ROUNDS, "images": IMAGES, "warmup": 0,
+          "adaptive": {"ci_width": None}, "compute_units": UNITS,
+          "retry": {"attempts": 2, "backoff_s": 0.2, "backoff_max_s": 0.5, "quarantine_after": 1}}
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with lab_cluster({"host-a": [1, 2], "host-b": [3, 4]}) as running:
+        yield running
+
+
+def _node_of(udid: str) -> str:
+    import ray
+
+    return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and f"iphone:{udid}" in n["Resources"])
+
+
+def _images():
+    from bench.run.targets.base import ImageItem
+
+    return [ImageItem(f"img{i}", lambda: None) for i in range(IMAGES)]
+
+
+def test_cluster_listens_on_loopback_only(lab):
+    cluster, _, _ = lab
+    bound = listeners(cluster_pids(cluster) | {os.getpid()})
+    assert len(bound) >= 3  # at least the GCS and two raylets
+    assert all(ip in LOOPBACK for _, ip, _ in bound), [b for b in bound if b[1] not in LOOPBACK]
+
+
+def test_matrix_across_two_hosts_survives_a_killed_host(lab, tmp_path):
+    from bench.lab.executor import LabExecutor, lab_targets
+    from bench.lab.packages import pack
+    from bench.paths import Workspace
+    from bench.run.api import resume_run, start_run
+    from bench.run.config import RunConfig
+    from bench.store.runs import read_job_records
+
+    cluster, hosts, _ = lab
+    variants, workspace, run_dir = lab_variants(tmp_path / "variants"), Workspace(tmp_path), tmp_path / "results/lab"
+    a_udids = {p.udid for p in hosts["host-a"].phones}
+    for phone in hosts["host-a"].phones:
+        phone.faults.runner_seconds = 0.4  # slower than host B, so the kill lands mid-run
+    targets = lab_targets(["iphone"], preprocess=zeros)
+    assert sorted(t.udid for t in targets) == sorted(p.udid for h in hosts.values() for p in h.phones)
+    node_of = {t.udid: _node_of(t.udid) for t in targets}
+    executor = LabExecutor(poll_s=0.05, status_timeout_s=60)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("first", start_run(
+        RunConfig.model_validate(CONFIG), workspace, targets=targets, variants=variants, images=_images(),
+        executor=executor, run_id="lab")))
+    thread.start()
+    deadline = time.monotonic() + 240
+    while sum(1 for p in (run_dir / "jobs").glob("*.json") if any(u in p.name for u in a_udids)) < 4:
+        assert thread.is_alive() and time.monotonic() < deadline, "host A never stored four jobs"
+        time.sleep(0.1)
+    cluster.remove_node(hosts["host-a"].node, allow_graceful=False)  # host A dies mid-run (its processes killed)
+    thread.join(300)
+    first = outcome["first"]
+    assert first.status == "incomplete" and set(first.quarantined) == {f"iphone-{u}" for u in a_udids}
+    records = read_job_records(run_dir)
+    per_phone = 2 * len(UNITS) * ROUNDS  # variants × units × rounds
+    on_b = [r for r in records.values() if r["conditions"]["lab"]["udid"] not in a_udids]
+    assert len(on_b) == 2 * per_phone  # host B finished everything of its own
+    for record in records.values():  # every job ran on its phone, on the host holding that phone
+        lab_info = record["conditions"]["lab"]
+        assert record["target"]["id"] == f"iphone-{lab_info['udid']}"
+        assert lab_info["node_id"] == node_of[lab_info["udid"]]
+        assert {"queue_wait_s", "transfer_s", "deploy_s", "runner_s", "measure_s"} <= set(lab_info)
+    package_bytes = sum(len(pack(v.path)) for v in variants)
+    b_node = node_of[hosts["host-b"].phones[0].udid]
+    assert executor.fetched_by_host[b_node] == package_bytes  # both variants crossed to host B once, not per phone
+
+    hosts["host-a"].join(cluster)  # host A is back (same phones, same package cache)
+    again = LabExecutor(poll_s=0.05, status_timeout_s=60)
+    second = resume_run("lab", workspace, targets=lab_targets(["iphone"], preprocess=zeros), variants=variants,
+                        images=_images(), executor=again)
+    assert second.status == "complete", second.failures
+    records = read_job_records(run_dir)
+    assert len(records) == 4 * per_phone  # every planned job, each stored once (one file per job key)
+    assert all(len(r["samples"]) == IMAGES for r in records.values())  # no sample lost or duplicated
+    assert sum(again.fetched_by_host.values()) == 0  # host A's cache survived its restart: nothing re-sent
+    series = {}
+    for record in records.values():
+        series.setdefault(record["series_key"], []).append(record["round"])
+    assert all(sorted(rounds) == list(range(ROUNDS)) for rounds in series.values())
+
+
+def test_bad_lab_input_is_one_line_each(lab, tmp_path):
+    from bench.errors import BenchError
+    from bench.lab.cluster import LabError, check_not_claimed, connect, join_lab
+    from bench.lab.executor import LabExecutor, lab_targets
+
+    cluster, hosts, token = lab
+    address = cluster.address
+
+    def one_line(call) -> str:
+        with pytest.raises(BenchError) as caught:
+            call()
+        message = str(caught.value)
+        assert "\n" not in message and len(message) < 400, message
+        return message
+
+    # unreachable head: seconds, not Ray's minutes of retries
+    started = time.monotonic()
+    assert "cannot reach the lab head at 127.0.0.1:1" in one_line(lambda: connect("127.0.0.1:1", token))
+    assert time.monotonic() - started < 10
+    # a host with no phones has nothing to offer
+    assert "no healthy iPhone" in one_line(lambda: join_lab(address, token, []))
+    # a second host claiming a phone another host holds (the phone was moved without stopping the old host)
+    intruder = FakeHost(tmp_path / "c", "host-c", [3])
+    try:
+        message = one_line(lambda: check_not_claimed(intruder.lab_phones()))
+        assert "already held by lab host host-b" in message
+    finally:
+        intruder.stop()
+    # a phone that leaves its host mid-run: its job fails with one line naming the host, the others go on
+    moved = hosts["host-b"].phones[1]
+    moved.unplug()
+    try:
+        target = next(t for t in lab_targets([f"iphone:{moved.udid}"], preprocess=zeros))
+        with pytest.raises(BenchError) as caught:
+            LabExecutor(poll_s=0.05, status_timeout_s=20).conditions(target)
+        assert "on host-b" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        moved.replug()
+    # a wrong token: the head refuses it, the user reads one line and never the token itself
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("0" * 64)
+    wrong.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run([sys.executable, "-m", "bench", "lab", "status", address, "--token-file", str(wrong)],
+                          capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "refused the token" in lines[0], done.stderr[-2000:]
+    assert token.read_text().strip() not in done.stderr + done.stdout
+    assert isinstance(LabError("x"), BenchError)
