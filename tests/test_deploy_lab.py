@@ -135,7 +135,7 @@ def test_ios17_without_the_personalized_image_is_shown_refused_and_prepared(mux,
     # No image cached and no network: one line, nothing tried.
     first = _cli("devices", "prepare", "--timeout", "20")
     assert first.exit_code == 1 and phone.uploaded_images == []
-    assert "github.com cannot be reached" in first.output
+    assert "raw.githubusercontent.com cannot be reached" in first.output
 
     # Image cached, but the phone holds no ticket since its reboot: Apple must sign it, and cannot be reached.
     _cache_personalized_image()
@@ -283,3 +283,66 @@ def test_an_os_build_other_than_devices_yaml_says_the_phone_updated(mux, wide):
     assert "17.5.1 (21F90)" in shown and "attention" in shown
     (line,) = [line for line in shown.splitlines() if "reports iOS build" in line]
     assert "iOS build 21F90 (inventory says 21F79): the phone updated" in line
+
+
+# ---- the pieces without a phone -----------------------------------------------------------------------------------
+def test_busy_denied_and_unexplained_refusals_each_get_their_own_line():
+    """FrontBoard reasons the fake phone has no scenario for, built as the same nested NSErrors."""
+    from pymobiledevice3.dtx import DTXNsError
+    from pymobiledevice3.dtx.ns_types import NSError
+
+    from bench.deploy.errors import LaunchBusy, LaunchDenied, LaunchFailed
+    from bench.deploy.launch_errors import classify
+
+    def refused(code, reason):
+        inner = NSError(code, "FBSOpenApplicationErrorDomain", {"BSErrorCodeDescription": reason,
+                                                                "NSLocalizedDescription": f"{reason} text"})
+        service = NSError(1, "FBSOpenApplicationServiceErrorDomain", {"BSErrorCodeDescription": "RequestDenied",
+                                                                      "NSUnderlyingError": inner})
+        return DTXNsError(NSError(2, "com.apple.dt.deviceprocesscontrolservice", {"NSUnderlyingError": service}))
+
+    busy = classify(refused(6, "Busy"), RUNNER, "U")
+    assert type(busy) is LaunchBusy and busy.transient and "FrontBoard: Busy" in str(busy)
+    denied = classify(refused(1, "Disabled"), RUNNER, "U")
+    assert type(denied) is LaunchDenied and not denied.transient and "Disabled text" in str(denied)
+    assert type(classify(refused(7, ""), RUNNER, "U")) is PhoneLocked  # the code decides when the name is missing
+    bare = classify(DTXNsError(NSError(2, "com.apple.dt.deviceprocesscontrolservice",
+                                       {"NSLocalizedDescription": "Request to launch x failed."})), RUNNER, "U")
+    assert type(bare) is LaunchFailed and "Request to launch x failed." in str(bare)
+
+
+def test_the_network_seam_asks_the_hosts_pymobiledevice3_really_uses():
+    from bench.deploy.diskimage import image_server, signing_server
+
+    assert signing_server() == ("gs.apple.com", 80) and image_server() == ("raw.githubusercontent.com", 443)
+
+
+def test_userspace_tunnels_are_used_one_at_a_time_across_threads():
+    """Two phones' worker threads, each with its own event loop: the second waits for the first and says so."""
+    import asyncio
+    import threading
+    import time
+
+    from bench.deploy.launch import userspace_slot
+
+    inside, said, entered = [], [], threading.Event()
+
+    def phone(udid, hold_s):
+        async def go():
+            async with userspace_slot(udid, said.append, poll_s=0.01):
+                inside.append((udid, "in"))
+                entered.set()
+                await asyncio.sleep(hold_s)
+                inside.append((udid, "out"))
+        asyncio.run(go())
+
+    first = threading.Thread(target=phone, args=("A", 0.3))
+    first.start()
+    entered.wait(5)
+    second = threading.Thread(target=phone, args=("B", 0.0))
+    second.start()
+    time.sleep(0.05)
+    first.join(5)
+    second.join(5)
+    assert inside == [("A", "in"), ("A", "out"), ("B", "in"), ("B", "out")]
+    assert said == ["B: waiting for the userspace tunnel (one per process; another phone holds it)"]

@@ -3,11 +3,11 @@ possible, with one clear line when the network is needed and missing.
 
 - iOS < 17: the shared "Developer" image (`DeveloperDiskImageMounter`): an image + signature for the iOS major.minor,
   from Xcode (/Applications/Xcode.app) or pymobiledevice3's cache (~/.pymobiledevice3/Xcode.app/…), downloaded from
-  the DeveloperDiskImage repository on GitHub when neither has it.
+  the DeveloperDiskImage repository (raw.githubusercontent.com) when neither has it.
 - iOS 17–26: the "Personalized" image (`PersonalizedImageMounter`): one image for every phone, cached in
   ~/.pymobiledevice3/Xcode_iOS_DDI_Personalized (downloaded once), plus a ticket Apple's signing server (TSS,
-  gs.apple.com) issues for this phone's ECID and nonce at mount time. A phone that mounted it since it last booted
-  keeps the ticket and can mount again offline; otherwise the host needs HTTPS to gs.apple.com.
+  http://gs.apple.com) issues for this phone's ECID and nonce at mount time. A phone that mounted it since it last
+  booted keeps the ticket and can mount again offline; otherwise the host needs to reach gs.apple.com (port 80).
 - iOS 27+: pymobiledevice3 installs the image as a cryptex over an RSD tunnel: `pymobiledevice3 mounter auto-mount
   --tunnel <UDID>` (not done here: prepare says so).
 
@@ -25,9 +25,28 @@ from pathlib import Path
 
 from bench.deploy.errors import DeveloperModeOff, DiskImageUnavailable
 
-SIGNING_SERVER = ("gs.apple.com", 443)  # pymobiledevice3.restore.tss.TSS_CONTROLLER_ACTION_URL's host
-IMAGE_SERVER = ("github.com", 443)  # developer_disk_image.repo downloads from GitHub
 CRYPTEX_FROM_MAJOR = 27
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def signing_server() -> tuple[str, int]:
+    """Where pymobiledevice3 sends TSS requests (its own constant, so this never drifts from what it does)."""
+    from pymobiledevice3.restore.tss import TSS_CONTROLLER_ACTION_URL
+
+    return _host_and_port(TSS_CONTROLLER_ACTION_URL)
+
+
+def image_server() -> tuple[str, int]:
+    """Where developer_disk_image downloads images from."""
+    from developer_disk_image.repo import DEVELOPER_DISK_IMAGE_REPO_RAW_URL_FORMAT
+
+    return _host_and_port(DEVELOPER_DISK_IMAGE_REPO_RAW_URL_FORMAT.format(ref="x", path="x"))
 
 
 def network_reachable(host: str, port: int, timeout_s: float = 3.0) -> bool:
@@ -89,9 +108,9 @@ async def _mount_developer(lockdown, udid: str) -> str:
     candidates = [_developer_disk_image_path(Path("/Applications/Xcode.app"), version),
                   _developer_disk_image_path(get_home_folder() / "Xcode.app", version)]
     cached = any(path.exists() and path.with_name(path.name + ".signature").exists() for path in candidates)
-    if not cached and not network_reachable(*IMAGE_SERVER):
+    if not cached and not network_reachable(*image_server()):
         raise DiskImageUnavailable(
-            f"the Developer disk image for iOS {version} is not on this host and {IMAGE_SERVER[0]} cannot be reached "
+            f"the Developer disk image for iOS {version} is not on this host and {image_server()[0]} cannot be reached "
             "to download it", udid=udid,
             action="connect this host to the internet once (or install Xcode with that iOS's device support) and "
                    "run `bench devices prepare` again")
@@ -108,9 +127,9 @@ async def _mount_personalized(lockdown, udid: str) -> str:
     from pymobiledevice3.exceptions import MissingManifestError
     from pymobiledevice3.services.mobile_image_mounter import PersonalizedImageMounter, fetch_personalized_ddi
 
-    if not _personalized_image_cached() and not network_reachable(*IMAGE_SERVER):
+    if not _personalized_image_cached() and not network_reachable(*image_server()):
         raise DiskImageUnavailable(
-            f"the Personalized disk image is not cached on this host and {IMAGE_SERVER[0]} cannot be reached to "
+            f"the Personalized disk image is not cached on this host and {image_server()[0]} cannot be reached to "
             "download it", udid=udid,
             action="connect this host to the internet and run `bench devices prepare` again")
     try:
@@ -126,11 +145,11 @@ async def _mount_personalized(lockdown, udid: str) -> str:
             ticket = "the phone's own ticket"
         except MissingManifestError:
             ticket = None
-    if ticket is None and not network_reachable(*SIGNING_SERVER):
+    if ticket is None and not network_reachable(*signing_server()):
         raise DiskImageUnavailable(
             f"the Personalized disk image must be signed for this phone by Apple's signing server "
-            f"({SIGNING_SERVER[0]}), which this host cannot reach", udid=udid,
-            action=f"allow HTTPS to {SIGNING_SERVER[0]} from this host and run `bench devices prepare` again "
+            f"({signing_server()[0]}), which this host cannot reach", udid=udid,
+            action=f"let this host reach {':'.join(map(str, signing_server()))} and run `bench devices prepare` again "
                    "(needed after every reboot of the phone)")
     try:
         async with PersonalizedImageMounter(lockdown) as mounter:
@@ -138,9 +157,10 @@ async def _mount_personalized(lockdown, udid: str) -> str:
     except _network_error_types() as err:
         raise DiskImageUnavailable(
             f"Apple's signing server did not sign the Personalized image ({type(err).__name__}: {err})", udid=udid,
-            action=f"check HTTPS to {SIGNING_SERVER[0]} from this host and run `bench devices prepare` again") \
+            action=f"check that this host reaches {':'.join(map(str, signing_server()))}, then run `bench devices "
+                   "prepare` again") \
             from None
-    return "mounted the Personalized disk image (signed with " + (ticket or f"a ticket from {SIGNING_SERVER[0]}") + ")"
+    return "mounted the Personalized disk image (signed with " + (ticket or f"a ticket from {signing_server()[0]}") + ")"
 
 
 def _personalized_image_cached() -> bool:
