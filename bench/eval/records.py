@@ -178,5 +178,38 @@ def parse_record(raw: dict[str, Any], *, source: str = "record") -> EvalRecord:
     return record.model_copy(update={"path": source})
 
 
+def binding(record: EvalRecord, evals_dir: Path) -> dict[str, str]:
+    """How a run names the exact eval record it used: its path under results/evals/ and the sha256 of its bytes."""
+    path = Path(record.path or "")
+    try:
+        relative = path.resolve().relative_to(Path(evals_dir).resolve())
+        data = path.read_bytes()
+    except (ValueError, OSError) as err:
+        raise RecordError(f"{path}: cannot bind this eval record to the run ({err})") from None
+    return {"record": relative.as_posix(), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_bound(evals_dir: Path, bound: Any) -> dict[str, Any]:
+    """The raw record a run's binding names, only if its bytes are still exactly the ones the run used."""
+    if not (isinstance(bound, dict) and isinstance(bound.get("record"), str) and isinstance(bound.get("sha256"), str)):
+        raise RecordError(f"damaged eval binding {bound!r} in run.json")
+    parts = Path(bound["record"]).parts
+    if len(parts) != 2 or any(part in ("..", ".") or "/" in part for part in parts) or not parts[1].endswith(".json"):
+        raise RecordError(f"eval binding {bound['record']!r} in run.json does not name a record under {evals_dir}")
+    path = Path(evals_dir) / bound["record"]
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RecordError(f"{path}: the eval record this run used is gone ({err.strerror or err})") from None
+    if hashlib.sha256(data).hexdigest() != bound["sha256"]:
+        raise RecordError(f"{path}: the eval record this run used was changed afterwards (sha256 differs); "
+                          "its quality is not shown rather than another evaluation's")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: corrupt record ({err})") from None
+    return store.upgrade(raw, KIND, source=str(path))
+
+
 def list_records(evals_dir: Path) -> list[Path]:
     return sorted(Path(evals_dir).glob("*/*.json"))

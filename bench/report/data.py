@@ -381,6 +381,7 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     current = run if isinstance(run, RunData) else load_run(run)
     table = merge_table(current)
     report = ReportData(current.run_id, current.created_at, table)
+    report.notes.extend(current.notes)
     earlier = [p for p in list_runs(current.workspace.results_dir) if p != current.run_dir.resolve()]
     earlier = [p for p in earlier if _created(p) <= current.created_at]
     if baseline is not None and history is not None:

@@ -15,7 +15,7 @@ from bench.errors import InputError
 from bench.paths import Workspace
 from bench.store import records
 
-KINDS = {"bench.run": 1, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
+KINDS = {"bench.run": 2, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
 SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
                   "compute_unit", "image_id", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns", "thermal_state",
                   "throttled", "decoder_steps"]
@@ -36,6 +36,7 @@ class RunData:
     workspace: Workspace
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant_id -> manifest
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant_id -> eval record
+    notes: list[str] = field(default_factory=list)  # what the report must say about this run's inputs
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # derived tables, computed once per run
 
     @property
@@ -101,8 +102,34 @@ def load_run(run: str | Path, workspace: Workspace | None = None, *, with_artifa
     if with_artifacts:
         ids = {job["variant_id"] for job in jobs}
         data.variants = {vid: m for vid in sorted(ids) if (m := load_manifest(workspace, vid)) is not None}
-        data.evals = {vid: e for vid in sorted(ids) if (e := load_eval(workspace, vid)) is not None}
+        data.evals, data.notes = run_evals(run_record, workspace, sorted(ids))
     return data
+
+
+def run_evals(run_record: dict[str, Any], workspace: Workspace, variant_ids: list[str]):
+    """The eval records bound to the run in run.json (exactly those bytes), and notes on what could not be shown.
+
+    A run recorded before bindings existed (run.json v1, `evals` null) falls back to the workspace's records."""
+    from bench.errors import RecordError
+    from bench.eval.records import read_bound
+
+    bound = run_record.get("evals")
+    if bound is None:
+        evals = {vid: e for vid in variant_ids if (e := load_eval(workspace, vid)) is not None}
+        note = ("caption quality comes from the workspace's current eval records: this run predates eval binding "
+                "(run.json v1), so it may change after a later `bench eval`")
+        return evals, [note] if evals else []
+    if not isinstance(bound, dict):
+        return {}, [f"caption quality not shown: run.json evals is damaged ({type(bound).__name__})"]
+    evals, notes = {}, []
+    for variant_id in variant_ids:
+        if variant_id not in bound:
+            continue
+        try:
+            evals[variant_id] = read_bound(workspace.evals_dir, bound[variant_id])
+        except RecordError as err:
+            notes.append(f"quality of {variant_id} not shown: {err}")
+    return evals, notes
 
 
 def _read_run_dir(run_dir: Path):

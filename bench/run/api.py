@@ -11,6 +11,7 @@ Every seam a test needs is a keyword argument: targets, variants, images, observ
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from bench.errors import BenchError, InputError, RecordError, did_you_mean
 from bench.paths import Workspace
 from bench.run.config import RunConfig
+from bench.run.lock import RunLock
 from bench.run.manifest import REDO_STATES, RunManifest
 from bench.run.plan import Series, plan_series, select_variants, variant_ref
 from bench.run.scheduler import MeasureSettings, RunObserver, Scheduler
@@ -41,6 +43,12 @@ class RunOutcome:
     evals: dict[str, Any] = field(default_factory=dict)  # variant_id -> eval record (default pipeline)
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    lock: Any = field(default=None, repr=False)  # the run's RunLock while the pipeline still evaluates and reports
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def new_run_id() -> str:
@@ -116,8 +124,11 @@ def _base_conditions() -> dict[str, Any]:
 def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None = None,
               variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
               observer: RunObserver | None = None, sleep=None, run_id: str | None = None,
-              executor=None) -> RunOutcome:
-    """Plan, measure and store a run under results/<run_id>/ (results/ is created when missing)."""
+              executor=None, hold_lock: bool = False) -> RunOutcome:
+    """Plan, measure and store a run under results/<run_id>/ (results/ is created when missing).
+
+    The run is locked (bench/run/lock.py) from its creation; with `hold_lock` the outcome keeps the lock until
+    `outcome.release()` (the pipeline evaluates and reports first)."""
 
     if variants is None:
         variants = built_variants(workspace)
@@ -133,10 +144,6 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         images, dataset_info = open_images(config)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     run_id = run_id or new_run_id()
-    run_dir = workspace.results_dir / run_id
-    if run_dir.exists():
-        raise InputError(f"run {run_id} already exists; use --resume {run_id}")
-    workspace.results_dir.mkdir(parents=True, exist_ok=True)
     plan = {
         "config": config.model_dump(mode="json"),
         "variants": [v.variant_id for v in variants],  # ids, in plan order (the report orders by them)
@@ -151,9 +158,31 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         "adaptive": config.adaptive.model_dump(mode="json"),
         "order": "interleaved, randomised per (seed, target, round)",
     }
-    manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed, "plan": plan,
-                                            "environment": host_environment()})
-    return _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+    run_dir = workspace.results_dir / run_id
+    workspace.results_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        raise InputError(f"run {run_id} already exists; use --resume {run_id}") from None
+    lock = RunLock.acquire(run_dir)  # before run.json exists: no resume can slip in while it is being measured
+    with _holding(lock, hold_lock):
+        manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed,
+                                                "plan": plan, "environment": host_environment(), "evals": {}})
+        outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+    outcome.lock = lock if hold_lock else None
+    return outcome
+
+
+@contextlib.contextmanager
+def _holding(lock: RunLock, keep: bool):
+    """Release the run's lock when the block ends — on success only if the caller did not ask to keep it."""
+    try:
+        yield
+    except BaseException:
+        lock.release()
+        raise
+    if not keep:
+        lock.release()
 
 
 def _targets_and_executor(config: RunConfig, names: list[str], workspace: Workspace) -> tuple[list, Any]:
@@ -170,9 +199,14 @@ def _targets_and_executor(config: RunConfig, names: list[str], workspace: Worksp
 
 # --- resuming ----------------------------------------------------------------------------------------------------
 
-def resolve_run_dir(run: str | Path, workspace: Workspace) -> Path:
+def resolve_run_dir(run: str | Path, workspace: Workspace, *, own: bool = False) -> Path:
+    """A run directory from a path or a run id. With `own`, a run of another workspace is refused: resuming it
+    from here would measure with this workspace's variants, devices and evals and write into that one."""
     path = Path(run)
     if (path / run_store.MANIFEST_NAME).exists():
+        if own and path.resolve().parent != workspace.results_dir.resolve():
+            raise InputError(f"run {path} is not in this workspace ({workspace.results_dir}); resume it from its own: "
+                             f"BENCH_ROOT={path.resolve().parent.parent} bench run --resume {path.resolve().name}")
         return path
     candidate = workspace.results_dir / str(run)
     if candidate.is_dir():
@@ -186,39 +220,55 @@ def resolve_run_dir(run: str | Path, workspace: Workspace) -> Path:
 def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = None,
                variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
                observer: RunObserver | None = None, sleep=None, force: bool = False, executor=None,
-               lab: str | None = None) -> RunOutcome:
+               lab: str | None = None, hold_lock: bool = False) -> RunOutcome:
     """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series.
-    `lab`: the lab head's address now (a lab run resumes on the lab it was planned on unless told otherwise)."""
-    run_dir = resolve_run_dir(run, workspace)
+    `lab`: the lab head's address now (a lab run resumes on the lab it was planned on unless told otherwise).
+
+    Every refusal (a complete run, another workspace's run, a run another process is measuring, a damaged or
+    irreproducible plan) happens before anything in the run directory is changed."""
+    run_dir = resolve_run_dir(run, workspace, own=True)
     manifest = RunManifest.open(run_dir)  # a corrupt run.json stops here, before anything is touched
     plan, config = _resumable_plan(manifest)
+    _refuse_complete(manifest)
     _check_same_harness(manifest, force)
-    if variants is None:
-        variants = _planned_variants(plan, workspace)
-    else:
-        wanted = set(plan["variants"])
-        variants = [v for v in variants if v.variant_id in wanted]
-    if lab:
-        config = config.model_copy(update={"lab": lab})
-    if targets is None:
-        names = [t.get("selector") or (t["id"].replace("iphone-", "iphone:", 1) if t["kind"] == "iphone"
-                                       else t["kind"]) for t in plan["targets"]]
-        targets, executor = _targets_and_executor(config, names, workspace)
-    if images is None:
-        images, _ = open_images(config)
-    planned_ids = plan["images"]["image_ids"]
-    if [item.image_id for item in images] != planned_ids:
-        raise RecordError(f"{run_dir}: the images of this run ({len(planned_ids)}) cannot be reproduced; "
-                          "start a new run")
-    series = [s for s in plan_series(variants, targets, plan["compute_units"]) if s.key in set(plan["series"])]
-    missing = set(plan["series"]) - {s.key for s in series}
-    if missing:
-        raise InputError(f"cannot resume {manifest.run_id}: {len(missing)} planned series have no target or variant "
-                         f"now (e.g. {sorted(missing)[0]})")
-    _remove_stale_temporaries(run_dir)
-    manifest.update(status="running", tables_written=False, resumed_at=[*manifest.data.get("resumed_at", []),
-                                                                         now_iso()])
-    return _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+    lock = RunLock.acquire(run_dir)
+    with _holding(lock, hold_lock):
+        manifest = RunManifest.open(run_dir)  # again, under the lock: another resume may have just finished it
+        _refuse_complete(manifest)
+        if variants is None:
+            variants = _planned_variants(plan, workspace)
+        else:
+            wanted = set(plan["variants"])
+            variants = [v for v in variants if v.variant_id in wanted]
+        if lab:
+            config = config.model_copy(update={"lab": lab})
+        if images is None:
+            images, _ = open_images(config)
+        planned_ids = plan["images"]["image_ids"]
+        if [item.image_id for item in images] != planned_ids:
+            raise RecordError(f"{run_dir}: the images of this run ({len(planned_ids)}) cannot be reproduced; "
+                              "start a new run")
+        if targets is None:
+            names = [t.get("selector") or (t["id"].replace("iphone-", "iphone:", 1) if t["kind"] == "iphone"
+                                           else t["kind"]) for t in plan["targets"]]
+            targets, executor = _targets_and_executor(config, names, workspace)
+        series = [s for s in plan_series(variants, targets, plan["compute_units"]) if s.key in set(plan["series"])]
+        missing = set(plan["series"]) - {s.key for s in series}
+        if missing:
+            raise InputError(f"cannot resume {manifest.run_id}: {len(missing)} planned series have no target or "
+                             f"variant now (e.g. {sorted(missing)[0]})")
+        _remove_stale_temporaries(run_dir)
+        manifest.update(status="running", tables_written=False,
+                        resumed_at=[*manifest.data.get("resumed_at", []), now_iso()])
+        outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+    outcome.lock = lock if hold_lock else None
+    return outcome
+
+
+def _refuse_complete(manifest: RunManifest) -> None:
+    if manifest.data.get("status") == "complete":
+        raise InputError(f"run {manifest.run_id} is complete; its results are immutable, so there is nothing to "
+                         "resume (nothing was changed) — start a new run to measure again")
 
 
 # What resume reads from run.json, checked in this order (valid JSON may still lack any of it).
@@ -330,7 +380,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
                  observer: RunObserver | None = None, log=print) -> RunOutcome:
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
     if resume:
-        outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab)
+        outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab, hold_lock=True)
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)
@@ -345,16 +395,25 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
                     raise
                 log(f"matrix not built ({err}); measuring the {len(variants)} variants already built")
             variants = built_variants(workspace)
-        outcome = start_run(config, workspace, variants=variants, observer=observer)
+        outcome = start_run(config, workspace, variants=variants, observer=observer, hold_lock=True)
+    try:
+        _evaluate_and_report(outcome, config, workspace, log)
+    finally:
+        outcome.release()
+    return outcome
+
+
+def _evaluate_and_report(outcome: RunOutcome, config: RunConfig, workspace: Workspace, log) -> None:
+    """Still under the run's lock: the eval bindings and the report are the last writes into the run."""
     if config.evaluate:
         outcome.evals = evaluate_variants(outcome, config, workspace, log=log)
+        bind_evals(outcome.run_dir, outcome.evals, workspace)
     if config.report:
         try:
             outcome.report = write_report(outcome.run_dir, workspace, outcome.notes)
         except Exception as err:  # noqa: BLE001 — the run is stored; a report problem is said, not fatal
             outcome.notes.append(f"report failed ({type(err).__name__}: {err}); the run is complete on disk — "
                                  f"retry with `bench report {outcome.run_id}`")
-    return outcome
 
 
 def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str | None) -> None:
@@ -371,43 +430,41 @@ def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str
 
 
 def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspace, *, log=print) -> dict[str, Any]:
-    """Caption quality of every measured variant on a small synthetic test subset (bench.eval records)."""
+    """Caption quality of every measured variant on a small synthetic test subset (bench.eval records).
+
+    An identical evaluation already stored (same variant, images and decoding: the record's key) is reused as is."""
     from bench.data.base import open_dataset
-    from bench.eval.evaluation import EvalOptions, evaluate, open_subject
+    from bench.eval.evaluation import EvalOptions, evaluate, open_subject, planned_decoding
+    from bench.eval.records import read_record, record_path
 
     dataset = open_dataset(config.dataset, split=config.split, limit=config.eval_images, seed=0, skip_missing=False)
+    options = EvalOptions(threads=config.host_threads, batch_size=8)
     records: dict[str, Any] = {}
     for entry in outcome.data.manifest["plan"]["variant_details"]:
-        existing = _existing_eval(workspace, entry["variant_id"], dataset)
-        if existing is not None:
-            records[entry["variant_id"]] = existing
-            continue
-
-
-        log(f"evaluating caption quality of {entry['variant_id']} on {len(dataset)} images…")
         directory = entry["path"] or workspace.variants_dir / entry["variant_id"]
         try:
             captioner, subject = open_subject(str(directory), workspace)
-            records[entry["variant_id"]] = evaluate(
-                captioner, dataset, EvalOptions(threads=config.host_threads, batch_size=8),
-                subject=subject, evals_dir=workspace.evals_dir)
+            stored = record_path(workspace.evals_dir, subject.id, dataset.signature,
+                                 planned_decoding(captioner, options))
+            if stored.is_file():
+                records[entry["variant_id"]] = read_record(stored)
+                continue
+            log(f"evaluating caption quality of {entry['variant_id']} on {len(dataset)} images…")
+            records[entry["variant_id"]] = evaluate(captioner, dataset, options, subject=subject,
+                                                    evals_dir=workspace.evals_dir)
         except BenchError as err:  # one variant's quality failing must not hide the others' (nor the timings)
             outcome.notes.append(f"quality of {entry['variant_id']} not evaluated: {err}")
     return records
 
 
-def _existing_eval(workspace: Workspace, variant_id: str, dataset) -> Any:
-    folder = workspace.evals_dir / variant_id
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        from bench.eval.records import read_record
+def bind_evals(run_dir: Path, evals: dict[str, Any], workspace: Workspace) -> None:
+    """Record in run.json exactly which eval records (path and sha256) this run's report shows: a later
+    `bench eval` of the same variant, on other images or with other decoding, never changes an old run's report."""
+    from bench.eval.records import binding
 
-        try:
-            record = read_record(path)
-        except BenchError:
-            continue
-        if getattr(record.dataset, "signature", None) == getattr(dataset, "signature", None):
-            return record
-    return None
+    manifest = RunManifest.open(run_dir)
+    manifest.update(evals={variant_id: binding(record, workspace.evals_dir)
+                           for variant_id, record in sorted(evals.items())})
 
 
 def write_report(run_dir: Path, workspace: Workspace, notes: list[str]) -> Path | None:

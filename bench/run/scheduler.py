@@ -3,8 +3,12 @@ stopping, retries with exponential backoff, quarantine, and a job record written
 
 Failure isolation: an error on one job marks that job failed (its series stops for this run; `--resume` retries it);
 an error on a device fails that round's jobs and, after `quarantine_after` consecutive failed rounds, quarantines the
-device for the rest of the run. Nothing one worker does stops the others. Ctrl-C stops every worker at its next
-check, puts running jobs back to pending and leaves a resumable run.
+device for the rest of the run (recorded in run.json with its reason). Nothing one worker does stops the others.
+Ctrl-C stops every worker at its next check, puts running jobs back to pending and leaves a resumable run.
+
+Resume measures every round that has no stored record again — pending, interrupted, failed and quarantined ones —
+even in a series whose stopping rule was already met by later rounds, so a run whose device is healthy again
+becomes complete.
 
 Where a round physically runs is the executor's business (bench/run/executor.py): in this thread (local), or on the
 lab host holding the phone (bench/lab). Everything above is the same for both.
@@ -29,6 +33,7 @@ from bench.run.stats import StopRule, median_ci, stop_reason
 from bench.run.targets.base import Conditions, ImageItem, Interrupted, RoundRequest, Step, StepResult
 from bench.run.targets.iphone import is_transient
 from bench.store import records
+from bench.store.environment import now_iso
 from bench.store.runs import JOB_KIND, JOBS_DIR, read_job_records
 
 MAX_ROUNDS = 10_000  # a guard only: every stop rule ends long before
@@ -52,6 +57,7 @@ class SeriesState:
     seconds: float = 0.0
     stopped: str | None = None  # the stop reason once decided
     failed: str | None = None  # error that stopped the series in this run
+    redo: set[int] = field(default_factory=set)  # rounds an earlier attempt of the run left without a record
 
     @property
     def active(self) -> bool:
@@ -149,6 +155,12 @@ class Scheduler:
                 state.stopped = record["stop_reason"]
             if self.manifest.state(record["job_key"]) != "done":
                 self.manifest.set_job(record["job_key"], "done", target_id=record["target"]["id"])
+        for job_key, entry in self.manifest.jobs().items():
+            series_key, _, round_text = job_key.rpartition("--r")
+            state = by_key.get(series_key)
+            if state is not None and round_text.isdigit() and entry["state"] != "done":
+                if int(round_text) not in state.rounds_done:
+                    state.redo.add(int(round_text))
 
     # --- running ------------------------------------------------------------------------------------------------
     def execute(self) -> None:
@@ -197,17 +209,22 @@ class Scheduler:
 
     def _run_target(self, target) -> None:
         failures_in_a_row = 0
-        self.manifest.set_target(target.id, state="running", kind=target.kind, name=target.name, label=target.label)
+        self.manifest.set_target(target.id, state="running", reason=None, kind=target.kind, name=target.name,
+                                 label=target.label)
+        states = self.states[target.id]
         try:
             for round_index in range(MAX_ROUNDS):
-                pending = [s for s in self.states[target.id] if s.active and round_index not in s.rounds_done]
-                if not any(s.active for s in self.states[target.id]):
+                if not any(s.active or s.redo for s in states):
                     break
+                pending = [s for s in states if round_index not in s.rounds_done
+                           and (s.active or (round_index in s.redo and s.failed is None))]
                 if not pending:
                     continue
                 ordered = round_order([s.series for s in pending], self.seed, target.id, round_index)
                 steps = [Step(s.job_key(round_index), s.key, s.variant, s.compute_unit, round_index) for s in ordered]
                 ok = self._run_round(target, round_index, steps)
+                for state in pending:
+                    state.redo.discard(round_index)  # attempted once in this resume, whatever the outcome
                 failures_in_a_row = 0 if ok else failures_in_a_row + 1
                 if (reason := self._quarantine_now.pop(target.id, None)) is not None:
                     self._quarantine(target, steps, reason)
@@ -277,12 +294,18 @@ class Scheduler:
             self.observer.job_finished(target.id, step, None, message)
 
     def _quarantine(self, target, last_steps: list[Step], reason: str) -> None:
-        """Stop using a device for this run; its last failed jobs say why. `--resume` measures them again."""
+        """Stop using a device for this run; its last failed jobs say why, and the run keeps every quarantine with
+        its reason and the error that caused it. `--resume` measures the jobs again."""
+        jobs = self.manifest.jobs()
+        last_error = jobs.get(last_steps[0].job_key, {}).get("error") if last_steps else None
         for step in last_steps:
-            error = self.manifest.jobs().get(step.job_key, {}).get("error")
+            error = jobs.get(step.job_key, {}).get("error")
             self.manifest.set_job(step.job_key, "quarantined", error=f"device quarantined ({reason}): {error}",
                                   target_id=target.id)
-        self.manifest.set_target(target.id, state="quarantined", reason=reason)
+        quarantines = self.manifest.data["targets"].get(target.id, {}).get("quarantines") or []
+        self.manifest.set_target(target.id, state="quarantined", reason=reason, quarantines=[
+            *quarantines, {"at": now_iso(), "reason": reason, "round": last_steps[0].round if last_steps else None,
+                           "last_error": last_error}])
         self.observer.target_finished(target.id, "quarantined", reason)
 
     # --- thermal gating ----------------------------------------------------------------------------------------------
@@ -326,7 +349,9 @@ class Scheduler:
         state.rounds_done.add(step.round)
         state.seconds += result.elapsed_s
         series_ci = median_ci(state.values, self.settings.rule.confidence)
-        reason = stop_reason(self.settings.rule, state.values, len(state.rounds_done), state.seconds, series_ci)
+        # A redone round of a series that already stopped adds its data; the stop was decided (and recorded) before.
+        reason = None if state.stopped else stop_reason(self.settings.rule, state.values, len(state.rounds_done),
+                                                        state.seconds, series_ci)
         throttled = [s for s in result.samples if s.get("thermal_state") not in (None, "nominal")]
         fraction = len(throttled) / len(result.samples) if result.samples else 0.0
         conditions: Conditions = gate["conditions"]

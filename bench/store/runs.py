@@ -33,10 +33,19 @@ from bench import atomic
 from bench.errors import RecordError
 from bench.store import records
 
-RUN_KIND, RUN_VERSION = "bench.run", 1
+RUN_KIND, RUN_VERSION = "bench.run", 2
 JOB_KIND, JOB_VERSION = "bench.jobresult", 1
 records.register_kind(RUN_KIND, RUN_VERSION)
 records.register_kind(JOB_KIND, JOB_VERSION)
+
+
+@records.migration(RUN_KIND, 1)
+def _run_v1_to_v2(run: dict[str, Any]) -> dict[str, Any]:
+    """v2 binds the run to the eval records its report shows (`evals`: variant_id → {record, sha256}) and keeps
+    every quarantine with its reason (`targets.<id>.quarantines`). A v1 run never recorded which evals it used:
+    `evals: null` says so (the report then falls back to the workspace's records and says that it did)."""
+    run.setdefault("evals", None)
+    return run
 
 MANIFEST_NAME = "run.json"
 JOBS_DIR = "jobs"

@@ -23,6 +23,7 @@ class Faults:
     unplug_after_bytes: int | None = None  # detach once this many AFC bytes were written (to paths with the marker)
     unplug_path_marker: str = "/models/"
     runner_crash: bool = False  # runner exits after writing result.partial.json, no DONE
+    runner_crash_first_jobs: int = 0  # like runner_crash, but only in the first N measuring jobs; then it works
     crash_before_done: bool = False  # runner writes a complete-looking result.json, then dies before DONE
     runner_hang: bool = False  # runner never finishes (until killed)
     malformed_result: bool = False  # result.json is not JSON, then DONE
@@ -78,6 +79,7 @@ class FakeIPhone:
         self.status_probes = 0
         self.uploaded_images: list[tuple[str, bytes]] = []  # (image type, bytes) received by mobile_image_mounter
         self.amfi_actions: list[int] = []  # com.apple.amfi.lockdown actions asked for
+        self.measure_jobs = 0  # measuring (not status) jobs the runner has started
         self.syslog_subscribers: list[asyncio.Queue] = []
         self._ports: dict[int, str] = {LOCKDOWN_PORT: "lockdownd"}
         self._next_port = itertools.count(49200)

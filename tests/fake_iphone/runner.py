@@ -102,6 +102,7 @@ async def _run(device, bundle_id: str, pid: int, job_id: str | None) -> None:
             log("status probe")
             _finish(results, _result(device, job_id, "complete", None, [], [], thermal=_thermal_now(device)))
             return
+        device.measure_jobs += 1
         try:
             await _measure(device, job, bench, results, log)
         except _Crash:
@@ -173,7 +174,7 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
         if last_of_model:
             partial = _result(device, job["job_id"], "partial", None, compiles, steps_out, started=started)
             _write_atomic(results / "result.partial.json", json.dumps(partial).encode())
-            if faults.runner_crash:
+            if faults.runner_crash or device.measure_jobs <= faults.runner_crash_first_jobs:
                 log("*** Terminating app due to uncaught exception (fake crash)")
                 raise _Crash()
     if faults.runner_hang:
