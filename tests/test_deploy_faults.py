@@ -119,8 +119,8 @@ def test_result_breaking_the_schema_is_refused(mux, variants):
 def test_untrusted_device_fails_fast_with_what_to_do(mux):
     phone = add_phone(mux, 1)
     phone.faults.untrusted = True
-    with pytest.raises(NotPaired, match="tap Trust") as caught:
-        api.deploy(phone.udid, job_spec([]), {}, {})
+    with pytest.raises(NotPaired, match="tap Trust") as caught:  # a valid job: only the pairing can fail
+        api.deploy(phone.udid, api.JobSpec(mode="status", warmup=0, repeats=0))
     assert "pymobiledevice3 lockdown pair" in str(caught.value)
     assert phone.requests["Pair"] == 0  # never asked the phone to show the Trust prompt
     health = api.health(phone.udid)
@@ -167,7 +167,7 @@ def test_disk_image_missing_and_ios17_without_tunnel(mux, variants):
 
 def test_device_not_attached_and_no_usbmuxd(mux, monkeypatch):
     with pytest.raises(DeviceNotFound, match="not attached"):
-        api.deploy("00008110-00000000000000FF", job_spec([]), {}, {})
+        api.deploy("00008110-00000000000000FF", api.JobSpec(mode="status", warmup=0, repeats=0))
     monkeypatch.setenv("USBMUXD_SOCKET_ADDRESS", str(mux.tmp / "absent.sock"))
     with pytest.raises(UsbmuxUnavailable, match="no usbmuxd"):
         api.discover()

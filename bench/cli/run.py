@@ -43,6 +43,7 @@ def run_command(
     evaluate: Annotated[bool | None, typer.Option("--eval/--no-eval", help="Evaluate caption quality after measuring.")] = None,
     report: Annotated[bool | None, typer.Option("--report/--no-report", help="Write the report after measuring.")] = None,
     lab: Annotated[str | None, typer.Option("--lab", help="HOST[:PORT] of a lab head: measure on the phones of every lab host (docs/lab.md).")] = None,
+    runner_timeout: Annotated[float | None, typer.Option("--runner-timeout", help="Seconds to wait for the iPhone runner per job (default: from model size and job length; also with --resume).")] = None,
 ) -> None:
     """Measure variants × targets × compute units × images; store every job at once; resumable."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools/transformers progress bars would tear the live view
@@ -56,7 +57,8 @@ def run_command(
     config = with_overrides(
         load_config(config_file), variants=_names(variants), targets=_names(targets),
         compute_units=_names(compute_units), images=images, rounds=rounds, seed=seed, ci_width=ci_width,
-        max_samples=max_samples, max_seconds=max_seconds, fixed=fixed, evaluate=evaluate, report=report, lab=lab)
+        max_samples=max_samples, max_seconds=max_seconds, fixed=fixed, evaluate=evaluate, report=report, lab=lab,
+        runner_timeout_s=runner_timeout)
     _quiet_libraries()
     workspace = Workspace.current()
     live = LiveProgress(console(), _settings(config).rule, config.images, config.repeats)

@@ -144,16 +144,42 @@ def _run(coroutine, udid: str | None = None):
     The modules turn the library errors they expect into messages that say what to do; anything from the library
     that still gets here becomes one DeviceError line too, never a traceback.
     """
-    from pymobiledevice3.exceptions import ConnectionTerminatedError, PyMobileDevice3Exception
+    from pymobiledevice3.exceptions import (
+        BadDevError,
+        ConnectionFailedError,
+        ConnectionFailedToUsbmuxdError,
+        ConnectionTerminatedError,
+        DeviceNotFoundError,
+        NoDeviceConnectedError,
+        PyMobileDevice3Exception,
+    )
 
+    _quiet_library_logs()
     try:
         return asyncio.run(coroutine)
-    except (ConnectionTerminatedError, ConnectionError, asyncio.IncompleteReadError) as err:
+    except ConnectionFailedToUsbmuxdError as err:
+        from bench.deploy.errors import UsbmuxUnavailable
+
+        raise UsbmuxUnavailable(f"usbmuxd stopped answering ({err})", udid=udid,
+                                action="check that usbmuxd runs (`systemctl status usbmuxd`), then try again") from None
+    except (ConnectionTerminatedError, ConnectionError, asyncio.IncompleteReadError, DeviceNotFoundError,
+            NoDeviceConnectedError, BadDevError, ConnectionFailedError) as err:
         raise DeviceNotFound(f"lost contact with the device ({type(err).__name__}: {err})", udid=udid,
                              action="reconnect the cable, unlock the phone and try again") from None
     except PyMobileDevice3Exception as err:
         raise DeployError(f"the device refused a request ({type(err).__name__}: {err})", udid=udid,
                           action="check the phone with `bench devices`, then try again") from None
+
+
+def _quiet_library_logs() -> None:
+    """pymobiledevice3 logs the errors it raises (some with a traceback, e.g. a DTX channel lost mid-open); with no
+    logging configured Python would print those to stderr after our one line. A NullHandler keeps them off the
+    terminal while a configured root logger (a verbose mode) still receives them."""
+    import logging
+
+    library = logging.getLogger("pymobiledevice3")
+    if not any(isinstance(handler, logging.NullHandler) for handler in library.handlers):
+        library.addHandler(logging.NullHandler())
 
 
 # ---- discovery and health -----------------------------------------------------------------------------------------
@@ -276,25 +302,29 @@ def package_hashes(variant_dir: Path) -> dict[str, str]:
     return hashes
 
 
-def build_job(spec: JobSpec, job_id: str, model_paths: dict[str, dict[str, str]],
-              input_paths: dict[str, tuple[str, tuple[int, ...]]]) -> dict:
-    """The bench.job v1 document (contracts §5); paths are relative to Documents/bench/."""
+def build_job(spec: JobSpec, job_id: str, packages: dict[str, dict[str, str]], input_hashes: dict[str, str],
+              inputs: dict[str, InputTensor] | None = None) -> dict:
+    """The bench.job v1 document for `spec`, made and checked by bench.deploy.contract (the one place a job is
+    built). `packages`: {variant_id: {"encoder": sha, "decoder": sha}}; `input_hashes`: {image_id: sha of the .f32}.
+    With `inputs`, each tensor must be the float32 [1, 3, S, S] its model's image size asks for."""
+    from bench.deploy import contract
+    from bench.errors import ContractError
+
     models = []
     for model in spec.models:
-        entry = {"variant_id": model.variant_id, "encoder": model_paths[model.variant_id]["encoder"],
-                 "decoder": model_paths[model.variant_id]["decoder"], "image_size": model.image_size,
-                 "decode": dict(model.decode),
-                 "inputs": [{"image_id": image_id, "path": input_paths[image_id][0],
-                             "shape": list(input_paths[image_id][1])} for image_id in model.inputs]}
-        if model.decoder_length is not None:
-            entry["decoder_length"] = model.decoder_length
-        if model.io:
-            entry["io"] = dict(model.io)
-        models.append(entry)
-    return {"schema": "bench.job", "schema_version": 1, "job_id": job_id,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mode": spec.mode, "warmup": spec.warmup, "repeats": spec.repeats, "compute_plan": spec.compute_plan,
-            "models": models, "steps": [{"variant_id": v, "compute_unit": c} for v, c in spec.steps]}
+        for image_id in model.inputs:
+            tensor = (inputs or {}).get(image_id)
+            size = model.image_size
+            if tensor is not None and (tuple(tensor.shape) != (1, 3, size, size) or len(tensor.data) != 12 * size * size):
+                raise ContractError(f"input {image_id!r} of {model.variant_id}: shape {tuple(tensor.shape)}, "
+                                    f"{len(tensor.data)} bytes; the model needs float32 [1, 3, {size}, {size}]")
+        models.append(contract.model_entry(
+            variant_id=model.variant_id, encoder_sha256=packages[model.variant_id]["encoder"],
+            decoder_sha256=packages[model.variant_id]["decoder"], image_size=model.image_size, decode=model.decode,
+            inputs=[(image_id, input_hashes[image_id]) for image_id in model.inputs], io=model.io,
+            decoder_length=model.decoder_length))
+    return contract.build_job(job_id=job_id, models=models, steps=spec.steps, mode=spec.mode, warmup=spec.warmup,
+                              repeats=spec.repeats, compute_plan=spec.compute_plan)
 
 
 def deploy(udid: str, spec: JobSpec, variant_dirs: dict[str, Path] | None = None,
@@ -310,35 +340,37 @@ def deploy_job(udid: str, job_spec: JobSpec, variant_dirs: dict[str, Path] | Non
 
 
 async def _deploy(udid, spec: JobSpec, variant_dirs, inputs, bundle_id) -> DeployReport:
-    from bench.deploy.hashing import bytes_sha256
-    from bench.deploy.validate import validate_job
+    import json
 
+    from bench.deploy.hashing import bytes_sha256
+
+    # Everything that can be checked here is, before a connection is opened or a byte is sent.
     job_id = spec.job_id or new_job_id()
-    model_paths, input_paths = {}, {}
+    missing = [m.variant_id for m in spec.models if m.variant_id not in variant_dirs]
+    if missing:
+        raise DeviceError(f"no directory given for variant {missing[0]}", udid=udid)
+    absent = sorted({i for m in spec.models for i in m.inputs if i not in inputs})
+    if absent:
+        raise DeviceError(f"no input tensor given for image {absent[0]}"
+                          f"{f' (and {len(absent) - 1} more)' if len(absent) > 1 else ''}", udid=udid)
+    packages = {m.variant_id: package_hashes(Path(variant_dirs[m.variant_id])) for m in spec.models}
+    input_hashes = {i: bytes_sha256(inputs[i].data) for m in spec.models for i in m.inputs}
+    job = build_job(spec, job_id, packages, input_hashes, inputs)
+    payload = (json.dumps(job, indent=1) + "\n").encode()
+
     model_bytes = input_bytes = models_skipped = inputs_skipped = 0
     async with DeviceSession(udid, bundle_id=bundle_id) as device, device.container() as afc:
         for model in spec.models:
-            if model.variant_id not in variant_dirs:
-                raise DeviceError(f"no directory given for variant {model.variant_id}", udid=udid)
             variant_dir = Path(variant_dirs[model.variant_id])
-            model_paths[model.variant_id] = {}
-            for role, sha in package_hashes(variant_dir).items():
+            for role, sha in packages[model.variant_id].items():
                 stats = await container.push_tree(afc, variant_dir / f"{role}.mlpackage",
                                                   f"{container.MODELS}/{sha}", udid, inner=f"{role}.mlpackage")
                 model_bytes += stats.bytes_sent
                 models_skipped += stats.skipped
-                model_paths[model.variant_id][role] = f"models/{sha}/{role}.mlpackage"
-            for image_id in model.inputs:
-                if image_id in input_paths:
-                    continue
-                tensor = inputs[image_id]
-                sha = bytes_sha256(tensor.data)
-                stats = await container.push_bytes(afc, tensor.data, f"{container.INPUTS}/{sha}.f32", udid)
-                input_bytes += stats.bytes_sent
-                inputs_skipped += stats.skipped
-                input_paths[image_id] = (f"inputs/{sha}.f32", tuple(tensor.shape))
-        job = build_job(spec, job_id, model_paths, input_paths)
-        payload = validate_job(job, udid=udid)
+        for image_id, sha in input_hashes.items():
+            stats = await container.push_bytes(afc, inputs[image_id].data, f"{container.INPUTS}/{sha}.f32", udid)
+            input_bytes += stats.bytes_sent
+            inputs_skipped += stats.skipped
         # Written last, after every push above was size-checked and renamed into place.
         await container.push_bytes(afc, payload, f"{container.JOBS}/{job_id}/job.json", udid, overwrite=True)
     return DeployReport(job_id, model_bytes, input_bytes, models_skipped, inputs_skipped, job)

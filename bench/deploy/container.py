@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.deploy.contract import CONTAINER_ROOT
-from bench.deploy.errors import DeviceNotFound, PushFailed, ResultInvalid, RunnerNotInstalled
+from bench.deploy.errors import DeviceNotFound, PushFailed, ResultInvalid, RunnerNotDebuggable, RunnerNotInstalled
 
 ROOT = CONTAINER_ROOT  # "Documents/bench", defined once by the contract
 MODELS = f"{ROOT}/models"
@@ -42,20 +42,81 @@ class PushStats:
     skipped: int = 0  # content already on the device
 
 
+class SettledRequests(dict):
+    """Stands in for the AFC client's table of in-flight requests (packet number -> future) and keeps every
+    future it was given until that future's error has been read.
+
+    When the connection drops, pymobiledevice3 11.45 sets the error on every pending request future
+    (services/afc.py, `_afc_reader_loop`); a request whose task was cancelled or failed while sending never reads
+    it, and asyncio then prints "Future exception was never retrieved" with a traceback, once per such request,
+    after our one-line error. `settle()` reads every finished future's error (and forgets it), so each error of a
+    concurrent push is awaited here or by its task. Memory stays bounded: settled futures are dropped as we go.
+    """
+
+    SWEEP_AT = 64
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.issued: list[asyncio.Future] = []
+
+    def __setitem__(self, packet, future) -> None:
+        if len(self.issued) >= self.SWEEP_AT:
+            self.settle()
+        self.issued.append(future)
+        super().__setitem__(packet, future)
+
+    def settle(self) -> None:
+        """Read the outcome of every finished request (marking its error as retrieved); keep the unfinished."""
+        waiting = []
+        for future in self.issued:
+            if not future.done():
+                waiting.append(future)
+            elif not future.cancelled():
+                future.exception()
+        self.issued = waiting
+
+
+def connection_lost(afc) -> bool:
+    """Whether the AFC connection has ended (its reader saw the device go; pinned 11.45 internals)."""
+    terminated = getattr(afc, "_afc_terminated", None)
+    return bool(terminated is not None and terminated.is_set())
+
+
+def settle_requests(afc) -> None:
+    """Read every finished request's error (after a drop or a close), so asyncio never prints one later."""
+    pending = getattr(afc, "_afc_pending", None)
+    if isinstance(pending, SettledRequests):
+        pending.settle()
+
+
 async def open_container(lockdown, bundle_id: str, udid: str):
-    """A HouseArrestService rooted at the app's data container."""
+    """A HouseArrestService rooted at the app's data container, its request futures tracked (SettledRequests)."""
     from pymobiledevice3.exceptions import AppNotInstalledError, PyMobileDevice3Exception
     from pymobiledevice3.services.house_arrest import HouseArrestService
 
     try:
-        return await HouseArrestService.create(lockdown, bundle_id)
+        afc = await HouseArrestService.create(lockdown, bundle_id)
+        afc._afc_pending = SettledRequests(afc._afc_pending)
+        return afc
     except AppNotInstalledError:
         raise RunnerNotInstalled(f"{bundle_id} is not installed", udid=udid,
                                  action="run `bench devices install Runner.ipa`") from None
     except PyMobileDevice3Exception as err:
-        raise RunnerNotInstalled(f"cannot open the container of {bundle_id}: {err}", udid=udid,
-                                 action="install a development-signed runner (get-task-allow) with "
-                                        "`bench devices install Runner.ipa`") from None
+        raise RunnerNotDebuggable(f"{bundle_id} is installed but its container cannot be opened "
+                                  f"({vend_refusal(err)}): it is signed for distribution", udid=udid,
+                                  action=SIGNING_ACTION) from None
+
+
+SIGNING_ACTION = ("sign with a development profile (get-task-allow), e.g. `runner/build.sh`, then "
+                  "`bench devices install runner/build/BenchRunner.ipa`")
+
+
+def vend_refusal(err: Exception) -> str:
+    """house_arrest's own reason ("InstallationLookupFailed"), without the library's multi-line "please report"
+    advice it appends to errors it has no class for."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    reason = first.rsplit(": ", 1)[-1].rstrip(".")
+    return f"house_arrest: {reason}" if reason else "house_arrest refused it"
 
 
 def _transfer_error(err: BaseException, udid: str, what: str) -> Exception:
@@ -68,22 +129,24 @@ def _transfer_error(err: BaseException, udid: str, what: str) -> Exception:
 
 
 async def _write_file(afc, remote: str, data_source: Path | bytes) -> int:
-    """Write one file in 4 MiB requests; return the bytes sent."""
+    """Write one file in 4 MiB requests; return the bytes sent.
+
+    The handle is closed only after a complete write: a failed or cancelled push is abandoned with its connection
+    (AFC handles belong to the connection), and writing a close request into a dead connection only adds noise.
+    """
     handle = await afc.fopen(remote, "w")
     sent = 0
-    try:
-        if isinstance(data_source, bytes):
-            for offset in range(0, len(data_source), WRITE_CHUNK):
-                chunk = data_source[offset:offset + WRITE_CHUNK]
+    if isinstance(data_source, bytes):
+        for offset in range(0, len(data_source), WRITE_CHUNK):
+            chunk = data_source[offset:offset + WRITE_CHUNK]
+            await afc.fwrite(handle, chunk)
+            sent += len(chunk)
+    else:
+        with open(data_source, "rb") as local:
+            while chunk := local.read(WRITE_CHUNK):
                 await afc.fwrite(handle, chunk)
                 sent += len(chunk)
-        else:
-            with open(data_source, "rb") as local:
-                while chunk := local.read(WRITE_CHUNK):
-                    await afc.fwrite(handle, chunk)
-                    sent += len(chunk)
-    finally:
-        await afc.fclose(handle)
+    await afc.fclose(handle)
     return sent
 
 
@@ -179,6 +242,8 @@ async def _discard(afc, path: str) -> None:
     """Best effort: the connection may be gone. A leftover .tmp- name is never read and is pruned later."""
     from pymobiledevice3.exceptions import PyMobileDevice3Exception
 
+    if connection_lost(afc):
+        return  # nothing can be removed through a dead connection; the next prune does it
     try:
         await asyncio.wait_for(afc.rm(path, force=True), timeout=5)
     except (PyMobileDevice3Exception, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):

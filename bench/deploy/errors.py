@@ -20,6 +20,13 @@ class DeployError(DeviceError):
     def kind(self) -> str:
         return type(self).__name__
 
+    def with_detail(self, detail: str) -> "DeployError":
+        """The same error (class, device, action, attributes) with `detail` added to its message."""
+        copy = type(self)(f"{self.message}; {detail}", udid=self.udid, action=self.action)
+        for key, value in vars(self).items():
+            copy.__dict__.setdefault(key, value)
+        return copy
+
 
 class UsbmuxUnavailable(DeployError):
     """No usbmuxd socket (no daemon running, or a bad USBMUXD_SOCKET_ADDRESS)."""
@@ -54,6 +61,11 @@ class TunnelUnavailable(DeployError):
 
 class RunnerNotInstalled(DeployError):
     """The benchmark runner app is not on the device."""
+
+
+class RunnerNotDebuggable(DeployError):
+    """The runner is installed but its data container cannot be opened: it is signed for distribution (no
+    get-task-allow), so house_arrest refuses it and DVT could not launch it either."""
 
 
 class InstallFailed(DeployError):

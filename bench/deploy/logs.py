@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 class SyslogTail:
@@ -20,6 +23,7 @@ class SyslogTail:
         self._held: list[str] = []
         self.pid: int | None = None
         self.lines = 0
+        self._last_line_at = time.monotonic()
 
     def _wanted(self, line: str) -> bool:
         if self.pid is not None and f"[{self.pid}]" in line:
@@ -35,7 +39,15 @@ class SyslogTail:
 
     def _emit(self, line: str) -> None:
         self.lines += 1
+        self._last_line_at = time.monotonic()
         self._on_line(line)
+
+    async def drain(self, *, idle_s: float = 0.3, limit_s: float = 2.0) -> None:
+        """Wait until the runner's lines have stopped for `idle_s` (at most `limit_s`): syslog_relay delivers them
+        a little after the files they describe, and the last ones ("job …: failed", the reason) matter most."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and time.monotonic() - self._last_line_at < idle_s:
+            await asyncio.sleep(0.05)
 
     async def _run(self) -> None:
         from pymobiledevice3.exceptions import PyMobileDevice3Exception
@@ -79,3 +91,51 @@ async def _lines(syslog):
         for line in complete:
             if line:
                 yield line.decode("utf-8", "replace")
+
+
+class JobLog:
+    """The runner's log lines of one job, bounded, kept for the run directory (`jobs/<job_id>.log`).
+
+    Lines come from the device and are untrusted: control characters are replaced (a line never moves the
+    terminal's cursor when printed), each line is cut at MAX_LINE_CHARS, and past MAX_BYTES further lines are only
+    counted, so a runner that logs in a loop cannot exhaust the host's memory or disk.
+    """
+
+    MAX_LINE_CHARS = 2000
+    MAX_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.lines: list[str] = []
+        self.dropped = 0
+        self._bytes = 0
+
+    def add(self, line: str) -> None:
+        line = _CONTROL.sub("?", str(line).rstrip("\n"))
+        if len(line) > self.MAX_LINE_CHARS:
+            line = line[: self.MAX_LINE_CHARS - 1] + "…"
+        size = len(line.encode("utf-8", "replace")) + 1
+        if self._bytes + size > self.MAX_BYTES:
+            self.dropped += 1
+            return
+        self._bytes += size
+        self.lines.append(line)
+
+    def text(self) -> str:
+        tail = [f"… {self.dropped} more lines not kept (over {self.MAX_BYTES} bytes)"] if self.dropped else []
+        return "\n".join(self.lines + tail) + "\n"
+
+    def save(self, folder: Path) -> Path:
+        """Write `<folder>/<job_id>.log` (temp then rename) and return its path."""
+        from bench import atomic
+
+        return atomic.write_text(Path(folder) / f"{self.job_id}.log", self.text(), durable=False)
+
+    def last_line(self, limit: int = 160) -> str | None:
+        if not self.lines:
+            return None
+        line = self.lines[-1]
+        return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

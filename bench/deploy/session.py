@@ -26,6 +26,7 @@ from bench.deploy.errors import (
     DeviceNotFound,
     ResultInvalid,
     RunnerCrashed,
+    RunnerNotDebuggable,
     RunnerTimeout,
 )
 from bench.deploy.install import RUNNER_BUNDLE_ID, AppInfo
@@ -125,7 +126,18 @@ class DeviceSession:
         report.runner = await install.lookup(self.lockdown, self.bundle_id)
         if report.runner is None:
             report.problems.append("runner not installed: run `bench devices install Runner.ipa`")
+        else:
+            await self._check_container(report)
         return report
+
+    async def _check_container(self, report: HealthReport) -> None:
+        """Open the runner's container, as every job will: a distribution-signed runner installs and looks fine in
+        installd's list, but house_arrest (and DVT) refuse it, so only this says it is not ready."""
+        try:
+            async with self.container():
+                pass
+        except RunnerNotDebuggable as err:
+            report.problems.append(problem_line(err))
 
     async def install(self, package: Path) -> AppInfo | None:
         from bench.deploy import install
@@ -164,6 +176,7 @@ class DeviceSession:
                                                  {"BENCH_JOB_ID": job_id})
                         tail.set_pid(pid)
                         await self._wait_done(afc, runner, pid, results, timeout_s, poll_s)
+                await tail.drain()
             result = await container.pull(afc, f"{results}/result.json", self.udid)
             job = await container.pull(afc, f"{container.JOBS}/{job_id}/job.json", self.udid)
             return result, job
@@ -180,14 +193,15 @@ class DeviceSession:
                 if time.monotonic() >= deadline:
                     await runner.kill(pid)
                     raise RunnerTimeout(f"no DONE after {timeout_s:.0f} s; the runner (pid {pid}) was killed",
-                                        udid=self.udid, action="raise the timeout or look at the runner's log lines")
+                                        udid=self.udid, action="if the job is only slow, raise --runner-timeout "
+                                                               "(run.yaml runner_timeout_s); else see the runner's log")
                 if await runner.pid_of(self.bundle_id) != pid:
                     if gone_once:  # one more look for DONE: the runner may exit right after writing it
                         partial = await afc.exists(f"{results}/result.partial.json")
                         raise RunnerCrashed(
                             f"the runner (pid {pid}) exited without writing DONE"
                             f"{'; result.partial.json was left and is not used' if partial else ''}",
-                            udid=self.udid, action="see its log lines; look for a crash log in "
+                            udid=self.udid, action="see the runner's log; look for a crash log in "
                                                    "Settings > Privacy > Analytics Data")
                     gone_once = True
                 await asyncio.sleep(poll_s)
@@ -211,6 +225,8 @@ class _Container:
             await self._afc.aclose()
         except (OSError, ConnectionError):
             pass  # the device may already be gone
+        finally:
+            container.settle_requests(self._afc)  # aclose fails what was still in flight: read those errors too
 
 
 def parse_json(raw: bytes, udid: str, what: str) -> dict:

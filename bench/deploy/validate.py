@@ -3,8 +3,6 @@ this module only turns its ContractError into ResultInvalid (a DeviceError) nami
 
 from __future__ import annotations
 
-import json
-
 from bench.deploy import contract
 from bench.deploy.errors import ResultInvalid
 from bench.errors import BenchError
@@ -18,13 +16,3 @@ def validate_result(raw: bytes, *, udid: str | None = None, job: dict | None = N
         return contract.validate_result(raw, job=job, job_id=job_id, source="result.json")
     except BenchError as err:
         raise ResultInvalid(str(err), udid=udid, action=_VERSION_ACTION) from None
-
-
-def validate_job(job: dict, *, udid: str | None = None) -> bytes:
-    """The job serialised for the device, after checking it against the contract."""
-    payload = (json.dumps(job, indent=1) + "\n").encode()
-    try:
-        contract.validate_job(payload, source="job.json")
-    except BenchError as err:
-        raise ResultInvalid(str(err), udid=udid, action=_VERSION_ACTION) from None
-    return payload

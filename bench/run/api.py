@@ -194,7 +194,8 @@ def _targets_and_executor(config: RunConfig, names: list[str], workspace: Worksp
         return open_lab(config.lab, names)
     from bench.run.targets import resolve_targets
 
-    return resolve_targets(names, workspace=workspace, host_threads=config.host_threads), None
+    return resolve_targets(names, workspace=workspace, host_threads=config.host_threads,
+                           runner_timeout_s=config.runner_timeout_s), None
 
 
 # --- resuming ----------------------------------------------------------------------------------------------------
@@ -220,9 +221,11 @@ def resolve_run_dir(run: str | Path, workspace: Workspace, *, own: bool = False)
 def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = None,
                variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
                observer: RunObserver | None = None, sleep=None, force: bool = False, executor=None,
-               lab: str | None = None, hold_lock: bool = False) -> RunOutcome:
+               lab: str | None = None, hold_lock: bool = False,
+               runner_timeout_s: float | None = None) -> RunOutcome:
     """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series.
     `lab`: the lab head's address now (a lab run resumes on the lab it was planned on unless told otherwise).
+    `runner_timeout_s` (e.g. `--runner-timeout` after a timeout) replaces the run's own for this resume.
 
     Every refusal (a complete run, another workspace's run, a run another process is measuring, a damaged or
     irreproducible plan) happens before anything in the run directory is changed."""
@@ -242,6 +245,8 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
             variants = [v for v in variants if v.variant_id in wanted]
         if lab:
             config = config.model_copy(update={"lab": lab})
+        if runner_timeout_s:  # not a measurement setting: changing it keeps the run comparable
+            config = config.model_copy(update={"runner_timeout_s": runner_timeout_s})
         if images is None:
             images, _ = open_images(config)
         planned_ids = plan["images"]["image_ids"]
@@ -345,6 +350,9 @@ def _planned_variants(plan: dict, workspace: Workspace) -> list[VariantRef]:
 
 def _measure(manifest: RunManifest, config: RunConfig, series: list[Series], targets: list, images, observer,
              sleep, workspace: Workspace, executor=None) -> RunOutcome:
+    for target in targets:  # device targets keep each job's runner log beside its records (jobs/<job id>.log)
+        if hasattr(target, "keep_logs_in"):
+            target.keep_logs_in(manifest.run_dir / run_store.JOBS_DIR)
     scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, _settings(config), manifest.data["seed"],
                           observer=observer, base_conditions=_base_conditions(), sleep=sleep, executor=executor)
     scheduler.execute()  # Ctrl-C propagates after the manifest says "interrupted"
@@ -380,7 +388,8 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
                  observer: RunObserver | None = None, log=print) -> RunOutcome:
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
     if resume:
-        outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab, hold_lock=True)
+        outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab, hold_lock=True,
+                             runner_timeout_s=config.runner_timeout_s)
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)

@@ -58,6 +58,9 @@ class RunConfig(_Strict):
     seed: Optional[int] = None  # None: drawn at random and recorded in run.json
     compute_plan: bool = True
     host_threads: int = Field(1, ge=1)
+    # Seconds to wait for the iPhone runner per job; None: derived from the job's model sizes and length
+    # (bench.run.targets.iphone.runner_timeout). Not a measurement setting: a resume may change it.
+    runner_timeout_s: Optional[float] = Field(None, gt=0, le=7 * 24 * 3600)
     evaluate: bool = True  # caption quality of every variant (bench.eval) after measuring
     eval_images: int = Field(100, ge=1)  # BLEU on fewer images has CIs too wide to rank variants
     report: bool = True
@@ -106,4 +109,8 @@ def with_overrides(config: RunConfig, **overrides) -> RunConfig:
         problem = err.errors()[0]
         # The flag the user typed: --ci-width, not the adaptive.ci_width it is stored as.
         flag = str(problem["loc"][-1] if problem["loc"][0] == "adaptive" else problem["loc"][0])
-        raise InputError(f"--{flag.replace('_', '-')}: {problem['msg'].removeprefix('Value error, ')}") from None
+        flag = _FLAGS.get(flag, flag.replace("_", "-"))
+        raise InputError(f"--{flag}: {problem['msg'].removeprefix('Value error, ')}") from None
+
+
+_FLAGS = {"runner_timeout_s": "runner-timeout"}  # settings whose flag is not their key with dashes

@@ -26,8 +26,12 @@ class Faults:
     runner_crash_first_jobs: int = 0  # like runner_crash, but only in the first N measuring jobs; then it works
     crash_before_done: bool = False  # runner writes a complete-looking result.json, then dies before DONE
     runner_hang: bool = False  # runner never finishes (until killed)
+    unplug_while_running: bool = False  # the cable goes after the runner's first step
     malformed_result: bool = False  # result.json is not JSON, then DONE
     oversized_result: bool = False  # result.json larger than 64 MiB, then DONE
+    result_unwritable: bool = False  # runner cannot write its result: writes the failed fallback, then DONE
+    done_without_result: bool = False  # runner writes DONE but no result.json (the fallback failed too)
+    log_flood: int = 0  # extra runner log lines (long, with terminal escape sequences) before the result
     thermal_serious_probes: int = 0  # the first N status jobs report "serious", later ones "nominal"
     install_verification_fails: bool = False  # installd answers ApplicationVerificationFailed
     runner_seconds: float = 0.05  # simulated work per step
@@ -39,6 +43,7 @@ class App:
     bundle_id: str
     version: str
     build: str
+    development_signed: bool = True  # get-task-allow: house_arrest vends its container, DVT may launch it
 
 
 @dataclass
@@ -109,8 +114,9 @@ class FakeIPhone:
     def bench_dir(self, bundle_id: str | None = None) -> Path:
         return self.container(bundle_id or self.runner_bundle_id) / "Documents" / "bench"
 
-    def install_app(self, bundle_id: str, version: str = "1.0", build: str = "1") -> None:
-        self.apps[bundle_id] = App(bundle_id, version, build)
+    def install_app(self, bundle_id: str, version: str = "1.0", build: str = "1", *,
+                    development_signed: bool = True) -> None:
+        self.apps[bundle_id] = App(bundle_id, version, build, development_signed)
         self.container(bundle_id)
 
     def model_bytes_written(self) -> int:

@@ -149,6 +149,9 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
                                  "compile_ns": None if missing else 40_000_000 + _tree_bytes(path) * 3})
         log(f"step {model['variant_id']} {unit}")
         await asyncio.sleep(faults.runner_seconds)
+        if faults.unplug_while_running:
+            faults.unplug_while_running = False
+            device.unplug()
         if missing:
             steps_out.append(_step(model, unit, f"missing on device: {', '.join(p.name for p in missing)}", [], []))
         else:
@@ -180,6 +183,17 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
     if faults.runner_hang:
         log("hanging")
         await asyncio.Event().wait()
+    for number in range(faults.log_flood):
+        log(f"flood {number} \x1b[2J\x1b[31m" + "x" * 300)
+    if faults.result_unwritable:  # JobRunner.finish: encoding failed, so a failed result says why, then DONE
+        log("could not write result.json: the data couldn't be written")
+        _finish(results, _result(device, job["job_id"], "failed", "could not write result.json: the data "
+                                 "couldn't be written", [], [], started=started))
+        return
+    if faults.done_without_result:
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "DONE").write_bytes(b"failed\n")
+        return
     final = _result(device, job["job_id"], "complete", None, compiles, steps_out, started=started)
     if faults.malformed_result:
         _write_atomic(results / "result.json", b'{"schema": "bench.result", "schema_version": 1, "job_id": ')

@@ -42,6 +42,10 @@ async def _house_arrest(device, reader, writer) -> None:
     if bundle_id not in device.apps:
         await write_plist(writer, {"Error": "ApplicationLookupFailed"})
         return
+    if request["Command"] == "VendContainer" and not device.apps[bundle_id].development_signed:
+        # What installd's lookup answers for an app without get-task-allow (App Store / ad-hoc distribution).
+        await write_plist(writer, {"Error": "InstallationLookupFailed"})
+        return
     await write_plist(writer, {"Status": "Complete"})
     root = device.container(bundle_id)
     if request["Command"] == "VendDocuments":

@@ -43,8 +43,10 @@ def _inventory(workspace):
     return load_inventory(workspace.devices_file)
 
 
-def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_threads: int = 1) -> list:
-    """Target objects for the given names, in order, without duplicates."""
+def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_threads: int = 1,
+                    runner_timeout_s: float | None = None) -> list:
+    """Target objects for the given names, in order, without duplicates. `runner_timeout_s`: iPhone jobs' timeout
+    (None: derived per job)."""
     from bench.run.targets.host_torch import HostTorchTarget
     from bench.run.targets.iphone import IPhoneTarget
     from bench.run.targets.macos_coreml import MacCoreMLTarget
@@ -67,7 +69,7 @@ def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_t
                 targets.setdefault("host-torch", HostTorchTarget(threads=host_threads))
             for device in chosen:
                 target = IPhoneTarget(device["udid"], name=device["name"], model=device["model"],
-                                      os_build=device["os_build"], api=api)
+                                      os_build=device["os_build"], api=api, timeout_s=runner_timeout_s)
                 targets.setdefault(target.id, target)
     return list(targets.values())
 

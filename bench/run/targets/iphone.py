@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from bench.errors import DeviceError
@@ -56,6 +57,33 @@ def _default_preprocess(images: list, size: int, mode: str, variant=None):
 _PREPROCESSOR = None
 _PREPROCESSOR_LOCK = threading.Lock()
 
+# The default runner timeout of a job is a generous budget, not a prediction: roughly ten times what a recent
+# iPhone needs on its slowest compute unit, so only a hung or crashed runner ever reaches it, while a 20-step round
+# of fp32 BLIP (about 1 GB) still gets the hour it may need. run.yaml `runner_timeout_s` / `--runner-timeout` fix it.
+TIMEOUT_FLOOR_S = 300.0  # launch, the first compile, Core ML's first device specialisation
+LOAD_S_PER_GB = 300.0  # per step: compile + cold load + warm load, per GB of the variant's packages
+CAPTION_S = 2.0  # per caption (warm-up or sample) of a small model
+CAPTION_S_PER_GB = 20.0  # … and per GB of the variant's packages
+
+
+def runner_timeout(request: RoundRequest, sizes: dict[str, int]) -> float:
+    """Seconds to wait for the runner's DONE on one round: floor + per step, load and captions scaled by the size
+    of that step's variant (`sizes`: variant_id -> bytes of its encoder and decoder packages)."""
+    captions = request.warmup + request.repeats * len(request.images)
+    total = TIMEOUT_FLOOR_S
+    for step in request.steps:
+        gigabytes = sizes.get(step.variant.variant_id, 0) / 1e9
+        total += LOAD_S_PER_GB * gigabytes + captions * (CAPTION_S + CAPTION_S_PER_GB * gigabytes)
+    return round(total)
+
+
+def package_bytes(variant_dir: Path | None) -> int:
+    """Bytes of a variant's encoder and decoder packages on disk (0 when it has none)."""
+    if variant_dir is None:
+        return 0
+    return sum(path.stat().st_size for role in ("encoder", "decoder")
+               for path in (Path(variant_dir) / f"{role}.mlpackage").rglob("*") if path.is_file())
+
 
 class IPhoneTarget:
     kind = "iphone"
@@ -64,8 +92,9 @@ class IPhoneTarget:
     parallel_safe = True
 
     def __init__(self, udid: str, *, name: str | None = None, model: str | None = None, os_build: str | None = None,
-                 api: Any = None, timeout_s: float = 1800.0, poll_s: float = 1.0,
+                 api: Any = None, timeout_s: float | None = None, poll_s: float = 1.0,
                  preprocess: Callable = _default_preprocess):
+        """`timeout_s`: seconds to wait for the runner per job; None derives it from the job (runner_timeout)."""
         if api is None:
             from bench.deploy import api as deploy_api
 
@@ -80,10 +109,21 @@ class IPhoneTarget:
         self._poll_s = poll_s
         self._preprocess = preprocess
         self._inputs: dict[str, Any] = {}
-        self.log_lines: list[str] = []
+        self._sizes: dict[str, int] = {}
+        self._log_dir: Path | None = None
+        self.last_log = None  # the JobLog of the latest round
+
+    @property
+    def log_lines(self) -> list[str]:
+        return self.last_log.lines if self.last_log is not None else []
+
+    def keep_logs_in(self, folder: Path) -> None:
+        """Store each job's runner log lines as <folder>/<runner job id>.log (the run's jobs/ folder)."""
+        self._log_dir = Path(folder)
 
     def conditions(self) -> Conditions:
-        status = self._api.device_status(self.udid, timeout_s=min(self._timeout_s, 120.0), poll_s=self._poll_s)
+        status = self._api.device_status(self.udid, timeout_s=min(self._timeout_s or 120.0, 120.0),
+                                         poll_s=self._poll_s)
         return self.conditions_from(status)
 
     def conditions_from(self, status: Any) -> Conditions:
@@ -109,13 +149,41 @@ class IPhoneTarget:
     def run_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
         if should_stop():
             raise Interrupted()
+        from bench.deploy.logs import JobLog
+
         spec, variant_dirs, inputs, keys = self.job_for(request)
         started, clock = now_iso(), time.perf_counter()
         job_id = self._api.deploy_job(self.udid, spec, variant_dirs, inputs)
-        result = self._api.run_job(self.udid, job_id, timeout_s=self._timeout_s, on_log=self.log_lines.append,
-                                   poll_s=self._poll_s)
+        self.last_log = log = JobLog(job_id)
+        try:
+            result = self._api.run_job(self.udid, job_id, timeout_s=self.timeout_for(request), on_log=log.add,
+                                       poll_s=self._poll_s)
+        except DeviceError as err:
+            where = self._save_log(log)
+            raise (err.with_detail(where) if hasattr(err, "with_detail") else err) from None
+        where = self._save_log(log)
         finished, elapsed = now_iso(), time.perf_counter() - clock
-        yield from self.step_results(result, keys, started, finished, elapsed)
+        yield from self.step_results(result, keys, started, finished, elapsed, log_note=where)
+
+    def timeout_for(self, request: RoundRequest) -> float:
+        if self._timeout_s is not None:
+            return self._timeout_s
+        for step in request.steps:
+            if step.variant.variant_id not in self._sizes:
+                self._sizes[step.variant.variant_id] = package_bytes(step.variant.path)
+        return runner_timeout(request, self._sizes)
+
+    def _save_log(self, log) -> str:
+        """Store the job's runner log with the run; the words that point a failure at it."""
+        last = log.last_line()
+        said = f", last line: {last!r}" if last else ", no lines"
+        if self._log_dir is None:
+            return f"runner log of job {log.job_id}{said}"
+        try:
+            path = log.save(self._log_dir)
+        except OSError as err:
+            return f"runner log of job {log.job_id} not stored ({err.strerror or err}){said}"
+        return f"runner log: {path}{said}"
 
     def job_for(self, request: RoundRequest):
         """The runner job of a round: (spec, variant directories, input tensors, (variant, unit) -> job key)."""
@@ -152,8 +220,10 @@ class IPhoneTarget:
         keys = {(s.variant.variant_id, s.compute_unit): s.job_key for s in request.steps}
         return spec, variant_dirs, inputs, keys
 
-    def step_results(self, result: dict, keys, started, finished, elapsed) -> Iterator[StepResult]:
-        """One StepResult per step of the round from the runner's validated result."""
+    def step_results(self, result: dict, keys, started, finished, elapsed, *,
+                     log_note: str | None = None) -> Iterator[StepResult]:
+        """One StepResult per step of the round from the runner's validated result; `log_note` (where the runner's
+        log was kept) is added to every error."""
         device = result.get("device") or {}
         compiles: dict[str, dict] = {}
         for record in result.get("compiles") or []:
@@ -167,17 +237,18 @@ class IPhoneTarget:
             samples = [_strip_size(s) for s in step.get("samples") or []]
             load = {"compile_ns": compiles.get(step["variant_id"]), "cold_load_ns": step.get("cold_load_ns"),
                     "warm_load_ns": step.get("warm_load_ns"), "first_prediction_ns": step.get("first_prediction_ns")}
+            error = _noted(step["error"], log_note) if step.get("error") else None
             yield StepResult(key, samples=samples, warmup=[_strip_size(s) for s in step.get("warmup") or []],
                              load=load, compute_plan=step.get("compute_plan"),
                              quality={"tokens": {s["image_id"]: s.get("tokens") for s in samples if s.get("repeat") == 0}},
-                             error=step.get("error"), started_at=started, finished_at=finished,
+                             error=error, started_at=started, finished_at=finished,
                              elapsed_s=elapsed / max(1, len(keys)),
                              extra_conditions={"device_end": device, "runner_version": result.get("runner_version"),
                                                "runner_job_id": result.get("job_id")})
         for key in keys.values():
             if key not in reported:
                 reason = result.get("error") or f"runner result status {result.get('status')!r} without this step"
-                yield StepResult(key, error=reason, started_at=started, finished_at=finished)
+                yield StepResult(key, error=_noted(reason, log_note), started_at=started, finished_at=finished)
 
 
 RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decoder_image_embeds",
@@ -200,6 +271,10 @@ def _runner_io(io: dict | None) -> dict | None:
              "decoder_attention_mask": next((n for n in decoder_inputs if "mask" in n), None),
              "decoder_output": decoder.get("output")}
     return {key: str(value) for key, value in names.items() if value} or None
+
+
+def _noted(error: str, note: str | None) -> str:
+    return f"{error} ({note})" if note else error
 
 
 def _strip_size(sample: dict) -> dict:
