@@ -57,10 +57,10 @@ class FakeHost:
 
     def join(self, cluster):
         """What `bench lab join` does, with Cluster.add_node in place of `ray start` (several nodes, one machine)."""
-        from bench.lab.cluster import check_not_claimed, host_labels, phone_resources, register_phones
+        from bench.lab.cluster import check_not_claimed, host_labels, phone_resources, register_phones, worker_slots
 
         check_not_claimed(self.lab_phones())
-        self.node = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources=phone_resources(
+        self.node = cluster.add_node(num_cpus=worker_slots(self.lab_phones()), node_ip_address="127.0.0.1", resources=phone_resources(
             self.lab_phones()), labels=host_labels(self.lab_phones(), self.name), env_vars=self.env(),
             object_store_memory=80 * 1024 * 1024)
         register_phones(self.lab_phones())

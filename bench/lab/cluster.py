@@ -330,7 +330,14 @@ def head_command(bind: Address, *, num_cpus: int = 0) -> list[str]:
             f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats"]
 
 
-def join_command(head: Address, node_ip: str, phones: list[LabPhone], *, num_cpus: int = 1) -> list[str]:
+def worker_slots(phones: list[LabPhone]) -> int:
+    """Ray keeps about num_cpus idle workers per host and kills the rest after a second idle; a job's worker imports
+    pymobiledevice3 (seconds), so a host keeps one worker per phone alive: num_cpus = phones (tasks ask for 0)."""
+    return max(1, len(phones))
+
+
+def join_command(head: Address, node_ip: str, phones: list[LabPhone], *, num_cpus: int | None = None) -> list[str]:
+    num_cpus = worker_slots(phones) if num_cpus is None else num_cpus
     host = phones[0].host if phones else socket.gethostname()
     labels = ",".join(f"{key}={value}" for key, value in host_labels(phones, host or "unknown").items())
     return [ray_executable(), "start", f"--address={head}", f"--node-ip-address={node_ip}",
@@ -346,7 +353,7 @@ def start_head(bind: str, token_file: Path) -> Address:
     return where
 
 
-def join_lab(address: str, token_file: Path, phones: list[LabPhone], *, num_cpus: int = 1,
+def join_lab(address: str, token_file: Path, phones: list[LabPhone], *, num_cpus: int | None = None,
              node_ip: str | None = None) -> list[LabPhone]:
     """`bench lab join`: refuse a host without phones or a phone another host already holds, then start this host's
     Ray node advertising its phones, and describe them in the lab's key-value store."""

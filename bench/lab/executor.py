@@ -131,6 +131,15 @@ class LabExecutor:
         self.fetched_by_host: dict[str, int] = defaultdict(int)
         self.jobs_by_host: dict[str, int] = defaultdict(int)
 
+    def warm_up(self, targets: list[LabIPhone], timeout_s: float = 300.0) -> None:
+        """Start (and import the deployment layer in) one worker per phone on its host, all at once, before the run's
+        first job: a cold worker costs seconds per host. A host that cannot answer is left to the run's own errors."""
+        warm = self._ray.remote(num_cpus=0, max_retries=0)(_warm_up)
+        refs = [warm.options(resources={target.resource: 1}).remote() for target in targets]
+        ready, pending = self._ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for ref in pending:
+            self._ray.cancel(ref, force=True)
+
     # the scheduler's two calls ---------------------------------------------------------------------------------
     def conditions(self, target: LabIPhone) -> Conditions:
         self._check_holders(target)
@@ -254,9 +263,18 @@ def _host_error(answer: dict) -> LabHostError:
     return LabHostError(error["kind"], f"on {where}: {error['message']}", bool(error["transient"]))
 
 
+def _warm_up() -> str:
+    from bench.lab.host import warm_up
+
+    return warm_up()
+
+
 def open_lab(address: str, names: list[str], *, token_file=None, preprocess=_default_preprocess):
-    """Connect to the lab, resolve the targets there and make the executor: what `bench run --lab` needs."""
+    """Connect to the lab, resolve the targets there and make the executor (hosts warmed up): what
+    `bench run --lab` needs."""
     from bench.lab.cluster import connect
 
     connect(address, token_file)
-    return lab_targets(names, preprocess=preprocess), LabExecutor()
+    targets, executor = lab_targets(names, preprocess=preprocess), LabExecutor()
+    executor.warm_up(targets)
+    return targets, executor

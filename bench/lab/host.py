@@ -104,6 +104,14 @@ def run_job(udid: str | None, model: str | None, spec, packages: list, inputs: d
                        "models_skipped": report.models_skipped}, "log_tail": lines[-20:]}
 
 
+def warm_up() -> str:
+    """Import the deployment layer in this worker (pymobiledevice3 takes seconds to import on a busy host), so the
+    first job does not pay for it; Ray keeps the worker for the following jobs."""
+    import bench.deploy.api  # noqa: F401
+
+    return host_name()
+
+
 def phone_status(udid: str | None, model: str | None, timeout_s: float, poll_s: float) -> dict:
     """The phone's conditions (a status job of the runner), for the driver's thermal gate."""
     from bench.deploy import api as deploy_api

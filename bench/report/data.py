@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import IncomparableError, InputError
+from bench.errors import BenchError, IncomparableError, InputError
 from bench.report import verdicts as stats
 from bench.report.facts import (HOST_EMULATION, KIND_ORDER, UNIT_ORDER, load_ns, target_label, variant_facts,
                                 variant_name)
@@ -41,6 +41,7 @@ class ReportData:
     trends: Any = None  # pandas.DataFrame: run_id, created_at, variant, target, compute_unit, median_ms, ci_lo_ms, ci_hi_ms
     explanations: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    utilisation: list[list[str]] = field(default_factory=list)  # bench.run.timing.utilisation_rows
 
     @property
     def regressions(self) -> list[stats.Verdict]:
@@ -57,6 +58,7 @@ class ReportData:
             "trends": [] if self.trends is None else self.trends.to_dict(orient="records"),
             "explanations": self.explanations,
             "notes": self.notes,
+            "utilisation": self.utilisation,
         })
 
 
@@ -374,6 +376,16 @@ def history_trends(current: RunData, table, last: int):
         "ci_lo_ms": None, "ci_hi_ms": None}).reset_index(drop=True)
 
 
+def _utilisation(run: RunData) -> list[list[str]]:
+    """Share of the run's wall time each device spent measuring (and, in a lab, where the rest went)."""
+    from bench.run.timing import utilisation_rows
+
+    try:
+        return utilisation_rows(run.run_dir)
+    except BenchError:  # a damaged record is reported by the tables already; utilisation is a view, not a check
+        return []
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 def build_report(run: str | RunData, *, baseline: str | RunData | None = None, history: int | None = None,
                  force: bool = False, trend_runs: int = 14, explain: bool = True) -> ReportData:
@@ -382,6 +394,7 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     table = merge_table(current)
     report = ReportData(current.run_id, current.created_at, table)
     report.notes.extend(current.notes)
+    report.utilisation = _utilisation(current)
     earlier = [p for p in list_runs(current.workspace.results_dir) if p != current.run_dir.resolve()]
     earlier = [p for p in earlier if _created(p) <= current.created_at]
     if baseline is not None and history is not None:

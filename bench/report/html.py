@@ -27,6 +27,15 @@ def view_model(report: ReportData) -> dict[str, Any]:
                            *("Signature — " + s for s in cells.signatures(report))],
                  "tables": [{"title": g["title"], "emulated": g["emulated"], "columns": cells.RESULT_COLUMNS,
                              "rows": g["rows"]} for g in cells.result_groups(report)]}]
+    if report.utilisation:
+        from bench.run.timing import UTILISATION_COLUMNS
+
+        sections.append({"id": "utilisation", "title": "Device utilisation",
+                         "notes": ["Share of the run's wall time each device spent measuring (sum of its samples); "
+                                   "in a lab, the seconds its jobs spent queued, moving packages to the host, "
+                                   "deploying to the phone and in the runner: where a lab's bottleneck is."],
+                         "tables": [{"title": "Device utilisation", "columns": UTILISATION_COLUMNS,
+                                     "rows": report.utilisation}]})
     if report.baseline:
         regressions = report.regressions
         sections.append({"id": "verdicts", "title": f"Verdicts vs {report.baseline['kind']} "

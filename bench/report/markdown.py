@@ -23,6 +23,11 @@ def render_report(report: ReportData) -> str:
         if group["emulated"]:
             lines += ["*Host emulation (not Core ML): decompressed weights in PyTorch on the host CPU.*", ""]
         lines += _table(cells.RESULT_COLUMNS, group["rows"]) + [""]
+    if report.utilisation:
+        from bench.run.timing import UTILISATION_COLUMNS
+
+        lines += ["### Device utilisation (share of the run's wall time spent measuring)", ""]
+        lines += _table(UTILISATION_COLUMNS, report.utilisation) + [""]
     if report.baseline:
         lines += [f"### Verdicts vs {esc(report.baseline['kind'])} {esc(', '.join(report.baseline['run_ids']))}", ""]
         regressions = report.regressions
