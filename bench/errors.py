@@ -50,6 +50,15 @@ class RecordError(BenchError):
     """A stored record that cannot be read: unknown schema version, corrupt JSON, wrong kind."""
 
 
+class DamagedError(BenchError):
+    """Stored data whose bytes differ from what was recorded when it was written: refused, never measured.
+    `path` names the damaged file."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(message)
+
+
 class IncomparableError(BenchError):
     """Two runs differ in device model, OS build or variant hash and were not forced together."""
 

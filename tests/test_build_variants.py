@@ -132,7 +132,8 @@ def test_manifest_is_a_versioned_record_with_decode_config(built, variants):
     workspace, _ = built
     manifest = variants["int8"]
     record = json.loads((manifest.directory / "manifest.json").read_text())
-    assert (record["schema"], record["schema_version"]) == ("bench.variant", 1)
+    assert (record["schema"], record["schema_version"]) == ("bench.variant", 2)
+    assert set(record["integrity"]["files"]) >= {"weights_map.json", "encoder.mlpackage/Manifest.json"}
     assert manifest.variant_id.startswith("int8-") and len(manifest.variant_id) == len("int8-") + 12
     assert manifest.decode == {"bos_id": 5, "eos_id": 3, "pad_id": 0, "max_length": 12}
     assert manifest.io["encoder"]["inputs"] == {"pixel_values": [1, 3, 32, 32]}

@@ -126,14 +126,16 @@ def test_a_package_changed_after_its_build_is_refused(mux, tmp_path):
     import json
 
     from bench.deploy.hashing import tree_sha256
-    from bench.errors import DeviceError
+    from bench.errors import DamagedError
 
     phone = add_phone(mux, 1)
     variant = make_variant(tmp_path, "int8-cccc", seed=3)
     shas = {role: tree_sha256(variant / f"{role}.mlpackage") for role in ("encoder", "decoder")}
-    (variant / "manifest.json").write_text(json.dumps({"packages": {r: {"sha256": s} for r, s in shas.items()}}))
+    # A v1 manifest (package tree hashes only; bench.build.integrity checks v2 per file, tests/test_build_integrity.py)
+    (variant / "manifest.json").write_text(json.dumps({"schema": "bench.variant", "schema_version": 1,
+                                                       "packages": {r: {"sha256": s} for r, s in shas.items()}}))
     assert api.package_hashes(variant) == shas
     (variant / "decoder.mlpackage" / "Manifest.json").write_text("{}")  # edited after the build
-    with pytest.raises(DeviceError, match="changed since it was built"):
+    with pytest.raises(DamagedError, match="decoder.mlpackage: changed since it was built"):
         api.deploy(phone.udid, job_spec(["int8-cccc"]), {"int8-cccc": variant}, make_inputs())
     assert phone.model_bytes_written() == 0

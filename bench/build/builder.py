@@ -9,8 +9,11 @@ A variant that fails (conversion error, verification miss) is reported at the en
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from typing import Any
 
 from bench.build.matrix import Matrix, PlannedVariant, Recipe
 from bench.build.variants import as_workspace, read_manifest
-from bench.errors import BenchError, BuildError, InputError, did_you_mean
+from bench.errors import BenchError, BuildError, DamagedError, InputError, did_you_mean
 from bench.paths import BUILTIN_CAPTIONER_DIR, Workspace
 
 # Bump when the exported graphs or the compression code change in a way that changes the bytes.
@@ -31,10 +34,11 @@ EXPORTER_VERSION = 2
 class VariantResult:
     name: str
     variant_id: str
-    status: str  # built | cached | failed
+    status: str  # built | cached | rebuilt | failed
     seconds: float
     error: str | None = None
     manifest: Any = None
+    note: str | None = None  # why a cached variant was rebuilt: the damage found, or "forced"
 
 
 @dataclass
@@ -165,17 +169,61 @@ class _Session:
 
 def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None, *,
                  progress: Progress | None = None, only: list[str] | None = None,
-                 trust_coremltools_pruner: bool = False) -> BuildReport:
-    """Build every variant of the matrix (or the names in `only`) into the workspace's variants directory."""
+                 trust_coremltools_pruner: bool = False, force: bool | list[str] = False,
+                 verify: bool = False) -> BuildReport:
+    """Build every variant of the matrix (or the names in `only`) into the workspace's variants directory.
+
+    A cached variant is checked first (bench.build.integrity; `verify` rehashes every byte) and rebuilt when damaged.
+    `force` rebuilds regardless: True for every planned variant, or a list of names.
+    """
     ws = as_workspace(workspace)
     started = time.perf_counter()
     planned = matrix.planned()
+    known = {p.name for p in planned}
+    for name in [*(only or []), *(force if isinstance(force, list) else [])]:
+        if name not in known:
+            raise did_you_mean("variant name", name, known)
     if only:
-        known = {p.name for p in planned}
-        for name in only:
-            if name not in known:
-                raise did_you_mean("variant name", name, known)
         planned = [p for p in planned if p.name in only]
+    forced = {p.name for p in planned} if force is True else set(force or [])
+    with _exclusive_build(ws.variants_dir):
+        return _build_planned(matrix, ws, planned, forced, verify, progress, trust_coremltools_pruner, started)
+
+
+@contextlib.contextmanager
+def _exclusive_build(variants_dir: Path):
+    """One build per workspace at a time; the holder removes the `.tmp` folders that killed builds left behind."""
+    import fcntl
+
+    variants_dir.mkdir(parents=True, exist_ok=True)
+    with open(variants_dir.parent / ".variants-build.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel when a build dies, so never stale
+        for stale in variants_dir.glob(".*.tmp"):  # no other build is running: these are from killed ones
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
+_NOT_BUILT = "not built yet"
+
+
+def _why_build(final: Path, *, forced: bool, full: bool) -> str | None:
+    """None when the cached variant is intact and not forced, else why it is (re)built."""
+    from bench.build.integrity import check_variant
+
+    if not os.path.lexists(final):
+        return _NOT_BUILT
+    if forced:
+        return "forced"
+    try:
+        check_variant(final, full=full)
+    except DamagedError as err:
+        return str(err).split(" — ")[0]  # the file and what is wrong with it; the hint is what happens now
+    return None
+
+
+def _build_planned(matrix: Matrix, ws: Workspace, planned: list[PlannedVariant], forced: set[str], verify: bool,
+                   progress: Progress | None, trust_coremltools_pruner: bool, started: float) -> BuildReport:
     checkpoint = resolve_source(matrix.source, ws)
     weights_sha256 = base_weights_sha256(checkpoint)
     defaults = _captioner_defaults(checkpoint)
@@ -192,13 +240,16 @@ def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None
         variant_id = f"{item.name}-{key_hash(key)[:12]}"
         final = ws.variants_dir / variant_id
         try:
-            if (final / "manifest.json").is_file():
+            reason = _why_build(final, forced=item.name in forced, full=verify)
+            if reason is None:
                 result = VariantResult(item.name, variant_id, "cached", 0.0, manifest=read_manifest(final))
             else:
                 manifest = _build_one(session, item, key, variant_id, final, image_size, decoder_length,
                                       lambda detail: notify(ProgressEvent("step", item.name, index, len(planned), detail)),
                                       trust_coremltools_pruner)
-                result = VariantResult(item.name, variant_id, "built", 0.0, manifest=manifest)
+                fresh = reason == _NOT_BUILT
+                result = VariantResult(item.name, variant_id, "built" if fresh else "rebuilt", 0.0, manifest=manifest,
+                                       note=None if fresh else reason)
         except BenchError as err:
             result = VariantResult(item.name, variant_id, "failed", 0.0, error=str(err))
         except Exception as err:  # a coremltools/torch failure in one variant must not stop the others
@@ -228,6 +279,7 @@ def _captioner_defaults(checkpoint: Path) -> dict[str, int]:
 def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], variant_id: str, final: Path,
                image_size: int, decoder_length: int, step: Callable[[str], None], trust_coremltools_pruner: bool):
     from bench import atomic
+    from bench.build import integrity
     from bench.build.analyze import analyze_package, tree_sha256
     from bench.build.compress import compress_model
     from bench.build.export import DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT
@@ -294,6 +346,8 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
                    "unmapped_params": weights_map["unmapped_params"]},
             environment=host_environment(),
         )
-        records.write(tmp / MANIFEST, KIND, manifest.to_record())
+        sealed = integrity.seal(records.stamp(KIND, manifest.to_record()), integrity.record_files(tmp))
+        records.write(tmp / MANIFEST, KIND, sealed)
+        manifest.integrity = sealed["integrity"]
     manifest._directory = final
     return manifest

@@ -1,13 +1,16 @@
-"""Variant manifests (`models/variants/<variant_id>/manifest.json`, record kind `bench.variant` v1).
+"""Variant manifests (`models/variants/<variant_id>/manifest.json`, record kind `bench.variant` v2).
 
 A variant directory holds `manifest.json`, `encoder.mlpackage`, `decoder.mlpackage` and `weights_map.json`
 (which Core ML constant holds which PyTorch parameter; used to load the deployed weights back into torch).
 It is written in a temporary directory and renamed into place, so a directory with a manifest is complete.
+v2 adds `integrity` (every stored file's size and sha256, and the manifest's own hash): bench.build.integrity checks
+it before any use. v1 manifests migrate with `integrity: null` and are verified against their package tree hashes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,17 @@ from bench.paths import Workspace
 from bench.store import records
 
 KIND = "bench.variant"
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
 WEIGHTS_MAP = "weights_map.json"
 PACKAGES = ("encoder", "decoder")
 records.register_kind(KIND, VERSION)
+
+
+@records.migration(KIND, 1)
+def _v1_has_no_file_digests(record: dict[str, Any]) -> dict[str, Any]:
+    """v1 recorded only each package's tree hash; integrity checks fall back to it (bench.build.integrity)."""
+    return {**record, "integrity": None}
 
 
 class PackageInfo(BaseModel):
@@ -56,6 +65,7 @@ class VariantManifest(BaseModel):
     verification: dict[str, Any]
     build: dict[str, Any]
     environment: dict[str, Any]
+    integrity: dict[str, Any] | None = None
     _directory: Path | None = PrivateAttr(default=None)
 
     @property
@@ -89,13 +99,30 @@ def read_manifest(directory: Path) -> VariantManifest:
     return manifest
 
 
-def list_variants(workspace: Workspace | Path | str | None = None) -> list[VariantManifest]:
-    """Every complete variant of the workspace (directories with a manifest), sorted by name then id."""
+def list_variants(workspace: Workspace | Path | str | None = None, *,
+                  unreadable: list[str] | None = None) -> list[VariantManifest]:
+    """Every complete variant of the workspace (directories with a manifest), sorted by name then id.
+
+    A variant whose manifest cannot be read is left out (one damaged variant never hides the others); its one-line
+    error is appended to `unreadable` when given.
+    """
     root = as_workspace(workspace).variants_dir
     if not root.is_dir():
         return []
-    found = [read_manifest(d) for d in sorted(root.iterdir()) if d.is_dir() and (d / MANIFEST).is_file()]
+    found = []
+    for directory in variant_dirs(root):
+        try:
+            found.append(read_manifest(directory))
+        except RecordError as err:
+            if unreadable is not None:
+                unreadable.append(str(err))
     return sorted(found, key=lambda m: (m.name, m.variant_id))
+
+
+def variant_dirs(root: Path) -> list[Path]:
+    """The variant directories under a variants folder (temporary `.…tmp` folders of running builds excluded)."""
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+            and os.path.lexists(d / MANIFEST)]
 
 
 def load_variant(dir_or_id: Path | str, workspace: Workspace | Path | str | None = None) -> VariantManifest:

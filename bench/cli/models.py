@@ -24,11 +24,17 @@ def _pct(value: float | None) -> str:
 
 @models_app.command("build")
 def build_command(
-    matrix: Annotated[Path | None, typer.Argument(help="Matrix YAML (default: models/matrix.yaml for the built-in captioner).")] = None,
+    arguments: Annotated[list[str] | None, typer.Argument(
+        metavar="[MATRIX] [NAMES]...",
+        help="Matrix YAML (default: models/matrix.yaml for the built-in captioner), then variant names to build "
+             "(default: all).")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Build only these variant names (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild the named variants (all without names) even when cached.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Rehash every byte of cached variants (default: size + "
+                                                         "timestamps, hashing only what changed).")] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
 ) -> None:
-    """Build every variant of a compression matrix; unchanged variants are reused from the cache."""
+    """Build every variant of a compression matrix; cached variants are checked and reused, damaged ones rebuilt."""
     import os
 
     # coremltools and transformers print a tqdm bar per graph pass; ours below is the one that matters.
@@ -41,6 +47,7 @@ def build_command(
     from bench.errors import InputError
     from bench.paths import DEFAULT_MATRIX, Workspace
 
+    matrix, names = _matrix_and_names(arguments or [])
     loaded = load_matrix(matrix or DEFAULT_MATRIX)  # every YAML problem fails here, before any work
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
@@ -48,7 +55,8 @@ def build_command(
         import torch
 
         torch.set_num_threads(threads)
-    total = len(loaded.planned() if not only else [p for p in loaded.planned() if p.name in only])
+    selected = [*(only or []), *names] or None
+    total = len(loaded.planned() if not selected else [p for p in loaded.planned() if p.name in selected])
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console(), transient=False) as bar:
         task = bar.add_task("building", total=total)
@@ -61,10 +69,18 @@ def build_command(
             elif event.kind == "done":
                 bar.update(task, advance=1, description=f"{event.name}: {event.detail}")
 
-        report = build_matrix(loaded, Workspace.current(), progress=on_event, only=only)
+        report = build_matrix(loaded, Workspace.current(), progress=on_event, only=selected,
+                              force=force, verify=verify)
     _print_report(report)
     if report.failed:
         raise typer.Exit(code=1)
+
+
+def _matrix_and_names(arguments: list[str]) -> tuple[Path | None, list[str]]:
+    """`[MATRIX] [NAMES]...`: the first argument is the matrix when it is a YAML file name or an existing file."""
+    if arguments and (arguments[0].endswith((".yaml", ".yml")) or Path(arguments[0]).is_file()):
+        return Path(arguments[0]), arguments[1:]
+    return None, arguments
 
 
 def _print_report(report) -> None:
@@ -84,6 +100,8 @@ def _print_report(report) -> None:
             m.target if m else "-", f"{result.seconds:.2f}",
         )
     console().print(table)
+    for result in report.of("rebuilt"):
+        console().print(f"[yellow]rebuilt[/] {result.name}: {result.note}", highlight=False, soft_wrap=True)
     for result in report.failed:
         console().print(f"[bold red]failed[/] {result.name}: {result.error}", highlight=False, soft_wrap=True)
 
@@ -97,8 +115,9 @@ def ls_command() -> None:
     from bench.cli._common import console
     from bench.paths import Workspace
 
-    variants = list_variants(Workspace.current())
-    if not variants:
+    unreadable: list[str] = []
+    variants = list_variants(Workspace.current(), unreadable=unreadable)
+    if not variants and not unreadable:
         console().print("no variants yet; build some with `bench models build`")
         return
     table = Table()
@@ -112,11 +131,41 @@ def ls_command() -> None:
                       f"{m['bits_per_weight']:.2f}", v.target, f"{v.image_size} {v.resize}",
                       ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in m["decompression_ops"].items()) or "-")
     console().print(table)
+    for problem in unreadable:
+        console().print(f"[bold red]unreadable[/] {problem}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("verify")
+def verify_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Variant names, ids or id prefixes (default: all).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Rehash every byte (default: size + timestamps, hashing only "
+                                                      "files that changed since their last check).")] = False,
+) -> None:
+    """Check stored variants against the hashes recorded when they were built; exit 1 when any is damaged."""
+    from bench.build.integrity import verify_workspace
+    from bench.cli._common import console
+    from bench.errors import DamagedError
+    from bench.paths import Workspace
+
+    out = console()
+    results = verify_workspace(Workspace.current(), names or None, full=full)
+    if not results:
+        out.print("no variants yet; build some with `bench models build`")
+        return
+    for variant_id, outcome in results:
+        if isinstance(outcome, DamagedError):
+            out.print(f"[bold red]DAMAGED[/] {variant_id}: {outcome}", highlight=False, soft_wrap=True)
+        else:
+            out.print(f"[green]ok[/] {variant_id}: {outcome.trusted + outcome.hashed} files, "
+                      f"{outcome.bytes_hashed / 1e6:.1f} MB hashed", highlight=False)
+    if any(isinstance(outcome, DamagedError) for _, outcome in results):
+        raise typer.Exit(code=1)
 
 
 def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
     """Analyse a variant (id, name, directory) or a single .mlpackage, straight from the stored bytes."""
     from bench.build.analyze import analyze_package
+    from bench.build.integrity import check_variant
     from bench.build.variants import PACKAGES, load_variant
     from bench.paths import Workspace
 
@@ -124,6 +173,7 @@ def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
     if path.suffix == ".mlpackage" or (path.is_dir() and (path / "Manifest.json").is_file()):
         return str(path), {path.stem: analyze_package(path)}
     manifest = load_variant(argument, Workspace.current())
+    check_variant(manifest)  # the stored bytes must still be the ones built
     return manifest.variant_id, {p: analyze_package(manifest.package_path(p), package=p) for p in PACKAGES}
 
 

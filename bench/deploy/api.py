@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -273,33 +274,25 @@ def new_job_id(prefix: str = "job") -> str:
 
 
 def package_hashes(variant_dir: Path) -> dict[str, str]:
-    """{"encoder": sha, "decoder": sha}, measured from the bytes on disk (the same tree hash the builder records).
+    """{"encoder": sha, "decoder": sha}: the tree hashes the builder recorded, after bench.build.integrity checked
+    that the bytes on disk are still exactly those (a damaged variant is refused with DamagedError naming the file:
+    results must describe the bytes the manifest and the quality evaluation describe).
 
-    When the variant manifest records a different hash the package changed after it was built: refused, because
-    results must describe exactly the bytes the manifest (and the quality evaluation) describe.
+    A folder without a manifest (loose packages, not built by bench) is named by the tree hash measured now.
     """
-    from bench.deploy.hashing import tree_sha256
-
     variant_dir = Path(variant_dir)
-    manifest_path = variant_dir / "manifest.json"
-    try:
-        recorded = _recorded_hashes(manifest_path) if manifest_path.is_file() else {}
-    except (OSError, ValueError) as err:
-        raise DeviceError(f"{manifest_path} cannot be read ({err})",
-                          action="rebuild the variant with `bench models build`") from None
-    hashes = {}
     for role in ("encoder", "decoder"):
-        package = variant_dir / f"{role}.mlpackage"
-        if not package.is_dir():
+        if not (variant_dir / f"{role}.mlpackage").is_dir():
             raise DeviceError(f"{variant_dir} has no {role}.mlpackage",
                               action="build the variant with `bench models build`")
-        measured = tree_sha256(package)
-        claimed = recorded.get(role)
-        if claimed and claimed != measured:
-            raise DeviceError(f"{package} changed since it was built (manifest {claimed[:12]}…, on disk "
-                              f"{measured[:12]}…)", action="rebuild the variant; never edit a built package")
-        hashes[role] = measured
-    return hashes
+    if os.path.lexists(variant_dir / "manifest.json"):
+        from bench.build.integrity import check_variant, recorded_package_hashes
+
+        check_variant(variant_dir)
+        return recorded_package_hashes(variant_dir)
+    from bench.deploy.hashing import tree_sha256
+
+    return {role: tree_sha256(variant_dir / f"{role}.mlpackage") for role in ("encoder", "decoder")}
 
 
 def build_job(spec: JobSpec, job_id: str, packages: dict[str, dict[str, str]], input_hashes: dict[str, str],

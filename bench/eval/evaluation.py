@@ -129,8 +129,16 @@ def _open_variant(argument: str, workspace: Workspace) -> tuple[CaptionerLike, S
             ) from None
         raise
     manifest = load_variant(argument, workspace)
+    _refuse_damaged(manifest)
     captioner = captioner_from_variant(manifest, workspace)
     return captioner, variant_subject(manifest, variant_dir(manifest, workspace).resolve())
+
+
+def _refuse_damaged(manifest) -> None:
+    """Stored bytes that changed since the build are never evaluated (DamagedError names the file)."""
+    from bench.build.integrity import check_variant
+
+    check_variant(manifest)
 
 
 def _open_coreml_variant(argument: str, workspace: Workspace, compute_unit: str) -> tuple[CaptionerLike, Subject]:
@@ -140,6 +148,7 @@ def _open_coreml_variant(argument: str, workspace: Workspace, compute_unit: str)
     check_compute_unit(compute_unit)  # a typo is named as such, on any platform
     require_macos()  # fail before loading anything on Linux
     manifest = load_variant(argument, workspace)
+    _refuse_damaged(manifest)
     captioner = coreml_captioner_for_eval(manifest, compute_unit, workspace)
     subject = variant_subject(manifest, variant_dir(manifest, workspace).resolve())
     # A Core ML evaluation is another measurement than the torch one: its own id, so records never collide.

@@ -237,12 +237,29 @@ def compute_plan_difference(plan_a: dict | None, plan_b: dict | None, package_ms
     }
 
 
+def _refuse_damaged(run: RunData, variant_id: str) -> None:
+    """bench.build.integrity on the variant's folder in this workspace, when it is there (packages may be pruned)."""
+    directory = run.workspace.variants_dir / variant_id
+    if directory.is_dir():
+        from bench.build.integrity import check_variant
+
+        check_variant(directory, packages_optional=True)
+
+
 # ----------------------------------------------------------------------------------------------- the answer
-def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_unit: str | None = None) -> dict[str, Any]:
-    """Everything `bench explain` prints: measured deltas, static diff, compute-plan diff, and a short answer."""
+def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_unit: str | None = None,
+            check_variants: bool = True) -> dict[str, Any]:
+    """Everything `bench explain` prints: measured deltas, static diff, compute-plan diff, and a short answer.
+
+    `check_variants`: refuse a variant whose stored manifest or packages changed since its build (the static facts
+    would describe other bytes); the report's sweep explains what the run stored and passes False.
+    """
     a_id, b_id = resolve_variant(run, a), resolve_variant(run, b)
     if a_id == b_id:
         raise InputError(f"explain needs two different variants, got {a!r} twice")
+    if check_variants:
+        _refuse_damaged(run, a_id)
+        _refuse_damaged(run, b_id)
     job_a, job_b = pick_jobs(run, a_id, b_id, device, compute_unit)
     names = _variant_names(run)
     name_a, name_b = names[a_id], names[b_id]
@@ -353,5 +370,5 @@ def sweep_explanations(run: RunData, table) -> list[dict[str, Any]]:
                  and r["compute_unit"] == row["compute_unit"]]
         if twins:
             explanations.append(explain(run, row["variant_id"], twins[0]["variant_id"], device=row["target_id"],
-                                        compute_unit=row["compute_unit"]))
+                                        compute_unit=row["compute_unit"], check_variants=False))
     return explanations

@@ -242,8 +242,10 @@ class Scheduler:
     def _run_round(self, target, round_index: int, steps: list[Step]) -> bool:
         """One round on one target, retried on transient device errors. True unless the device failed."""
         retry = self.settings.retry
-        remaining = {step.job_key: step for step in steps}
         self.observer.round_started(target.id, round_index, steps)
+        remaining = {step.job_key: step for step in self._refuse_damaged(target, steps)}
+        if not remaining:
+            return True  # nothing healthy to measure this round; the device itself did not fail
         for attempt in range(retry.attempts):
             self.manifest.set_jobs(list(remaining), "running", target_id=target.id, count_attempt=True)
             try:
@@ -286,6 +288,21 @@ class Scheduler:
                 self._fail(target, remaining.values(), f"{type(err).__name__}: {err} (unexpected; please report)")
                 return False
         return False
+
+    def _refuse_damaged(self, target, steps: list[Step]) -> list[Step]:
+        """A variant whose stored bytes changed since its build is never measured: its steps fail (its series stop,
+        resume measures them once it is rebuilt) and the round goes on with the healthy ones."""
+        damage: dict[str, str | None] = {}
+        healthy = []
+        for step in steps:
+            variant = step.variant
+            if variant.variant_id not in damage:
+                damage[variant.variant_id] = _damage(variant)
+            if damage[variant.variant_id] is None:
+                healthy.append(step)
+            else:
+                self._store(target, step, StepResult(step.job_key, error=damage[variant.variant_id]), gate={})
+        return healthy
 
     def _fail(self, target, steps, message: str) -> None:
         """The device failed this round: its jobs are failed (resume redoes them); the series go on next round."""
@@ -402,3 +419,16 @@ def _is_cool(conditions: Conditions, max_battery_c: float) -> bool:
     return thermal_ok and battery_ok
 
 
+def _damage(variant) -> str | None:
+    """Why a built variant must not be measured (bench.build.integrity), or None. Loose packages without a manifest
+    (`source` None: test stand-ins, hand-made folders) have nothing recorded to check against."""
+    if variant.path is None or variant.source is None:
+        return None
+    from bench.build.integrity import check_variant
+    from bench.errors import DamagedError
+
+    try:
+        check_variant(variant.path)
+    except DamagedError as err:
+        return f"DamagedError: {err}"
+    return None
