@@ -339,3 +339,19 @@ def test_variants_built_before_file_hashes_are_verified_by_their_package_tree_ha
     _flip(next(variant.glob("decoder.mlpackage/**/weight.bin")), 7)
     with pytest.raises(DamagedError, match=r"decoder\.mlpackage: changed since it was built"):
         check_variant(variant)
+
+
+def test_a_fresh_process_explains_a_run_of_v2_variants(ws):
+    """The report reads manifests without the builder imported: it must still know bench.variant v2 (and v1)."""
+    import subprocess
+    import sys
+
+    ws_root, _, ids = ws
+    env = {**os.environ, "BENCH_ROOT": str(ws_root), "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "bench", "explain", "int8", "fp32", "--run", "healthy"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _flip(next(_variant(ws_root, ids["fp32"]).glob("encoder.mlpackage/**/weight.bin")), 3)
+    done = subprocess.run([sys.executable, "-m", "bench", "explain", "int8", "fp32", "--run", "healthy"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "weight.bin: content changed since it was built" in done.stderr, done.stderr

@@ -22,7 +22,11 @@ SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "targe
 
 
 def _ensure_kinds() -> None:
-    # The writers register their kinds when imported; the report may run without importing them.
+    # The writers register their kinds (and migrations) when imported; the report may run without importing them.
+    try:
+        import bench.build.variants  # noqa: F401 — bench.variant v2 and its v1 migration (light: no coremltools)
+    except ImportError:  # a report-only install: the versions below are what it can read
+        pass
     for kind, version in KINDS.items():
         records.CURRENT_VERSIONS.setdefault(kind, version)
 
