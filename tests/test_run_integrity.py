@@ -206,3 +206,71 @@ def test_a_fake_iphone_whose_runner_crashes_first_is_completed_by_resume(mux, tm
     resumed = resume_run(outcome.run_id, workspace, targets=[target()], variants=refs, images=items,
                          sleep=lambda s: None)
     assert resumed.status == "complete" and len(resumed.data.jobs) == 2 * 3
+
+
+# --- a complete run never changes ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def host_workspace(tmp_path_factory) -> Path:
+    """fp32 and int8 of a tiny random BLIP, built for real (~10 s on one thread)."""
+    import torch
+
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import matrix_from_dict
+    from build_fixtures import save_tiny_captioner
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("integrity-ws")
+    checkpoint = save_tiny_captioner(root / "tiny")
+    matrix = {"source": str(checkpoint), "variants": [{"name": "fp32"}, {"name": "int8", "quantize": {"bits": 8}}]}
+    (root / "matrix.yaml").write_text(json.dumps(matrix))  # JSON is YAML
+    report = build_matrix(matrix_from_dict(matrix), Workspace(root))
+    assert not report.failed, [r.error for r in report.failed]
+    return root
+
+
+@pytest.mark.slow
+def test_a_complete_runs_directory_is_byte_identical_after_every_later_command(host_workspace, tmp_path,
+                                                                                monkeypatch, capsys):
+    from bench.cli import main
+
+    root = host_workspace
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    monkeypatch.chdir(tmp_path)
+    plan = tmp_path / "run.yaml"
+    plan.write_text(f"matrix: {root / 'matrix.yaml'}\ntargets: [host-torch]\nimages: 2\nrounds: 1\neval_images: 4\n"
+                    "host_threads: 1\nadaptive: {ci_width: null}\n")
+    assert main(["run", str(plan), "--seed", "1"]) == 0
+    (run_dir,) = [p.parent for p in (root / "results").glob("*/run.json")]
+    run = run_dir.name
+    bound = json.loads((run_dir / "run.json").read_text())["evals"]
+    assert len(bound) == 2 and all(len(b["sha256"]) == 64 for b in bound.values())
+    quality, before = bleu_by_variant(run_dir), snapshot(run_dir)
+    assert all(value is not None for value in quality.values())
+    fp32 = next(variant for variant in bound if variant.startswith("fp32"))
+    other = tmp_path / "other-workspace"
+    other.mkdir()
+
+    later = [  # (argv, expected exit code, BENCH_ROOT)
+        (["report", run], 0, root), (["report", run, "--format", "markdown"], 0, root),
+        (["report", run, "--format", "html", "--out", str(tmp_path / "r.html")], 0, root),
+        (["report", run, "--format", "csv", "--out", str(tmp_path / "r.csv")], 0, root),
+        (["report", run, "--history", "3"], 0, root), (["report", "latest"], 0, root),
+        (["compare", run, run], 0, root), (["trend"], 0, root), (["runs"], 0, root),
+        (["explain", "int8", "fp32", "--run", run], 0, root), (["models", "ls"], 0, root),
+        # A later evaluation of a variant of this run on other images, decoded with beam search:
+        (["eval", fp32, "--data", "synthetic", "--limit", "6", "--beams", "2", "--threads", "1",
+          "--resamples", "100"], 0, root),
+        (["run", "--resume", run], 2, root), (["run", "--resume", str(run_dir)], 2, other),
+        (["data", "export-synthetic", str(tmp_path / "export"), "--limit", "2"], 0, root),
+        (["run", str(plan), "--seed", "2", "--no-eval", "--no-report"], 0, root),  # a new run, same workspace
+    ]
+    for argv, code, workspace in later:
+        monkeypatch.setenv("BENCH_ROOT", str(workspace))
+        assert main(argv) == code, (argv, capsys.readouterr())
+        assert snapshot(run_dir) == before, argv
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    assert bleu_by_variant(run_dir) == quality
+    assert len(list((root / "results").glob("*/run.json"))) == 2
