@@ -274,3 +274,29 @@ def test_a_complete_runs_directory_is_byte_identical_after_every_later_command(h
     monkeypatch.setenv("BENCH_ROOT", str(root))
     assert bleu_by_variant(run_dir) == quality
     assert len(list((root / "results").glob("*/run.json"))) == 2
+
+
+def test_a_pipeline_killed_while_evaluating_leaves_a_measured_run_that_resume_finishes(tmp_path, monkeypatch):
+    """Measured but not yet evaluated and reported: the run is `measured`, not `complete` (which could never be
+    resumed to bind its evals); resume measures nothing more and completes it. Faked: the device (FakeTarget) and
+    the evaluation (not what is tested here)."""
+    from bench.run import api
+
+    plan = config(evaluate=True, report=False)
+    first = api.start_run(plan, Workspace(tmp_path), targets=[FakeTarget()], variants=variants("fp16"),
+                          images=images(3), sleep=lambda s: None, hold_lock=True)
+    first.release()  # the process dies while evaluating: the kernel drops its lock, nothing else happens
+    assert first.status == "complete"
+    assert json.loads((first.run_dir / "run.json").read_text())["status"] == "measured"
+
+    again = FakeTarget()
+    monkeypatch.setattr(api, "_targets_and_executor", lambda config, names, workspace: ([again], None))
+    monkeypatch.setattr(api, "open_images", lambda config: (images(3), {"spec": "given", "n": 3}))
+    monkeypatch.setattr(api, "_planned_variants", lambda plan, workspace: variants("fp16"))
+    evaluated = []
+    monkeypatch.setattr(api, "evaluate_variants", lambda outcome, *a, **k: evaluated.append(outcome.run_id) or {})
+    outcome = api.run_pipeline(plan, Workspace(tmp_path), resume=first.run_id, log=lambda *a: None)
+    assert outcome.status == "complete" and evaluated == [first.run_id] and again.measured == []
+    assert json.loads((first.run_dir / "run.json").read_text())["status"] == "complete"
+    with pytest.raises(InputError, match="is complete"):
+        api.run_pipeline(plan, Workspace(tmp_path), resume=first.run_id, log=lambda *a: None)

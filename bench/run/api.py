@@ -127,8 +127,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
               executor=None, hold_lock: bool = False) -> RunOutcome:
     """Plan, measure and store a run under results/<run_id>/ (results/ is created when missing).
 
-    The run is locked (bench/run/lock.py) from its creation; with `hold_lock` the outcome keeps the lock until
-    `outcome.release()` (the pipeline evaluates and reports first)."""
+    The run is locked (bench/run/lock.py) from its creation. With `hold_lock` (the pipeline, which evaluates and
+    reports next) the outcome keeps the lock and a fully measured run stays `measured` until `settle_run`."""
 
     if variants is None:
         variants = built_variants(workspace)
@@ -168,7 +168,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     with _holding(lock, hold_lock):
         manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed,
                                                 "plan": plan, "environment": host_environment(), "evals": {}})
-        outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+        outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
+                           settle=not hold_lock)
     outcome.lock = lock if hold_lock else None
     return outcome
 
@@ -265,7 +266,8 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
         _remove_stale_temporaries(run_dir)
         manifest.update(status="running", tables_written=False,
                         resumed_at=[*manifest.data.get("resumed_at", []), now_iso()])
-        outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor)
+        outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
+                           settle=not hold_lock)
     outcome.lock = lock if hold_lock else None
     return outcome
 
@@ -349,18 +351,22 @@ def _planned_variants(plan: dict, workspace: Workspace) -> list[VariantRef]:
 # --- measuring and storing -----------------------------------------------------------------------------------------
 
 def _measure(manifest: RunManifest, config: RunConfig, series: list[Series], targets: list, images, observer,
-             sleep, workspace: Workspace, executor=None) -> RunOutcome:
+             sleep, workspace: Workspace, executor=None, *, settle: bool = True) -> RunOutcome:
     for target in targets:  # device targets keep each job's runner log beside its records (jobs/<job id>.log)
         if hasattr(target, "keep_logs_in"):
             target.keep_logs_in(manifest.run_dir / run_store.JOBS_DIR)
     scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, _settings(config), manifest.data["seed"],
                           observer=observer, base_conditions=_base_conditions(), sleep=sleep, executor=executor)
     scheduler.execute()  # Ctrl-C propagates after the manifest says "interrupted"
-    return finish_run(manifest, scheduler, workspace)
+    return finish_run(manifest, scheduler, workspace, settle=settle)
 
 
-def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace) -> RunOutcome:
-    """Status, parquet tables, history — the derived views, all rebuilt from the job records."""
+def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace, *,
+               settle: bool = True) -> RunOutcome:
+    """Status, parquet tables, history — the derived views, all rebuilt from the job records.
+
+    Without `settle`, a fully measured run is stored as `measured`, not yet `complete`: the pipeline still binds its
+    evals and writes its report, and a run killed meanwhile can be resumed to finish those (settle_run)."""
     jobs = manifest.jobs()
     failures = [(key, entry.get("error") or entry["state"]) for key, entry in sorted(jobs.items())
                 if entry["state"] in REDO_STATES]
@@ -368,18 +374,34 @@ def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace
     status = "complete" if not failures and not unfinished else "incomplete"
     quarantined = {tid: info.get("reason") for tid, info in manifest.data.get("targets", {}).items()
                    if info.get("state") == "quarantined"}
-    manifest.update(status=status, finished_at=now_iso())
+    deferred = status == "complete" and not settle
+    manifest.update(status="measured" if deferred else status, finished_at=now_iso())
     data = run_store.write_tables(manifest.run_dir)
     manifest.update(tables_written=True)
     data.manifest = manifest.data
-    notes = []
+    outcome = RunOutcome(manifest.run_id, manifest.run_dir, status, data, failures, quarantined)
+    if not deferred:
+        _publish(outcome, workspace)
+    return outcome
+
+
+def settle_run(outcome: RunOutcome, workspace: Workspace) -> None:
+    """A measured run whose evals are bound and report written becomes `complete` (immutable from now on)."""
+    manifest = RunManifest.open(outcome.run_dir)
+    if outcome.status == "complete" and manifest.data.get("status") == "measured":
+        manifest.update(status="complete")
+        outcome.data.manifest = manifest.data
+        _publish(outcome, workspace)
+
+
+def _publish(outcome: RunOutcome, workspace: Workspace) -> None:
+    """Add the run to results/history.duckdb (a history problem is said, never fatal: the run is on disk)."""
     try:
         from bench.store.history import append_run
 
-        append_run(workspace.history_db, data)
+        append_run(workspace.history_db, outcome.data)
     except BenchError as err:
-        notes.append(f"history not updated: {err}")
-    return RunOutcome(manifest.run_id, manifest.run_dir, status, data, failures, quarantined, notes=notes)
+        outcome.notes.append(f"history not updated: {err}")
 
 
 # --- `bench run` with no argument ----------------------------------------------------------------------------------
@@ -407,6 +429,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
         outcome = start_run(config, workspace, variants=variants, observer=observer, hold_lock=True)
     try:
         _evaluate_and_report(outcome, config, workspace, log)
+        settle_run(outcome, workspace)
     finally:
         outcome.release()
     return outcome
