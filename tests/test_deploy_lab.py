@@ -197,6 +197,7 @@ def test_developer_mode_off_is_revealed_then_enabled_from_the_host_unless_a_pass
 def test_locked_phone_one_line_in_devices_and_prepare(mux, wide):
     phone = add_phone(mux, 1, passcode=True)
     phone.locked = True
+    _list(mux, phone)
     shown = _cli("devices")
     assert "a passcode is set: the phone locks itself" in shown.output  # what the host can see beforehand
     prepared = _cli("devices", "prepare", "--timeout", "20")
@@ -226,6 +227,8 @@ def test_untrusted_profile_is_named_as_such_in_prepare_and_run(mux, tmp_path, wi
     launch = [line for line in prepared.output.splitlines() if "! launch:" in line]
     assert len(launch) == 1 and "refused org.bench.runner for security (FrontBoard: Security)" in launch[0]
     assert "VPN & Device Management" in launch[0] and "install" not in launch[0].split("—")[0]
+    (line,) = [line for line in _cli("devices").output.splitlines() if "the last launch" in line]
+    assert "failed: ProfileUntrusted: iOS refused org.bench.runner for security" in line
     outcome = _bench_run(phone, tmp_path, sleeps := [])
     assert sleeps == []  # a person must act: not retried
     assert outcome.quarantined == {f"iphone-{phone.udid}": "developer profile not trusted: trust it in Settings > "
@@ -271,6 +274,8 @@ def test_runner_sent_to_the_background_mid_job_is_reported_as_such_not_as_a_time
                                                            "Auto-Lock Never, Focus on"}
     assert len(sleeps) == 1 and all("AppLeftForeground" in why and "RunnerTimeout" not in why
                                     for _, why in outcome.failures)
+    (line,) = [line for line in _cli("devices").output.splitlines() if "the last launch" in line]
+    assert "failed: AppLeftForeground: phone locked or app left the foreground" in line
     assert _nothing_measured(outcome)
 
 

@@ -372,8 +372,18 @@ async def _deploy(udid, spec: JobSpec, variant_dirs, inputs, bundle_id) -> Deplo
 # ---- running ------------------------------------------------------------------------------------------------------
 def run_job(udid: str, job_id: str, timeout_s: float = 1800.0, on_log: Callable[[str], None] | None = None, *,
             poll_s: float = 1.0, bundle_id: str = RUNNER_BUNDLE_ID) -> dict:
-    """Launch the runner on a deployed job and return its validated bench.result (status may be "failed")."""
-    return _run(_run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id), udid)
+    """Launch the runner on a deployed job and return its validated bench.result (status may be "failed").
+
+    How it ended is remembered for `bench devices` (bench/deploy/outcomes.py): a failure's line, or nothing."""
+    from bench.deploy import outcomes
+
+    try:
+        result = _run(_run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id), udid)
+    except DeviceError as err:
+        outcomes.record(udid, err)
+        raise
+    outcomes.record(udid, None)
+    return result
 
 
 async def _run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id) -> dict:

@@ -90,7 +90,7 @@ class DeviceSession:
 
     # ---- health -------------------------------------------------------------------------------------------------
     async def health(self) -> HealthReport:
-        from bench.deploy import battery, install, launch
+        from bench.deploy import battery, install, launch, outcomes
         from bench.deploy.lockdown import identity
 
         report = HealthReport(self.udid, attached=True, paired=True, **identity(self.lockdown))
@@ -123,6 +123,8 @@ class DeviceSession:
         level = await battery.read_battery(self.lockdown)
         report.battery_percent, report.battery_temperature_c = level.level_percent, level.temperature_c
         report.charging = level.charging
+        if (failure := outcomes.last_failure(self.udid)) is not None:  # what the host cannot see before a launch
+            report.problems.append(f"{failure} (`bench devices prepare` launches it again to check)")
         report.runner = await install.lookup(self.lockdown, self.bundle_id)
         if report.runner is None:
             report.problems.append("runner not installed: run `bench devices install Runner.ipa`")
