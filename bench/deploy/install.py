@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.deploy.errors import InstallFailed
 
-RUNNER_BUNDLE_ID = "org.bench.runner"
+# The runner's bundle id: BENCH_BUNDLE_ID when set — the same variable runner/build.sh builds with (a team may have
+# to choose its own id: an explicit App ID another team registered cannot be registered again) — else the default.
+RUNNER_BUNDLE_ID = os.environ.get("BENCH_BUNDLE_ID") or "org.bench.runner"
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def classify(err: BaseException, bundle_id: str, udid: str) -> LaunchFailed:
     nserror = getattr(err, "error", None)
     chain = error_chain(nserror) if nserror is not None else []
     reason = frontboard_reason(chain)
-    detail = next((link.text for link in reversed(chain) if link.text), "") or str(err)
+    detail = " ".join((next((link.text for link in reversed(chain) if link.text), "") or str(err)).split())
     where = f" (FrontBoard: {reason})" if reason else ""
     if reason == "Locked":
         return PhoneLocked(f"the phone is locked, iOS refused to launch {bundle_id}{where}", udid=udid,
