@@ -40,8 +40,9 @@ def socket_address() -> str:
 def describe_missing(address: str) -> UsbmuxUnavailable:
     return UsbmuxUnavailable(
         f"no usbmuxd at {address}",
-        action="install and start usbmuxd (`sudo systemctl start usbmuxd`, or plug a device in to socket-activate "
-        f"it), or point {ENV_VAR} at a running one",
+        action="on Linux install usbmuxd (`sudo apt-get install usbmuxd`) and plug an iPhone in: udev starts it "
+        "(`systemctl status usbmuxd`); `pymobiledevice3 doctor` says what else this host lacks; or point "
+        f"{ENV_VAR} at a running usbmuxd",
     )
 
 
