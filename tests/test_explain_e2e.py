@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from deploy_fixtures import add_phone, job_spec, make_inputs, make_variant, mux, tunneld  # noqa: F401  (fixtures)
+from fake_iphone.coreml_model import SPARSE_FASTER, SPARSE_SLOWER, TIE
 
 MATRIX = {"variants": [{"name": "fp32"}, {"name": "prune-0.2", "prune": {"sparsity": 0.2}},
                        {"name": "int8", "quantize": {"bits": 8}}]}
@@ -46,21 +47,25 @@ def sweep_workspace(tmp_path_factory) -> Path:
     return root
 
 
-def _run_on_one_fake_iphone(workspace_root: Path, mux, tunneld):  # noqa: F811
+def _run_on_one_fake_iphone(workspace_root: Path, mux, tunneld, rules, *, rounds: int = 3, images: int = 3,  # noqa: F811
+                            units: tuple[str, ...] = ("all", "cpuOnly"), names: tuple[str, ...] | None = None):
+    """One run on a fake iPhone 15 Pro (iOS 17.5.1) whose Core ML stand-in follows the scenario `rules`."""
     from bench.deploy import api
     from bench.paths import Workspace
     from bench.run.api import built_variants, start_run
     from bench.run.config import RunConfig
     from bench.run.targets.iphone import IPhoneTarget
 
-    phone = add_phone(mux, 1, ios="17.5.1", build="21F90", product_type="iPhone15,2")  # MLComputePlan needs 17.4+
+    phone = add_phone(mux, 1, ios="17.5.1", build="21F90", product_type="iPhone15,2",  # MLComputePlan needs 17.4+
+                      coreml=rules)
     tunneld.add(mux, phone)
     target = IPhoneTarget(phone.udid, name=phone.name, api=api, timeout_s=60, poll_s=0.05)
-    config = RunConfig.model_validate({"seed": 0, "rounds": 3, "images": 3, "warmup": 1, "compute_plan": True,
-                                       "compute_units": ["all", "cpuOnly"], "evaluate": False, "report": False,
-                                       "adaptive": {"ci_width": None}})
+    config = RunConfig.model_validate({"seed": 0, "rounds": rounds, "images": images, "warmup": 1,
+                                       "compute_plan": True, "compute_units": list(units), "evaluate": False,
+                                       "report": False, "adaptive": {"ci_width": None}})
     workspace = Workspace(workspace_root)
-    outcome = start_run(config, workspace, targets=[target], variants=built_variants(workspace))
+    variants = [v for v in built_variants(workspace) if names is None or v.name in names]
+    outcome = start_run(config, workspace, targets=[target], variants=variants)
     assert outcome.status == "complete", outcome.failures
     return outcome
 
@@ -75,7 +80,7 @@ def test_explain_answers_why_the_sparse_model_is_slower_from_a_fake_iphone_run(s
     from bench.report.html import view_model
     from bench.report.load import load_run
 
-    outcome = _run_on_one_fake_iphone(sweep_workspace, mux, tunneld)
+    outcome = _run_on_one_fake_iphone(sweep_workspace, mux, tunneld, SPARSE_SLOWER)
     run = load_run(outcome.run_dir)
 
     # The plans come from the run's own data: the phone's sparse decompression ran on the CPU.
@@ -117,7 +122,7 @@ def test_explain_answers_why_the_sparse_model_is_slower_from_a_fake_iphone_run(s
     assert any(e["a"]["name"] == "prune-0.2" and e["b"]["name"] == "fp32" for e in report.explanations)
     markdown = write_report(report, "markdown", outcome.run_dir / "report.md").read_text(encoding="utf-8")
     html = write_report(report, "html", outcome.run_dir / "report.html").read_text(encoding="utf-8")
-    section = markdown.split("### Why are the pruned variants slower?", 1)[-1]
+    section = markdown.split("### Pruned variants vs their dense twins (bench explain)", 1)[-1]
     assert re.search(r"prune-0\.2 vs fp32 on iPhone15,2 \(Fake 1\) / all\*\*: prune-0\.2 is [0-9.]+% slower", section)
     sections = {section["id"]: section for section in view_model(report)["sections"]}  # the HTML's data
     assert "explain" in sections and '"explain-0"' in html  # rendered in the browser from the embedded JSON
@@ -133,6 +138,38 @@ def test_explain_answers_why_the_sparse_model_is_slower_from_a_fake_iphone_run(s
     printed = capsys.readouterr().out
     (outcome.run_dir / "explain.txt").write_text(printed, encoding="utf-8")
     assert "Neural Engine" in printed and "estimate" in printed and "constexpr_sparse_to_dense" in printed
+
+
+SCENARIOS = {"sparse slower": SPARSE_SLOWER, "sparse faster on the Neural Engine": SPARSE_FASTER, "tie": TIE}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_explain_follows_the_evidence_whatever_the_scenario(sweep_workspace, mux, tunneld, scenario):  # noqa: F811
+    """The fake phone's placement and timing rules are the test's scenario; `bench explain` reads only the run and
+    must say slower + a cause with its share, faster without a decompression cause, or no measurable difference."""
+    from bench.report.explain import explain
+    from bench.report.load import load_run
+
+    outcome = _run_on_one_fake_iphone(sweep_workspace, mux, tunneld, SCENARIOS[scenario], rounds=2, images=10,
+                                      units=("all",), names=("fp32", "prune-0.2"))
+    result = explain(load_run(outcome.run_dir), "prune-0.2", "fp32", compute_unit="all")
+    latency, answer = result["measured"]["latency"], result["answer"]
+    print(f"\n[{scenario}]\n" + "\n".join(answer))  # what a person reads (pytest -s shows it)
+    assert latency["extra"]["paired_by"] == "image" and latency["extra"]["n_images"] == 10
+    causes = [line for line in answer if line.startswith("Cause:")]
+    if scenario == "sparse slower":
+        assert latency["outcome"] == "DIFFERENT" and latency["regression"]
+        assert "slower than fp32" in answer[0]
+        assert len(causes) == 1 and re.search(r"\d+% of the measured \+", causes[0]) and "estimate" in causes[0]
+    elif scenario == "tie":
+        assert latency["outcome"] == "SAME"
+        assert answer[0].startswith("No measurable difference") and not causes
+    else:
+        assert latency["outcome"] == "DIFFERENT" and not latency["regression"]
+        assert "faster than fp32" in answer[0] and not causes
+        assert any(line.startswith("No cause found in the recorded data") for line in answer)
+    assert not any("slower" in line for line in answer[1:] if scenario != "sparse slower")
 
 
 def test_the_fake_says_why_a_plan_is_missing_like_the_runner(mux, tunneld, tmp_path):  # noqa: F811

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bench.errors import InputError
@@ -96,3 +98,23 @@ def test_unit_names():
 def test_plan_diff_without_plans_is_none():
     assert compute_plan_difference(None, {"encoder": []}, {}, {}) is None
     assert static_difference(None, {}) is None
+
+
+def test_every_sentence_of_the_answer_carries_its_numbers(sparse_vs_dense):
+    assert all(re.search(r"\d", line) for line in sparse_vs_dense["answer"])
+    cause = [line for line in sparse_vs_dense["answer"] if line.startswith("Cause:")]
+    assert len(cause) == 1 and re.search(r"\d+% of the measured \+\d", cause[0])
+
+
+def test_host_torch_never_claims_a_core_ml_cause(run):
+    """host-torch runs dense PyTorch weights: no decompression or placement cause, whatever the verdict; stored
+    differences appear only as what would matter on a phone."""
+    host = explain(run, "int8", "fp32", device="host-torch")
+    answer = " ".join(host["answer"])
+    assert host["target_kind"] == "host-torch" and host["compute_plan"] is None
+    assert not any(line.startswith("Cause:") for line in host["answer"])
+    assert "Neural Engine" not in answer and "must be decompressed" not in answer
+    static = [line for line in host["answer"] if "op(s)" in line]
+    assert all(line.startswith("On a phone (not measured here)") for line in static)
+    if host["measured"]["latency"]["outcome"] != "DIFFERENT":
+        assert "slower" not in host["answer"][0] and "faster" not in host["answer"][0]

@@ -207,7 +207,7 @@ def _series(rng, images: int, tokens: int, step_ms: float = 10.0, encoder_ms: fl
 def test_shorter_captions_are_never_faster_without_the_token_flag():
     """Captions 30 % shorter (10 → 7 tokens) at the same cost per step: the whole caption is faster, but only with the
     token flag; the caption of fixed length is not faster, and nothing is called a regression."""
-    from bench.report.data import latency_verdicts
+    from bench.report.verdicts import latency_verdicts
 
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -225,7 +225,7 @@ def test_shorter_captions_are_never_faster_without_the_token_flag():
 def test_slower_steps_behind_shorter_captions_are_the_regression():
     """Captions 30 % shorter hide decoder steps 20 % slower in the whole-caption time: the fixed-length latency
     carries the regression, and the decoder-per-step verdict says where."""
-    from bench.report.data import latency_verdicts
+    from bench.report.verdicts import latency_verdicts
 
     rng = np.random.default_rng(1)
     verdicts = latency_verdicts([_series(rng, 25, 10)], _series(rng, 25, 7, step_ms=12.0), key="k")

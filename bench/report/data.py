@@ -230,7 +230,7 @@ def compute_verdicts(current: RunData, current_table, baselines: list[RunData], 
         past = [s for run in baselines if (s := _matching_series(run, base)) is not None]
         now = _matching_series(current, row)
         if past and now is not None:
-            results.extend(latency_verdicts(past, now, key=key))
+            results.extend(stats.latency_verdicts(past, now, key=key))
         if row["variant"] in seen_variants:
             continue  # size and quality belong to the variant, not to a target: compare them once
         seen_variants.add(row["variant"])
@@ -251,60 +251,6 @@ def _matching_series(run: RunData, row) -> dict[str, Any] | None:
         if (variant_id, kind, unit) == (row["variant_id"], row["target_kind"], row["compute_unit"]):
             return series
     return None
-
-
-def _compare(past: list[dict], now: dict, field_of, *, key: str, metric: str) -> stats.Verdict:
-    """One latency-like metric: night by night against two or more past runs, by samples against one."""
-    import numpy as np
-
-    if len(past) >= 2:
-        return stats.compare_latency_nights([field_of(s) for s in past], field_of(now), key=key, metric=metric)
-    return stats.compare_latency(np.concatenate([field_of(s) for s in past]), field_of(now), key=key, metric=metric)
-
-
-def latency_verdicts(past: list[dict], now: dict, *, key: str) -> list[stats.Verdict]:
-    """Whole-caption latency, then by part where both sides stored the parts: tokens per caption, encoder time,
-    decoder time per step, and the latency of a caption of the baseline's token count (encoder + that many steps).
-    Whole-caption time grows with the tokens generated: when token counts differ it is marked as not like for like."""
-    import numpy as np
-
-    whole = _compare(past, now, lambda s: s["latency"], key=key, metric="latency median")
-    sides = [*past, now]
-    if not all({"encoder", "decoder", "steps"} <= set(s) for s in sides):
-        return [whole]
-    tokens = stats.compare_tokens(np.concatenate([s["steps"] for s in past]), _images(past), now["steps"],
-                                  now["image"], key=key)
-    tokens_differ = tokens.outcome == stats.DIFFERENT
-    if tokens_differ:
-        whole.extra["tokens_differ"] = True
-        whole.regression = False  # not like for like: the fixed-length latency below carries the regression
-        whole.detail += (f" — TOKEN COUNTS DIFFER ({tokens.detail}): whole-caption times are not like for like; "
-                         "see latency at fixed length")
-    length = float(np.median(np.concatenate([s["steps"] for s in past])))
-
-    def per_step(s):
-        return s["decoder"] / np.maximum(s["steps"], 1)
-
-    def fixed_length(s):
-        return s["encoder"] + length * per_step(s)
-
-    parts = [_compare(past, now, lambda s: s["encoder"], key=key, metric="latency: encoder"),
-             _compare(past, now, per_step, key=key, metric="latency: decoder per step"),
-             _compare(past, now, fixed_length, key=key, metric="latency at fixed length")]
-    parts[-1].detail = f"caption of {length:g} tokens (the baseline's median): {parts[-1].detail}"
-    # One regression per problem: encoder and per-step times say where; the fixed-length latency counts only when
-    # the token counts differ (otherwise it is the whole-caption verdict again).
-    for part in parts[:2] + ([] if tokens_differ else parts[2:]):
-        part.regression = False
-    return [whole, tokens, *parts]
-
-
-def _images(series: list[dict]):
-    import numpy as np
-
-    if any(s["image"] is None for s in series):
-        return None
-    return np.concatenate([s["image"] for s in series])
 
 
 def _num(value) -> float | None:

@@ -1,4 +1,4 @@
-"""`bench explain A B`: why variant A is slower (or faster) than B on one device and compute unit — from data.
+"""`bench explain A B`: whether and why variant A is slower (or faster) than B on one device and compute unit — from data.
 
 Three layers of evidence, most direct first:
 1. measured: latency (median, CI of the shift, verdict; paired by image when the samples name their image) and load
@@ -104,12 +104,23 @@ def _median_ms(frame, column: str) -> float | None:
     return float(values.median()) / 1e6 if len(values) else None
 
 
+def _series(frame) -> dict[str, Any]:
+    """A job's samples as the arrays bench.report.verdicts.latency_verdicts reads."""
+    series = {"latency": frame["latency_ns"].to_numpy(dtype="float64"), "image": _image_ids(frame)}
+    for name, column in (("encoder", "encoder_ns"), ("decoder", "decoder_ns"), ("steps", "decoder_steps")):
+        if column in frame.columns and len(frame) and not frame[column].isna().any():
+            series[name] = frame[column].to_numpy(dtype="float64")
+    return series
+
+
 def measured_difference(run: RunData, job_a: dict, job_b: dict, name_a: str, name_b: str) -> dict[str, Any]:
     sa, sb = _job_samples(run, job_a), _job_samples(run, job_b)
     # Paired by image where both sides say which image each sample decoded (decode length varies per image).
     verdict = stats.compare_latency_paired(sb["latency_ns"].to_numpy(), sa["latency_ns"].to_numpy(),
                                            _image_ids(sb), _image_ids(sa), key=f"{name_a} vs {name_b}",
                                            metric="latency median")
+    # By part (tokens per caption, encoder, decoder per step, fixed-length caption), where the samples carry them.
+    parts = [v.to_dict() for v in stats.latency_verdicts([_series(sb)], _series(sa), key=f"{name_a} vs {name_b}")[1:]]
     loads = []
     for field_name, label in (("compile", "compile"), ("cold_load", "cold load"), ("warm_load", "warm load"),
                               ("first_prediction", "first prediction")):
@@ -117,12 +128,12 @@ def measured_difference(run: RunData, job_a: dict, job_b: dict, name_a: str, nam
         loads.append({"what": label, "a_ms": a / 1e6 if a is not None else None, "b_ms": b / 1e6 if b is not None else None,
                       "delta_ms": (a - b) / 1e6 if a is not None and b is not None else None,
                       "note": "single measurement per job (no CI)"})
-    parts = []
+    packages = []
     for column, label in (("encoder_ns", "encoder"), ("decoder_ns", "decoder")):
         a, b = _median_ms(sa, column), _median_ms(sb, column)
-        parts.append({"package": label, "a_ms": a, "b_ms": b,
-                      "delta_ms": a - b if a is not None and b is not None else None})
-    return {"latency": verdict.to_dict(), "loads": loads, "packages": parts,
+        packages.append({"package": label, "a_ms": a, "b_ms": b,
+                         "delta_ms": a - b if a is not None and b is not None else None})
+    return {"latency": verdict.to_dict(), "parts": parts, "loads": loads, "packages": packages,
             "n_a": int(len(sa)), "n_b": int(len(sb))}
 
 
@@ -281,77 +292,154 @@ def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_
     return result
 
 
+CAUSE_SHARE = 0.5  # a cause is named only when the changes it names account for at least half the measured delta
+
+
 def summarize(result: dict[str, Any]) -> list[str]:
-    """A few sentences that answer the question, each backed by a number above."""
-    lines = []
+    """The answer: every sentence built from one finding above, with its numbers (see _latency_sentence for the
+    words each verdict allows); a cause only when the compute plan accounts for a stated share of the delta."""
+    on_host = result["target_kind"] == "host-torch"
+    lines = [_latency_sentence(result)]
+    if on_host:
+        lines.append("These are host-torch numbers: host emulation (not Core ML) — dense PyTorch weights on the host "
+                     "CPU; they say nothing about a phone.")
+    lines += _part_sentences(result)
+    lines += _size_sentences(result["static"], phone_note=on_host)
+    if not on_host:
+        lines += _plan_sentences(result)
+    lines.append(_cause_sentence(result))
+    return [line for line in lines if line]
+
+
+def _latency_sentence(result: dict[str, Any]) -> str:
+    """faster / slower only after DIFFERENT, "no measurable difference" after SAME, "undecided" after UNKNOWN."""
     name_a, name_b = result["a"]["name"], result["b"]["name"]
     lat = result["measured"]["latency"]
-    if lat.get("relative") is not None:
-        lo, hi = lat.get("ci95") or (None, None)
-        ci = f", 95% CI {lo:+.1%} … {hi:+.1%}" if lo is not None else ""
+    where = f"on {result['target']} / {result['compute_unit']}"
+    if lat.get("relative") is None:
+        return f"Undecided: {name_a} vs {name_b} {where} — {lat['detail']} (UNKNOWN)."
+    lo, hi = lat["ci95"]
+    numbers = (f"median {lat['current']:.1f} ms vs {lat['baseline']:.1f} ms, shift {lat['relative']:+.1%}, "
+               f"95% CI {lo:+.1%} … {hi:+.1%}")
+    if lat["outcome"] == stats.DIFFERENT:
         word = "slower" if lat["relative"] > 0 else "faster"
-        lines.append(f"{name_a} is {abs(lat['relative']):.1%} {word} than {name_b} on {result['target']} / "
-                     f"{result['compute_unit']}: median {lat['current']:.1f} ms vs {lat['baseline']:.1f} ms{ci} "
-                     f"— {lat['outcome']} ({lat['detail']}).")
-    if result["target_kind"] == "host-torch":
-        lines.append("These are host-torch numbers: host emulation (not Core ML); they say nothing about the phone.")
-    parts = [p for p in result["measured"]["packages"] if p["delta_ms"] is not None]
-    if parts:
-        lines.append("Measured split: " + "; ".join(f"{p['package']} {p['delta_ms']:+.1f} ms" for p in parts) + ".")
-    static = result["static"]
-    if static:
-        added = [d for d in static["decompression_ops"] if d["delta"] > 0]
-        if added:
-            lines.append("Static: the stored package adds " + ", ".join(f"{d['delta']} {d['op']}" for d in added)
-                         + f" op(s) (weights: {_formats_line(static['weight_formats']['a'])} vs "
-                           f"{_formats_line(static['weight_formats']['b'])}).")
-        bytes_a, bytes_b = static["bytes"]["total_bytes"]["a"], static["bytes"]["total_bytes"]["b"]
-        if bytes_a and bytes_b:
-            lines.append(f"Size on disk {bytes_a / 1e6:.1f} MB vs {bytes_b / 1e6:.1f} MB ({bytes_a / bytes_b - 1:+.1%}): "
-                         "smaller files do not mean less work at run time.")
-    plan = result["compute_plan"]
-    if plan:
-        off = plan["off_neural_engine"]
-        if off["count"]:
-            to = ", ".join(f"{n} to {u}" for u, n in off["to"].items())
-            shares = ", ".join(f"{share:.0%} of the {package}" for package, share in off["b_cost_by_package"].items())
-            lines.append(f"Compute plan: {off['count']} op(s) left the Neural Engine ({to}); in {name_b} they carried "
-                         f"{shares} estimated cost; ≈{off['b_est_ms']:.1f} ms there vs ≈{off['a_est_ms']:.1f} ms now "
-                         f"({ESTIMATE}).")
-        lost = [r for r in plan["supported_lost"]]
-        if lost:
-            lines.append(f"{len(lost)} op(s) lost support for " + ", ".join(sorted({u for r in lost for u in r["units_lost"]}))
-                         + f" in {name_a}.")
-        for group in plan["added"]:
-            lines.append(f"{group['count']} {group['type']} op(s) appear in {name_a} (preferred unit: "
-                         + ", ".join(f"{u} {n}" for u, n in group["units"].items())
-                         + f"), ≈{group['est_ms']:.1f} ms, {group['time_share'] or 0:.0%} of {name_a}'s time ({ESTIMATE}).")
-        ne = [s for s in plan["unit_shares"] if s["unit"] == NEURAL_ENGINE]
-        for share in ne:
-            lines.append(f"{share['package']}: Neural Engine share of estimated cost {share['b_share']:.0%} → "
-                         f"{share['a_share']:.0%} ({ESTIMATE}).")
-    elif result["target_kind"] == "iphone":
-        lines.append("No compute plan recorded for this pair (run with compute_plan on iOS 17.4+ to see per-op units).")
-    conclusion = _conclusion(result)
-    if conclusion:
-        lines.append(conclusion)
+        return f"{name_a} is {abs(lat['relative']):.1%} {word} than {name_b} {where}: {numbers} — DIFFERENT ({lat['detail']})."
+    if lat["outcome"] == stats.SAME:
+        return (f"No measurable difference between {name_a} and {name_b} {where}: {numbers}, inside "
+                f"±{lat['extra']['min_effect']:.0%} — SAME.")
+    return f"Undecided whether {name_a} differs from {name_b} {where}: {numbers} — UNKNOWN ({lat['detail']})."
+
+
+def _part_sentences(result: dict[str, Any]) -> list[str]:
+    parts = {p["metric"]: p for p in result["measured"].get("parts") or []}
+    lines = []
+    tokens = parts.get("tokens per caption")
+    if tokens and tokens["outcome"] == stats.DIFFERENT:
+        lines.append(f"Token counts differ — {tokens['detail']}: whole-caption times are not like for like; the "
+                     "latency of a caption of fixed length is the fair comparison.")
+    described = []
+    for metric, label in (("latency: encoder", "encoder"), ("latency: decoder per step", "decoder per step"),
+                          ("latency at fixed length", "caption of fixed length")):
+        part = parts.get(metric)
+        if part and part.get("relative") is not None:
+            word = {stats.DIFFERENT: "slower" if part["relative"] > 0 else "faster", stats.SAME: "no measurable "
+                    "difference"}.get(part["outcome"], "undecided")
+            described.append(f"{label} {part['current']:.2f} vs {part['baseline']:.2f} ms ({part['relative']:+.1%}, "
+                             f"{word})")
+    if described:
+        lines.append("By part (medians): " + "; ".join(described) + ".")
     return lines
 
 
-def _conclusion(result: dict[str, Any]) -> str | None:
-    """One sentence that puts the evidence together — only when the data supports each part of it."""
-    lat, plan, static = result["measured"]["latency"], result["compute_plan"], result["static"]
-    if lat.get("outcome") != "DIFFERENT" or not lat.get("regression"):
+def _size_sentences(static: dict | None, *, phone_note: bool) -> list[str]:
+    """Size only when the sizes differ; stored decompression ops as what the package holds (on host-torch: what
+    would matter on a phone, not measured here)."""
+    if not static:
+        return []
+    prefix = "On a phone (not measured here) this would matter: " if phone_note else "Static: "
+    lines = []
+    added = [d for d in static["decompression_ops"] if d["delta"] > 0]
+    if added:
+        lines.append(f"{prefix}the stored package adds " + ", ".join(f"{d['delta']} {d['op']}" for d in added)
+                     + f" op(s) (weights: {_formats_line(static['weight_formats']['a'])} vs "
+                       f"{_formats_line(static['weight_formats']['b'])}).")
+    bytes_a, bytes_b = static["bytes"]["total_bytes"]["a"], static["bytes"]["total_bytes"]["b"]
+    if bytes_a and bytes_b and bytes_a != bytes_b:
+        lines.append(f"Size on disk {bytes_a / 1e6:.1f} MB vs {bytes_b / 1e6:.1f} MB ({bytes_a / bytes_b - 1:+.1%}).")
+    return lines
+
+
+def _plan_sentences(result: dict[str, Any]) -> list[str]:
+    name_a, name_b = result["a"]["name"], result["b"]["name"]
+    plan = result["compute_plan"]
+    if not plan:
+        if result["target_kind"] == "iphone":
+            return ["No compute plan recorded for this pair (run with compute_plan on iOS 17.4+ to see per-op units)."]
+        return []
+    lines = []
+    off = plan["off_neural_engine"]
+    if off["count"]:
+        to = ", ".join(f"{n} to {u}" for u, n in off["to"].items())
+        shares = ", ".join(f"{share:.0%} of the {package}" for package, share in off["b_cost_by_package"].items())
+        lines.append(f"Compute plan: {off['count']} op(s) left the Neural Engine ({to}); in {name_b} they carried "
+                     f"{shares} estimated cost; ≈{off['b_est_ms']:.1f} ms there vs ≈{off['a_est_ms']:.1f} ms now "
+                     f"({ESTIMATE}).")
+    lost = plan["supported_lost"]
+    if lost:
+        lines.append(f"{len(lost)} op(s) lost support for " + ", ".join(sorted({u for r in lost for u in r["units_lost"]}))
+                     + f" in {name_a}.")
+    for group in plan["added"]:
+        lines.append(f"{group['count']} {group['type']} op(s) appear in {name_a} (preferred unit: "
+                     + ", ".join(f"{u} {n}" for u, n in group["units"].items())
+                     + f"), ≈{group['est_ms']:.1f} ms, {group['time_share'] or 0:.0%} of {name_a}'s time ({ESTIMATE}).")
+    for share in plan["unit_shares"]:
+        if share["unit"] == NEURAL_ENGINE and share["b_share"] != share["a_share"]:
+            lines.append(f"{share['package']}: Neural Engine share of estimated cost {share['b_share']:.0%} → "
+                         f"{share['a_share']:.0%} ({ESTIMATE}).")
+    return lines
+
+
+def plan_accounted_ms(plan: dict | None) -> float | None:
+    """Per caption, the estimated time of what the compute plan says changed: ops that moved to another unit (their
+    estimate now minus before) plus the ops only in A. None without a plan."""
+    if not plan:
         return None
-    causes = []
-    if static and any(d["delta"] > 0 for d in static["decompression_ops"]):
-        causes.append("weights stored compressed must be decompressed at run time")
-    if plan and plan["off_neural_engine"]["count"]:
-        causes.append(f"{plan['off_neural_engine']['count']} op(s) no longer run on the Neural Engine")
-    if not causes:
+    moved = sum((m["a_est_ms"] or 0.0) - (m["b_est_ms"] or 0.0) for m in plan["moved"])
+    return moved + sum(group["est_ms"] for group in plan["added"])
+
+
+def _cause_sentence(result: dict[str, Any]) -> str | None:
+    """A cause only after DIFFERENT and only when the compute plan's changes account for ≥ CAUSE_SHARE of the
+    measured delta (same direction); on host-torch no Core ML cause at all."""
+    lat = result["measured"]["latency"]
+    if lat.get("outcome") != stats.DIFFERENT:
         return None
-    return (f"So: {result['a']['name']} is smaller on disk but slower because " + " and ".join(causes)
-            + "; the compute-plan parts rest on Core ML's cost estimates.")
+    delta = (lat["current"] or 0.0) - (lat["baseline"] or 0.0)
+    if result["target_kind"] == "host-torch":
+        return ("No cause found in the recorded data: host-torch runs dense PyTorch weights, so no Core ML cause "
+                "(decompression, placement) applies to this measurement.")
+    accounted = plan_accounted_ms(result["compute_plan"])
+    if accounted is None:
+        return ("No cause found in the recorded data: without a compute plan nothing apportions the measured "
+                f"{delta:+.1f} ms per caption to the stored differences.")
+    share = accounted / delta if delta else 0.0
+    named = _named_changes(result["compute_plan"])
+    if share >= CAUSE_SHARE:
+        return (f"Cause: {named} account for ≈{accounted:+.1f} ms per caption ({ESTIMATE}), {share:.0%} of the "
+                f"measured {delta:+.1f} ms.")
+    return (f"No cause found in the recorded data: {named} account for ≈{accounted:+.1f} ms per caption "
+            f"({ESTIMATE}), {share:.0%} of the measured {delta:+.1f} ms — under the {CAUSE_SHARE:.0%} needed to name "
+            "them the cause.")
+
+
+def _named_changes(plan: dict) -> str:
+    moved, added = len(plan["moved"]), sum(group["count"] for group in plan["added"])
+    words = []
+    if moved:
+        words.append(f"the {moved} op(s) that changed compute unit")
+    if added:
+        words.append(f"the {added} added " + ", ".join(group["type"] for group in plan["added"]) + " op(s)")
+    return " and ".join(words) or "the compute-plan changes (none)"
 
 
 def _formats_line(formats: dict) -> str:

@@ -60,7 +60,7 @@ def view_model(report: ReportData) -> dict[str, Any]:
     add("compute-units", "Compute-unit comparison", ["compute-units"])
     add("trends", "Nightly trend", ["trends"])
     if report.explanations:
-        sections.append({"id": "explain", "title": "Why are the pruned variants slower? (bench explain)",
+        sections.append({"id": "explain", "title": "Pruned variants vs their dense twins (bench explain)",
                          "notes": ["Per-op times are ESTIMATES: the package's measured median time × Core ML's "
                                    "estimated cost share of the op (MLComputePlan), never a measurement."]})
         for index, explanation in enumerate(report.explanations):

@@ -38,7 +38,7 @@ def render_report(report: ReportData) -> str:
         lines += [f"{hidden} comparisons not listed: size / sparsity / quality SAME, latency parts and tokens per "
                   "caption not DIFFERENT.", ""]
     if report.explanations:
-        lines += ["### Why are the pruned variants slower?", ""]
+        lines += ["### Pruned variants vs their dense twins (bench explain)", ""]
         for explanation in report.explanations:
             lines += [f"- **{esc(cells.explanation_summary(explanation))}**: " + esc(explanation["answer"][0])]
         lines += [""]

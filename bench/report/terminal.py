@@ -48,18 +48,21 @@ def render_report(report: ReportData, console) -> None:
 
 
 def render_explanation(explanation: dict[str, Any], console) -> None:
-    console.print(f"[bold]Why is {esc(explanation['a']['name'])} {_direction(explanation)} than "
-                  f"{esc(explanation['b']['name'])}?[/] {esc(explanation['target'])} / {esc(explanation['compute_unit'])} "
-                  f"(run {esc(explanation['run_id'])})")
+    console.print(f"[bold]{esc(_question(explanation))}[/] {esc(explanation['target'])} / "
+                  f"{esc(explanation['compute_unit'])} (run {esc(explanation['run_id'])})")
     for line in explanation["answer"]:
         console.print(f"  • {esc(line)}")
     for title, columns, rows in explanation_tables(explanation):
         console.print(_table(title, columns, rows))
 
 
-def _direction(explanation: dict) -> str:
-    relative = explanation["measured"]["latency"].get("relative")
-    return "slower" if relative is not None and relative > 0 else "faster"
+def _question(explanation: dict) -> str:
+    """"Why is A slower than B?" only when the verdict says it is; otherwise the neutral question."""
+    a, b = explanation["a"]["name"], explanation["b"]["name"]
+    latency = explanation["measured"]["latency"]
+    if latency.get("outcome") == "DIFFERENT":
+        return f"Why is {a} {'slower' if latency['relative'] > 0 else 'faster'} than {b}?"
+    return f"Is {a} faster or slower than {b}?"
 
 
 def explanation_tables(explanation: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:

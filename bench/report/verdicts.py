@@ -370,6 +370,61 @@ def compare_tokens(baseline_steps, baseline_images, current_steps, current_image
                           f"{changed} of {where} changed", **base)
 
 
+# ----------------------------------------------------------------------------------------------- by part
+def _compare(past: list[dict], now: dict, field_of, *, key: str, metric: str) -> Verdict:
+    """One latency-like metric: night by night against two or more past runs, by samples against one."""
+    import numpy as np
+
+    if len(past) >= 2:
+        return compare_latency_nights([field_of(s) for s in past], field_of(now), key=key, metric=metric)
+    return compare_latency(np.concatenate([field_of(s) for s in past]), field_of(now), key=key, metric=metric)
+
+
+def latency_verdicts(past: list[dict], now: dict, *, key: str) -> list[Verdict]:
+    """Whole-caption latency, then by part where both sides stored the parts: tokens per caption, encoder time,
+    decoder time per step, and the latency of a caption of the baseline's token count (encoder + that many steps).
+    Whole-caption time grows with the tokens generated: when token counts differ it is marked as not like for like."""
+    import numpy as np
+
+    whole = _compare(past, now, lambda s: s["latency"], key=key, metric="latency median")
+    sides = [*past, now]
+    if not all({"encoder", "decoder", "steps"} <= set(s) for s in sides):
+        return [whole]
+    tokens = compare_tokens(np.concatenate([s["steps"] for s in past]), _series_images(past), now["steps"],
+                                  now["image"], key=key)
+    tokens_differ = tokens.outcome == DIFFERENT
+    if tokens_differ:
+        whole.extra["tokens_differ"] = True
+        whole.regression = False  # not like for like: the fixed-length latency below carries the regression
+        whole.detail += (f" — TOKEN COUNTS DIFFER ({tokens.detail}): whole-caption times are not like for like; "
+                         "see latency at fixed length")
+    length = float(np.median(np.concatenate([s["steps"] for s in past])))
+
+    def per_step(s):
+        return s["decoder"] / np.maximum(s["steps"], 1)
+
+    def fixed_length(s):
+        return s["encoder"] + length * per_step(s)
+
+    parts = [_compare(past, now, lambda s: s["encoder"], key=key, metric="latency: encoder"),
+             _compare(past, now, per_step, key=key, metric="latency: decoder per step"),
+             _compare(past, now, fixed_length, key=key, metric="latency at fixed length")]
+    parts[-1].detail = f"caption of {length:g} tokens (the baseline's median): {parts[-1].detail}"
+    # One regression per problem: encoder and per-step times say where; the fixed-length latency counts only when
+    # the token counts differ (otherwise it is the whole-caption verdict again).
+    for part in parts[:2] + ([] if tokens_differ else parts[2:]):
+        part.regression = False
+    return [whole, tokens, *parts]
+
+
+def _series_images(series: list[dict]):
+    import numpy as np
+
+    if any(s["image"] is None for s in series):
+        return None
+    return np.concatenate([s["image"] for s in series])
+
+
 # ----------------------------------------------------------------------------------------------- nights
 ONE_NIGHT_NOTE = ("one baseline run: between-run variation cannot be estimated, so this verdict covers within-run "
                   "noise only (its false-alarm rate holds for this pair of runs, not per night)")

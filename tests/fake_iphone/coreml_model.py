@@ -9,7 +9,12 @@ coremltools' generated proto modules; the fake never imports bench code) and der
 - the time of one prediction on that plan: the sum of per-op times on their devices plus a penalty for each hand-over
   between devices.
 
-The placement rules copy what the seed study saw on iPhones, not Apple's real heuristics:
+Placement and timing are a SCENARIO each test sets (`CoreMLRules`, given to the fake phone as `coreml=`), never a
+result a test then "discovers": `SPARSE_SLOWER` (the default) copies what the seed study saw on an iPhone 13 Pro,
+`SPARSE_FASTER` a newer Neural Engine that reads sparse weights itself and is bound by weight bandwidth, `TIE` one that
+reads them but gains nothing. `bench explain` must report each correctly without knowing which one ran.
+
+The default rules copy what the seed study saw on iPhones, not Apple's real heuristics:
 - `cpuOnly` puts every op on the CPU; `cpuAndGPU` puts compute ops on the GPU; `cpuAndNeuralEngine` / `all` put every
   op the Neural Engine supports there.
 - `constexpr_sparse_to_dense` (and the other sparse decompression ops) run on the CPU at every prediction, and the
@@ -56,6 +61,25 @@ DTYPE_BITS = {"FLOAT16": 16, "FLOAT32": 32, "FLOAT64": 64, "INT8": 8, "UINT8": 8
 _PROTO_ALIAS = "_fake_iphone_coreml_proto"
 
 
+@dataclass(frozen=True)
+class CoreMLRules:
+    """How the stand-in places and times ops: the scenario a test chooses."""
+
+    # True: the Neural Engine reads sparse weights itself (decompression fused into the consumer, like affine/LUT);
+    # False: sparse decompression runs on the CPU and its consumers lose the Neural Engine (the seed's iPhone 13 Pro).
+    sparse_on_neural_engine: bool = False
+    # With sparse_on_neural_engine: the consumer reads only the stored (non-zero + mask) bytes, not the dense weight.
+    sparse_reads_compressed: bool = False
+    # Nanoseconds per byte of weight read on the Neural Engine (the default is compute-bound; a large value makes
+    # decoding weight-bandwidth-bound, as on phones decoding one token at a time).
+    ne_ns_per_weight_byte: float = 0.08
+
+
+SPARSE_SLOWER = CoreMLRules()
+SPARSE_FASTER = CoreMLRules(sparse_on_neural_engine=True, sparse_reads_compressed=True, ne_ns_per_weight_byte=2.0)
+TIE = CoreMLRules(sparse_on_neural_engine=True, sparse_reads_compressed=False, ne_ns_per_weight_byte=2.0)
+
+
 class ModelUnreadable(Exception):
     """The package is not an ML program this stand-in can read (MLComputePlan would fail to load it)."""
 
@@ -95,6 +119,7 @@ class Op:
     weight_bytes: int  # weight bytes the op reads at each prediction
     sparse_weight: bool  # fed by a sparse-decompressed weight
     consumer: int | None  # for fused decompression ops: index of the op that uses the weight
+    stored_weight_bytes: int = 0  # of a sparse weight: the bytes stored (values + mask), not the dense weight
 
 
 @dataclass(frozen=True)
@@ -205,12 +230,12 @@ def _op(index, op, raw, shapes, bits, producers, consumer_of, dtype_name) -> Op:
     name = op.outputs[0].name if op.outputs else ""
     out_elements = _count(shapes.get(name, []))
     if op.type == "const":
-        return Op(name, op.type, 0.0, 0, False, None)
+        return Op(name, op.type, 0.0, 0, False, None, 0)
     if op.type in SPARSE_DECOMPRESSION:
-        return Op(name, op.type, out_elements * SPARSE_WORK_PER_ELEMENT, 0, True, consumer_of.get(index))
+        return Op(name, op.type, out_elements * SPARSE_WORK_PER_ELEMENT, 0, True, consumer_of.get(index), 0)
     if op.type.startswith("constexpr_"):
-        return Op(name, op.type, out_elements * FUSED_WORK_PER_ELEMENT, 0, False, consumer_of.get(index))
-    weight_bytes, sparse, weight_shape = 0, False, None
+        return Op(name, op.type, out_elements * FUSED_WORK_PER_ELEMENT, 0, False, consumer_of.get(index), 0)
+    weight_bytes, stored_bytes, sparse, weight_shape = 0, 0, False, None
     for key in ("weight", "y", "x"):
         argument = op.inputs.get(key)
         for binding in (argument.arguments if argument is not None else []):
@@ -222,6 +247,7 @@ def _op(index, op, raw, shapes, bits, producers, consumer_of, dtype_name) -> Op:
             if parent.type in SPARSE_DECOMPRESSION:
                 sparse = True  # decompressed on the CPU: the consumer reads the dense weight
                 weight_bytes += _count(weight_shape) * bits.get(source, 32) // 8
+                stored_bytes += _stored_bits(parent, raw, producers, dtype_name) // 8
             elif parent.type.startswith("constexpr_"):
                 weight_bytes += _stored_bits(parent, raw, producers, dtype_name) // 8  # fused: compressed bytes
             else:
@@ -233,10 +259,17 @@ def _op(index, op, raw, shapes, bits, producers, consumer_of, dtype_name) -> Op:
         work = out_elements * (x_shape[-1] if x_shape else 1)
     else:
         work = out_elements * ELEMENTWISE_WORK.get(op.type, 1.0)
-    return Op(name, op.type, float(work), int(weight_bytes), sparse and op.type in WEIGHTED, None)
+    return Op(name, op.type, float(work), int(weight_bytes), sparse and op.type in WEIGHTED, None,
+              int(stored_bytes) if sparse else int(weight_bytes))
 
 
-def _capable(op: Op) -> tuple[str, ...]:
+def _fused(op: Op, rules: CoreMLRules) -> bool:
+    return op.type in FUSED_DECOMPRESSION or (rules.sparse_on_neural_engine and op.type in SPARSE_DECOMPRESSION)
+
+
+def _capable(op: Op, rules: CoreMLRules) -> tuple[str, ...]:
+    if rules.sparse_on_neural_engine:
+        return (CPU, GPU, NE)  # the Neural Engine reads sparse weights itself
     if op.type in SPARSE_DECOMPRESSION:
         return (CPU,)
     if op.sparse_weight:
@@ -244,13 +277,21 @@ def _capable(op: Op) -> tuple[str, ...]:
     return (CPU, GPU, NE)
 
 
-def _op_time(op: Op, device: str) -> float:
-    dispatch = 0 if op.type in FUSED_DECOMPRESSION else DISPATCH_NS[device]  # fused into the consumer's kernel
-    return op.work * NS_PER_WORK[device] + op.weight_bytes * NS_PER_WEIGHT_BYTE[device] + dispatch
+def _op_time(op: Op, device: str, rules: CoreMLRules) -> float:
+    fused = _fused(op, rules)
+    dispatch = 0 if fused else DISPATCH_NS[device]  # fused into the consumer's kernel
+    work = op.work * FUSED_WORK_PER_ELEMENT / SPARSE_WORK_PER_ELEMENT if fused and op.type in SPARSE_DECOMPRESSION \
+        else op.work
+    weight_bytes = op.weight_bytes
+    if op.sparse_weight and rules.sparse_on_neural_engine and rules.sparse_reads_compressed and device == NE:
+        weight_bytes = op.stored_weight_bytes
+    per_byte = rules.ne_ns_per_weight_byte if device == NE else NS_PER_WEIGHT_BYTE[device]
+    return work * NS_PER_WORK[device] + weight_bytes * per_byte + dispatch
 
 
-def place(ops: tuple[Op, ...], compute_unit: str) -> Placement:
-    """Where each op runs under `compute_unit`, its estimated cost share, and one prediction's time."""
+def place(ops: tuple[Op, ...], compute_unit: str, rules: CoreMLRules = SPARSE_SLOWER) -> Placement:
+    """Where each op runs under `compute_unit` (by the scenario's `rules`), its estimated cost share, and one
+    prediction's time."""
     allowed = ALLOWED[compute_unit]
     preferred: list[str | None] = []
     supported: list[tuple[str, ...]] = []
@@ -259,13 +300,13 @@ def place(ops: tuple[Op, ...], compute_unit: str) -> Placement:
             preferred.append(None)
             supported.append(())
             continue
-        units = tuple(d for d in (CPU, GPU, NE) if d in allowed and d in _capable(op))
+        units = tuple(d for d in (CPU, GPU, NE) if d in allowed and d in _capable(op, rules))
         supported.append(units)
         preferred.append(NE if NE in units else GPU if GPU in units else CPU)
     for index, op in enumerate(ops):  # fused decompression runs where its consumer runs
-        if op.type in FUSED_DECOMPRESSION and op.consumer is not None and preferred[op.consumer] is not None:
+        if _fused(op, rules) and op.consumer is not None and preferred[op.consumer] is not None:
             preferred[index] = preferred[op.consumer]
-    times = [0.0 if device is None else _op_time(op, device) for op, device in zip(ops, preferred)]
+    times = [0.0 if device is None else _op_time(op, device, rules) for op, device in zip(ops, preferred)]
     total = sum(times)
     planned = tuple(PlannedOp(op.name, op.type, device, units,
                               None if device is None else round(t / total, 6) if total else 0.0, t)

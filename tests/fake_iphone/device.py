@@ -8,6 +8,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .coreml_model import SPARSE_SLOWER, CoreMLRules
 from .wire import close, read_plist, write_plist
 
 LOCKDOWN_PORT = 62078
@@ -66,6 +67,7 @@ class FakeIPhone:
     charging: bool = True
     low_power_mode: bool = False
     faults: Faults = field(default_factory=Faults)
+    coreml: CoreMLRules = SPARSE_SLOWER  # the Core ML stand-in's placement and timing scenario (coreml_model.py)
     apps: dict[str, App] = field(default_factory=dict)
     runner_bundle_id: str = "org.bench.runner"
 

@@ -22,7 +22,7 @@ import os
 import random
 from pathlib import Path
 
-from .coreml_model import ModelUnreadable, Placement, place, read_program
+from .coreml_model import CoreMLRules, ModelUnreadable, Placement, place, read_program
 
 UNIT_FACTOR = {"cpuOnly": 1.0, "cpuAndGPU": 0.55, "cpuAndNeuralEngine": 0.3, "all": 0.28}  # unreadable packages only
 RUNNER_PROCESS = "BenchRunner"
@@ -156,7 +156,7 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
             steps_out.append(_step(model, unit, f"missing on device: {', '.join(p.name for p in missing)}", [], []))
         else:
             size = _tree_bytes(encoder) + _tree_bytes(decoder)
-            placements, unreadable = _placements(encoder, decoder, unit)
+            placements, unreadable = _placements(encoder, decoder, unit, device.coreml)
             timing = (size, placements)
             warm = [_sample(device, model, unit, i, r, timing, clock + r) for r in range(job["warmup"])
                     for i in model["inputs"][:1]]
@@ -214,10 +214,13 @@ class _Crash(Exception):
     pass
 
 
-def _placements(encoder: Path, decoder: Path, unit: str) -> tuple[dict[str, Placement] | None, str | None]:
-    """Core ML's placement of both packages for `unit` (the stand-in's), or None and why it cannot be read."""
+def _placements(encoder: Path, decoder: Path, unit: str,
+                rules: CoreMLRules) -> tuple[dict[str, Placement] | None, str | None]:
+    """Core ML's placement of both packages for `unit` under the phone's scenario `rules` (the stand-in's), or None
+    and why it cannot be read."""
     try:
-        return {"encoder": place(read_program(encoder), unit), "decoder": place(read_program(decoder), unit)}, None
+        return {"encoder": place(read_program(encoder), unit, rules),
+                "decoder": place(read_program(decoder), unit, rules)}, None
     except ModelUnreadable as err:
         return None, str(err)
 
