@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 SERIES = [(f"v{i:02d}-{i:012x}", unit) for i in range(20) for unit in ("all", "cpuOnly")]
+# Floor of the report's throughput (samples read per second, both runs): ~1.5 M/s measured on the shared 2-core box
+# before verdicts by part; a report that falls under this has lost its vectorised path.
+MIN_SAMPLES_PER_SECOND = 500_000
 
 
 def write_run(root: Path, run_id: str, created_at: str, n_samples: int, seed: int) -> Path:
@@ -84,6 +87,11 @@ def test_report_generation(benchmark, runs, tmp_path):
         return report
 
     report = benchmark.pedantic(generate, rounds=1, iterations=1)
-    assert int(report.table["n"].sum()) == n and len(report.verdicts) == len(SERIES) * 1 + 20 * 4
+    # Per series: whole-caption latency, tokens per caption, encoder, decoder per step, fixed-length caption;
+    # per variant: size, sparsity, BLEU, CIDEr.
+    assert int(report.table["n"].sum()) == n and len(report.verdicts) == len(SERIES) * 5 + 20 * 4
+    rate = n * 2 / benchmark.stats.stats.mean  # both runs are read
     benchmark.extra_info["samples"] = n
-    benchmark.extra_info["samples_per_second"] = n * 2 / benchmark.stats.stats.mean  # both runs are read
+    benchmark.extra_info["samples_per_second"] = rate
+    print(f"\n{n:,} samples per run: {benchmark.stats.stats.mean:.2f} s, {rate / 1e6:.2f} M samples/s")
+    assert rate >= MIN_SAMPLES_PER_SECOND

@@ -65,3 +65,13 @@ def test_the_table_prints_every_distribution_and_size(quick):
     text = calibrate.render(quick, calibrate.QUICK)
     for name in calibrate.DISTRIBUTIONS:
         assert sum(line.startswith(name) for line in text.splitlines()) == len(calibrate.QUICK.sizes) + 1
+
+
+def test_adaptive_stopping_keeps_coverage_and_halves_the_samples(quick):
+    """The runner's stopping rule at ±2 %: the median CI still covers after optional stopping, and a series needs on
+    average at most half of the fixed N that reaches ±2 % in 95 % of series (lognormal and bimodal)."""
+    trials = calibrate.QUICK.stopping_series
+    for name in ("lognormal", "bimodal"):
+        cell = quick[name]["stopping"]
+        assert cell["coverage"] >= 0.93 - _slack(0.93, trials), (name, cell)
+        assert cell["ratio"] <= 0.5, (name, cell)

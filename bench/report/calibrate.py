@@ -19,6 +19,11 @@ regression (bound ≤ 2 %). Nightly: 7 past nights + tonight, 100 samples each, 
 factor adds to the within-run noise of the median until their total is 2 %);
 alarm = a regression verdict (bound ≤ 5 %), power at a 10 % regression (bound ≥ 90 %). Report: 200 A/A comparisons
 (n = 100) per night under the report's Benjamini–Hochberg control; rate of nights with any alarm (bound ≤ 5 %).
+Adaptive stopping (bench.run.stats, the runner's rule at ±2 %): mean samples per series against the fixed N that
+reaches ±2 % in 95 % of series (bound: ratio ≤ 0.5), and the coverage of the median CI after optional stopping
+(bound ≥ 93 %). Series differ in spread (lognormal σ 2–12 %, bimodal mode share 60–90 % and σ 1–5 %): a fixed
+schedule is chosen before anyone knows which variant × device × unit is noisy, adaptive stopping spends what each
+needs.
 """
 
 from __future__ import annotations
@@ -68,11 +73,12 @@ class Settings:
     sizes: tuple[int, ...]
     nights: int  # simulated nights for the nightly and per-report rates
     report_nights: int
+    stopping_series: int  # simulated series for adaptive stopping
     seed: int = 20261202
 
 
-FULL = Settings(repetitions=2000, sizes=SIZES, nights=2000, report_nights=400)
-QUICK = Settings(repetitions=400, sizes=(20, 100, 500), nights=200, report_nights=150)
+FULL = Settings(repetitions=2000, sizes=SIZES, nights=2000, report_nights=400, stopping_series=400)
+QUICK = Settings(repetitions=400, sizes=(20, 100, 500), nights=200, report_nights=150, stopping_series=120)
 
 
 def _pooled_log_median(values) -> float:
@@ -157,6 +163,66 @@ def report_cell(draw: Callable, nights: int, rng, *, comparisons: int = 200, n: 
     return alarms / nights
 
 
+# ----------------------------------------------------------------------------------------------- adaptive stopping
+STOP_WIDTH = 0.02  # ±2 % of the median
+STOP_ROUND = 16  # samples per round, as from one runner job of 16 images
+STOP_CAP = 2000
+
+
+def _stopping_series(kind: str, rng):
+    """One series of a nightly matrix: variants, devices and units differ in spread, which a fixed schedule must
+    cover before it knows which series is noisy. Returns (draw(rng, n), true median)."""
+    import numpy as np
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    if kind == "lognormal":
+        sigma = math.exp(rng.uniform(math.log(0.02), math.log(0.12)))
+        return (lambda r, n: 20.0 * r.lognormal(0.0, sigma, n)), 20.0
+    fast_share = rng.uniform(0.6, 0.9)
+    sigma = math.exp(rng.uniform(math.log(0.01), math.log(0.05)))
+
+    def draw(r, n):
+        return np.where(r.random(n) < fast_share, 18.0, 26.0) * r.lognormal(0.0, sigma, n)
+
+    def below(x):  # population CDF of the two-mode mixture, minus one half
+        return (fast_share * norm.cdf(math.log(x / 18.0) / sigma)
+                + (1 - fast_share) * norm.cdf(math.log(x / 26.0) / sigma) - 0.5)
+
+    return draw, brentq(below, 10.0, 40.0)
+
+
+def stopping_cell(kind: str, series_count: int, rng) -> dict[str, float]:
+    """Adaptive stopping (the run's own StopRule at ±2 %) against the fixed sample count that reaches ±2 % in 95 % of
+    series, and the coverage of the median CI at the moment sampling stopped (optional stopping)."""
+    import numpy as np
+
+    from bench.run.stats import StopRule, median_ci, stop_reason
+
+    rule = StopRule(ci_width=STOP_WIDTH, min_rounds=1, max_samples=STOP_CAP, max_seconds=math.inf)
+    used, covered, long_samples = [], [], []
+    for _ in range(series_count):
+        draw, truth = _stopping_series(kind, rng)
+        values: list[float] = []
+        rounds = 0
+        while not stop_reason(rule, values, rounds, 0.0):
+            values.extend(draw(rng, STOP_ROUND))
+            rounds += 1
+        interval = median_ci(values)
+        used.append(len(values))
+        covered.append(interval.low is not None and interval.low <= truth <= interval.high)
+        long_samples.append(draw(rng, STOP_CAP))
+    fixed = STOP_CAP
+    for n in range(STOP_ROUND, STOP_CAP + 1, STOP_ROUND):
+        reached = [(w := median_ci(sample[:n]).relative_halfwidth) is not None and w <= STOP_WIDTH
+                   for sample in long_samples]
+        if np.mean(reached) >= 0.95:
+            fixed = n
+            break
+    return {"adaptive_mean": float(np.mean(used)), "fixed_n95": float(fixed),
+            "ratio": float(np.mean(used)) / fixed, "coverage": float(np.mean(covered))}
+
+
 def calibrate(settings: Settings) -> dict[str, dict]:
     """{distribution: {"sizes": {n: rates}, "nightly": rates, "report_any_alarm": rate}}, seeded."""
     import numpy as np
@@ -167,6 +233,9 @@ def calibrate(settings: Settings) -> dict[str, dict]:
         sizes = {n: sample_cell(draw, n, settings.repetitions, rng) for n in settings.sizes}
         results[name] = {"sizes": sizes, "nightly": nightly_cell(draw, settings.nights, rng),
                          "report_any_alarm": report_cell(draw, settings.report_nights, rng)}
+    for index, kind in enumerate(("lognormal", "bimodal")):
+        rng = np.random.default_rng([settings.seed, 100 + index])
+        results[kind]["stopping"] = stopping_cell(kind, settings.stopping_series, rng)
     return results
 
 
@@ -195,6 +264,15 @@ def render(results: dict[str, dict], settings: Settings) -> str:
         nightly = result["nightly"]
         lines.append(f"{name:<12}  {nightly['night_alarm']:>22.1%}  {nightly['night_power_10']:>21.1%}  "
                      f"{result['report_any_alarm']:>28.1%}")
+    lines += ["", f"adaptive stopping at ±{STOP_WIDTH:.0%} (rounds of {STOP_ROUND}; {settings.stopping_series} series whose "
+                  "spread varies as across a nightly matrix) vs the fixed N that reaches it in 95 % of series",
+              f"{'distribution':<12}  {'adaptive mean n':>15}  {'fixed N (95 %)':>14}  {'ratio':>5}  "
+              f"{'CI coverage after stopping':>26}"]
+    for name, result in results.items():
+        if "stopping" in result:
+            cell = result["stopping"]
+            lines.append(f"{name:<12}  {cell['adaptive_mean']:>15.1f}  {cell['fixed_n95']:>14.0f}  "
+                         f"{cell['ratio']:>5.2f}  {cell['coverage']:>26.1%}")
     return "\n".join(lines)
 
 
