@@ -10,15 +10,16 @@ Run: .venv/bin/python -m pytest benchmarks/test_report.py --benchmark-only
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SERIES = [(f"v{i:02d}-{i:012x}", unit) for i in range(20) for unit in ("all", "cpuOnly")]
-# Floor of the report's throughput (samples read per second, both runs): ~1.5 M/s measured on the shared 2-core box
-# before verdicts by part; a report that falls under this has lost its vectorised path.
-MIN_SAMPLES_PER_SECOND = 500_000
+# Floor of the report's throughput (samples read per CPU second, both runs): 1M-sample runs took 2.9 s CPU before
+# the verdicts by part and 3.3 s after (0.6 M/s, measured side by side on the shared box); half that fails.
+MIN_SAMPLES_PER_CPU_SECOND = 300_000
 
 
 def write_run(root: Path, run_id: str, created_at: str, n_samples: int, seed: int) -> Path:
@@ -86,12 +87,15 @@ def test_report_generation(benchmark, runs, tmp_path):
         write_report(report, "parquet", tmp_path / "table.parquet")
         return report
 
+    cpu_started = time.process_time()
     report = benchmark.pedantic(generate, rounds=1, iterations=1)
+    cpu_seconds = time.process_time() - cpu_started
     # Per series: whole-caption latency, tokens per caption, encoder, decoder per step, fixed-length caption;
     # per variant: size, sparsity, BLEU, CIDEr.
     assert int(report.table["n"].sum()) == n and len(report.verdicts) == len(SERIES) * 5 + 20 * 4
-    rate = n * 2 / benchmark.stats.stats.mean  # both runs are read
+    rate = n * 2 / cpu_seconds  # both runs are read; CPU time, so a loaded shared box does not decide
     benchmark.extra_info["samples"] = n
-    benchmark.extra_info["samples_per_second"] = rate
-    print(f"\n{n:,} samples per run: {benchmark.stats.stats.mean:.2f} s, {rate / 1e6:.2f} M samples/s")
-    assert rate >= MIN_SAMPLES_PER_SECOND
+    benchmark.extra_info["samples_per_cpu_second"] = rate
+    print(f"\n{n:,} samples per run: {benchmark.stats.stats.mean:.2f} s wall, {cpu_seconds:.2f} s CPU, "
+          f"{rate / 1e6:.2f} M samples per CPU second")
+    assert rate >= MIN_SAMPLES_PER_CPU_SECOND

@@ -96,6 +96,8 @@ def series_samples(run: RunData) -> dict[tuple, dict[str, Any]]:
     """Measured (non-warm-up) samples per (variant, target kind, target, unit), computed once: arrays `latency`,
     `throttled`, and where the run stored them `encoder`, `decoder` (ns, all steps), `steps` (decoder calls = tokens
     per caption) and `image` (ids)."""
+    import numpy as np
+
     cached = run.cache.get("series")
     if cached is None:
         samples = run.samples
@@ -107,7 +109,7 @@ def series_samples(run: RunData) -> dict[tuple, dict[str, Any]]:
                 if column in frame.columns and not frame[column].isna().any():
                     series[name] = frame[column].to_numpy(dtype="float64")
             has_images = "image_id" in frame.columns and not frame["image_id"].isna().any()
-            series["image"] = frame["image_id"].astype(str).to_numpy() if has_images else None
+            series["image"] = np.asarray(frame["image_id"], dtype=object) if has_images else None
             cached[tuple(str(k) for k in key)] = series
         run.cache["series"] = cached
     return cached

@@ -23,8 +23,10 @@ McKean–Schrader estimate); the log ratio ± z·√(v₁+v₂) is the interval.
   undercovers at large n on coarse timers. Coverage per distribution and n is measured, not assumed:
   `python -m bench.report.calibrate` (benchmarks/results/calibration.txt) prints it.
 The significance test is an intersection–union test (Berger 1982): the median-ratio z test AND the Mann–Whitney U
-test (scipy.stats) must both reject; p = the larger p-value. Under A/A both samples come from one distribution, where
-Mann–Whitney is exact, so DIFFERENT never exceeds `alpha` whatever the variance estimate does at small n.
+test (scipy.stats) must both reject; p = the larger p-value where the median test rejects, the median test's own
+elsewhere (Mann–Whitney cannot change a decision there and is skipped: a report has hundreds of comparisons). Under
+A/A both samples come from one distribution, where Mann–Whitney is exact, so DIFFERENT never exceeds `alpha` whatever
+the variance estimate does at small n.
 Latency paired by image (`compare_latency_paired`): per image, the log ratio of its two per-image medians; the shift is
 their median, its CI the exact order-statistic (sign-test) interval, its p-value the exact sign test (scipy binomtest)
 — distribution-free with no asymptotics, and decode length per image drops out.
@@ -236,8 +238,14 @@ def latency_decisions(baseline_sorted, current_sorted, *, alpha: float = ALPHA, 
     from scipy.stats import mannwhitneyu
 
     shift = median_ratio(baseline_sorted, current_sorted)
-    p_mw = np.asarray(mannwhitneyu(baseline_sorted, current_sorted, alternative="two-sided", axis=-1).pvalue)
-    p_value = np.maximum(shift["p_median"], p_mw)  # intersection–union: both tests must reject
+    needed = shift["p_median"] < alpha  # Mann–Whitney can only matter where the median test rejects
+    if np.ndim(needed) == 0 and not needed:
+        p_mw = np.asarray(np.nan)  # one comparison that cannot be DIFFERENT: skip the rank test (a report has hundreds)
+    else:
+        p_mw = np.asarray(mannwhitneyu(baseline_sorted, current_sorted, alternative="two-sided", axis=-1).pvalue)
+    # Intersection–union: both tests must reject; p is the larger p-value where the median test rejects, its own
+    # p-value elsewhere (the same numbers whether computed one by one or in a batch).
+    p_value = np.where(needed, np.maximum(shift["p_median"], p_mw), shift["p_median"])
     relative = np.expm1(shift["log_ratio"])
     outcome = classify(relative, shift["ci_lo"], shift["ci_hi"], p_value, alpha=alpha, min_effect=min_effect)
     return {**shift, "relative": relative, "p_mannwhitney": p_mw, "p_value": p_value, "outcome": outcome}
@@ -279,13 +287,23 @@ def _ms_median(values) -> float | None:
 PAIRED_MIN_IMAGES = 8  # below 8 pairs the sign test cannot reach alpha = 0.01 at all
 
 
-def _per_image_medians(values_ns, image_ids) -> dict[str, float]:
-    import pandas as pd
+def _per_image_medians(values, image_ids) -> dict[str, float]:
+    """Median of the positive values per image id (numpy: a report groups millions of samples)."""
+    import numpy as np
 
-    frame = pd.DataFrame({"image": pd.Series(image_ids, dtype="object").astype(str),
-                          "ns": pd.Series(values_ns, dtype="float64")})
-    frame = frame[frame["ns"] > 0]
-    return frame.groupby("image")["ns"].median().to_dict()
+    values = np.asarray(values, dtype=np.float64)
+    ids = np.asarray(image_ids, dtype=object).astype(str)
+    keep = values > 0
+    values, ids = values[keep], ids[keep]
+    if not values.size:
+        return {}
+    names, group = np.unique(ids, return_inverse=True)
+    order = np.lexsort((values, group))
+    values, group = values[order], group[order]
+    starts = np.searchsorted(group, np.arange(names.size))
+    ends = np.append(starts[1:], group.size)
+    medians = (values[(starts + ends - 1) // 2] + values[(starts + ends) // 2]) / 2
+    return dict(zip(names.tolist(), medians.tolist()))
 
 
 def compare_latency_paired(baseline_ns, current_ns, baseline_images, current_images, *, key: str = "",
