@@ -265,7 +265,8 @@ def compare_latency(baseline_ns, current_ns, *, key: str = "", metric: str = "la
     med_a, med_b = _median(a), _median(b)
     base = dict(metric=metric, key=key, baseline=med_a / 1e6, current=med_b / 1e6, delta=(med_b - med_a) / 1e6,
                 relative=found["relative"], ci95=(found["ci_lo"], found["ci_hi"]), p_value=found["p_value"], unit="ms",
-                extra={"p_mannwhitney": found["p_mannwhitney"], "p_median": found["p_median"], "se_log": found["se"],
+                extra={"p_mannwhitney": None if math.isnan(found["p_mannwhitney"]) else found["p_mannwhitney"],
+                       "p_median": found["p_median"], "se_log": found["se"],
                        "n_baseline": int(a.size), "n_current": int(b.size), "min_effect": min_effect, "alpha": alpha,
                        "ci_method": "Price–Bonett median ratio"})
     more = _samples_to_decide(found["log_ratio"], found["se"], min(a.size, b.size), alpha=alpha,
