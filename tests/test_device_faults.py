@@ -174,6 +174,8 @@ def test_runner_timeout_from_run_yaml_and_the_flag(tmp_path, mux):
     assert with_overrides(config, runner_timeout_s=90).runner_timeout_s == 90
     with pytest.raises(InputError, match=r"^--runner-timeout: Input should be greater than 0"):
         with_overrides(config, runner_timeout_s=0)
+    with pytest.raises(InputError, match=r"^--runner-timeout: Input should be a finite number"):
+        with_overrides(config, runner_timeout_s=float("nan"))
     config_file.write_text("images: 2\nrunner_timeout_s: -3\n")
     with pytest.raises(InputError, match=r"run.yaml:2: runner_timeout_s"):
         load_config(config_file)
@@ -230,6 +232,17 @@ def test_a_crashed_runner_names_its_log_and_last_line(mux, tmp_path):
     assert "Terminating app due to uncaught exception" in message and ".log" in message
     (log,) = (tmp_path / "run" / "jobs").glob("*.log")
     assert "Terminating app" in log.read_text()
+
+
+def test_a_job_that_never_launched_points_at_no_log(mux, tmp_path):
+    from bench.deploy.errors import DeveloperModeOff
+
+    phone = add_phone(mux, 1, developer_mode=False)
+    with pytest.raises(DeveloperModeOff) as caught:
+        list(_target(phone, tmp_path).run_round(_request(_ref(_variant(tmp_path / "v", "fp16-aaaaaaaaaaaa", 1, 10))),
+                                                lambda: False))
+    assert "runner log" not in _one_line(caught.value)
+    assert not (tmp_path / "run" / "jobs").exists()
 
 
 def test_every_round_keeps_its_log_and_a_flood_is_bounded_and_defanged(mux, tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ class RunConfig(_Strict):
     host_threads: int = Field(1, ge=1)
     # Seconds to wait for the iPhone runner per job; None: derived from the job's model sizes and length
     # (bench.run.targets.iphone.runner_timeout). Not a measurement setting: a resume may change it.
-    runner_timeout_s: Optional[float] = Field(None, gt=0, le=7 * 24 * 3600)
+    runner_timeout_s: Optional[float] = Field(None, gt=0, le=7 * 24 * 3600, allow_inf_nan=False)
     evaluate: bool = True  # caption quality of every variant (bench.eval) after measuring
     eval_images: int = Field(100, ge=1)  # BLEU on fewer images has CIs too wide to rank variants
     report: bool = True

@@ -208,6 +208,9 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
         raise _Crash()
     (results / "DONE").write_bytes(b"")
     log("done")
+    if faults.unplug_after_done:
+        faults.unplug_after_done = False
+        device.unplug()
 
 
 class _Crash(Exception):

@@ -159,6 +159,8 @@ class IPhoneTarget:
             result = self._api.run_job(self.udid, job_id, timeout_s=self.timeout_for(request), on_log=log.add,
                                        poll_s=self._poll_s)
         except DeviceError as err:
+            if not log.lines:  # never launched, or silent: no log to point at
+                raise
             where = self._save_log(log)
             raise (err.with_detail(where) if hasattr(err, "with_detail") else err) from None
         where = self._save_log(log)
