@@ -114,7 +114,7 @@ def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[Lab
 class LabExecutor:
     """Runs rounds as Ray tasks on the hosts holding the phones. `fetched_by_host`: package bytes each host pulled."""
 
-    def __init__(self, *, timeout_s: float = 1800.0, poll_s: float = 1.0, status_timeout_s: float = 120.0,
+    def __init__(self, *, timeout_s: float | None = None, poll_s: float = 1.0, status_timeout_s: float = 120.0,
                  wait_poll_s: float = 0.2, holder_check_s: float = 1.0):
         import ray
 
@@ -159,9 +159,11 @@ class LabExecutor:
         inputs_ref = self._inputs_ref(inputs)
         self._check_holders(target)
         started, clock = now_iso(), time.perf_counter()
+        # The runner timeout: fixed (run.yaml runner_timeout_s / --runner-timeout), else derived from the job.
+        timeout_s = self._timeout_s or target.timeout_for(request)
         ref = self._run.options(resources={target.resource: 1}).remote(
-            target.udid, target.pool_model, spec, packages, inputs_ref, self._timeout_s, self._poll_s)
-        answer = self._wait(ref, target, should_stop, self._timeout_s + 120)
+            target.udid, target.pool_model, spec, packages, inputs_ref, timeout_s, self._poll_s)
+        answer = self._wait(ref, target, should_stop, timeout_s + 120)
         roundtrip = time.perf_counter() - clock
         if "error" in answer:
             raise _host_error(answer)
@@ -269,12 +271,13 @@ def _warm_up() -> str:
     return warm_up()
 
 
-def open_lab(address: str, names: list[str], *, token_file=None, preprocess=_default_preprocess):
+def open_lab(address: str, names: list[str], *, token_file=None, preprocess=_default_preprocess,
+             runner_timeout_s: float | None = None):
     """Connect to the lab, resolve the targets there and make the executor (hosts warmed up): what
-    `bench run --lab` needs."""
+    `bench run --lab` needs. `runner_timeout_s`: per job, None derives it from the job (IPhoneTarget)."""
     from bench.lab.cluster import connect
 
     connect(address, token_file)
-    targets, executor = lab_targets(names, preprocess=preprocess), LabExecutor()
+    targets, executor = lab_targets(names, preprocess=preprocess), LabExecutor(timeout_s=runner_timeout_s)
     executor.warm_up(targets)
     return targets, executor

@@ -192,7 +192,7 @@ def _targets_and_executor(config: RunConfig, names: list[str], workspace: Worksp
     if config.lab:
         from bench.lab.executor import open_lab
 
-        return open_lab(config.lab, names)
+        return open_lab(config.lab, names, runner_timeout_s=config.runner_timeout_s)
     from bench.run.targets import resolve_targets
 
     return resolve_targets(names, workspace=workspace, host_threads=config.host_threads,
