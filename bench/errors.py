@@ -70,3 +70,17 @@ def did_you_mean(kind: str, name: str, choices: Iterable[str]) -> InputError:
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     known = f" (known: {', '.join(choices[:12])}{', …' if len(choices) > 12 else ''})" if not close else ""
     return InputError(f"unknown {kind} {name!r}{hint}{known}")
+
+
+# Seeds feed numpy (which refuses negatives and values past 2**32 - 1 in its legacy generator), `random` and torch:
+# one range for all, checked before any work so a typo never fails minutes into a run.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int | None, name: str = "seed") -> int | None:
+    """`seed` unchanged when it is None or an integer in 0..MAX_SEED; else an InputError naming `name`."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed

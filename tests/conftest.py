@@ -8,5 +8,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Library progress bars off, as `bench` itself does before importing them (bench/cli/_common.py): tests run many
+# commands in one process, and tqdm reads this once, when the first library imports it.
+os.environ.setdefault("TQDM_DISABLE", "1")
 # Two shared cores: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -121,9 +121,10 @@ def deployed_constants(package: Path) -> dict[str, Any]:
     try:
         mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
         dense = cto.decompress_weights(mlmodel)
-    except ValueError as err:  # coremltools' blob reader on a truncated or overwritten weight.bin
-        raise InputError(f"cannot read the stored weights ({err}); the package is corrupt, rebuild the variant",
-                         file=str(package)) from None
+    except (ValueError, RuntimeError) as err:  # coremltools' blob reader on a truncated or overwritten weight.bin;
+        # its C++ package reader on a garbled Manifest.json (RuntimeError carrying nlohmann::json's parse error)
+        raise InputError(f"cannot read the stored weights ({' '.join(str(err).split())}); the package is corrupt, "
+                         "rebuild the variant", file=str(package)) from None
     with tempfile.TemporaryDirectory(prefix="bench-decompressed-") as tmp:
         dense.save(str(Path(tmp) / "dense.mlpackage"))
         values = constant_values(Path(tmp) / "dense.mlpackage")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from bench.errors import InputError, RecordError, did_you_mean
 from bench.paths import Workspace
@@ -25,7 +25,6 @@ VERSION = 2
 MANIFEST = "manifest.json"
 WEIGHTS_MAP = "weights_map.json"
 PACKAGES = ("encoder", "decoder")
-records.register_kind(KIND, VERSION)
 
 
 @records.migration(KIND, 1)
@@ -41,6 +40,19 @@ class PackageInfo(BaseModel):
     bytes: int
     weight_bytes: int
     sha256: str
+
+
+class Measured(BaseModel):
+    """What was measured from the stored packages; listings and reports do arithmetic on these."""
+
+    model_config = ConfigDict(extra="allow")
+
+    total_bytes: int = Field(ge=0)
+    weight_bytes: int = Field(ge=0)
+    sparsity: float = Field(ge=0, le=1)
+    bits_per_weight: float = Field(ge=0)
+    decompression_ops: dict[str, int] = Field(default_factory=dict)
+    selected_sparsity: float | None = Field(default=None, ge=0, le=1)
 
 
 class VariantManifest(BaseModel):
@@ -68,6 +80,12 @@ class VariantManifest(BaseModel):
     integrity: dict[str, Any] | None = None
     _directory: Path | None = PrivateAttr(default=None)
 
+    @field_validator("measured")
+    @classmethod
+    def _typed_measurements(cls, measured: dict[str, Any]) -> dict[str, Any]:
+        Measured.model_validate(measured)  # checked, but kept as the plain dict every reader indexes
+        return measured
+
     @property
     def directory(self) -> Path | None:
         return self._directory
@@ -88,13 +106,44 @@ def as_workspace(workspace: Workspace | Path | str | None) -> Workspace:
     return workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
 
 
-def read_manifest(directory: Path) -> VariantManifest:
-    record = records.read(directory / MANIFEST, KIND)
+def _parse(record: dict[str, Any], source: str) -> VariantManifest:
     try:
-        manifest = VariantManifest.model_validate({k: v for k, v in record.items() if k not in ("schema", "schema_version")})
+        return VariantManifest.model_validate({k: v for k, v in record.items() if k not in ("schema", "schema_version")})
     except ValidationError as err:
-        problem = err.errors()[0]
-        raise RecordError(f"{directory / MANIFEST}: {'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+        raise records.field_problem(err, source, "variant manifest") from None
+
+
+class _RecordShape(BaseModel):
+    """What every reader of a manifest (listings, reports, explain) may compute with, typed; the complete manifest is
+    checked by read_manifest (older or partial manifests stay readable by the report)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    variant_id: str
+    name: str
+    variant_hash: str | None = None
+    recipe: dict[str, Any] | None = None
+    target: str | None = None
+    image_size: int | None = None
+    resize: str | None = None
+    decode: dict[str, int] | None = None
+    packages: dict[str, dict[str, Any]] | None = None
+    measured: Measured | None = None
+    environment: dict[str, Any] | None = None
+
+
+def _check(record: dict[str, Any], source: str) -> None:
+    try:
+        _RecordShape.model_validate(record)
+    except ValidationError as err:
+        raise records.field_problem(err, source, "variant manifest") from None
+
+
+records.register_kind(KIND, VERSION, _check)
+
+
+def read_manifest(directory: Path) -> VariantManifest:
+    manifest = _parse(records.read(directory / MANIFEST, KIND), str(directory / MANIFEST))
     manifest._directory = directory
     return manifest
 

@@ -20,8 +20,14 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library warnings and log lines (coremltools, "
+                                 "torch, transformers, scikit-learn) and the traceback of an unexpected error."),
+) -> None:
     """Benchmark compressed Core ML image-captioning models on iPhones: speed, size, caption quality."""
+    from bench.cli._common import configure_output
+
+    configure_output(verbose=verbose)
 
 # Order follows the pipeline: data -> train -> build -> eval -> deploy -> run -> report.
 AREAS = ("data", "train", "models", "evaluate", "devices", "run", "lab", "report")
@@ -55,7 +61,11 @@ _register_areas()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning every BenchError into one red line and exit code 2."""
+    """Entry point: run the CLI, turning every error into one red line on stderr and an exit code.
+
+    BenchError is the harness speaking (exit 2, or the error's own code); a usage error is click's message on one
+    line; OSError is the machine saying no. Anything else is a bug or a library failing on input nobody validated:
+    still one line (with -v, the traceback), never a wall of text for a user to decode."""
     from bench.errors import BenchError
 
     try:
@@ -80,18 +90,40 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         _print_error("aborted")
         return 130
-    except typer.TyperException as err:  # usage errors: typer prints them itself
-        show = getattr(err, "show", None)
-        if show is None:
-            raise
-        show()
+    except typer.TyperException as err:  # click's usage errors (typer carries its own click): one line too
+        context = getattr(err, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        _print_error(f"{message}{hint}")
         return getattr(err, "exit_code", 2)
+    except Exception as err:  # noqa: BLE001 — the one place that turns the unexpected into one line
+        from bench.cli._common import verbose
+
+        if verbose():
+            raise
+        _print_error(f"unexpected {type(err).__name__}: {err}{_where(err)} — this is a bug in bench; rerun with "
+                     "-v for the traceback and please report it")
+        return 3
     return 0
 
 
+def _where(err: BaseException) -> str:
+    """The innermost bench frame an unexpected error passed through: where a report should point."""
+    import traceback
+    from pathlib import Path
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f"{Path('bench')}/" in f.filename
+              and "site-packages" not in f.filename]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno})"
+
+
 def _print_error(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
+    """One red line on stderr: control sequences and line breaks from whatever the message quotes are removed."""
+    from bench.cli._common import error_console
+    from bench.report.escape import rich as esc
 
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
+    error_console().print(f"[bold red]error:[/] {esc(' '.join(str(message).split()))}", highlight=False,
+                          soft_wrap=True)

@@ -17,7 +17,7 @@ def show(
     spec: str = typer.Argument(..., help="synthetic | flickr30k:<karpathy json>:<image dir> | hf:<path> | manifest:<file>"),
     limit: int = typer.Option(None, help="Seeded random subset of this many samples per split."),
     seed: int = typer.Option(0, help="Seed of the subset."),
-    samples: int = typer.Option(3, help="Example captions to show."),
+    samples: int = typer.Option(3, min=0, help="Example captions to show."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Leave out missing/unreadable images."),
 ) -> None:
     """Sizes of each split and a few reference captions."""

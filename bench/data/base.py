@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import DatasetError, did_you_mean
+from bench.errors import DatasetError, check_seed, did_you_mean
 
 if TYPE_CHECKING:  # PIL is light, but keep import-time work to a minimum for `bench --help`.
     from PIL import Image as PILImage
@@ -53,14 +53,31 @@ class CaptionSample:
         if self.image is not None:
             return self.image.convert("RGB")
         if self.loader is not None:
-            return self.loader().convert("RGB")
+            try:
+                return self.loader().convert("RGB")
+            except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
+                raise DatasetError(f"image {self.image_id!r}: cannot read ({err})") from None
         if self.image_path is None:
             raise DatasetError(f"sample {self.image_id!r} has no image")
         try:
-            with Image.open(self.image_path) as opened:
+            with open_image(self.image_path) as opened:
                 return opened.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
             raise DatasetError(f"cannot read image: {err}", file=str(self.image_path)) from None
+
+
+def open_image(source) -> "PILImage.Image":
+    """PIL's lazy open, refusing an image whose header promises more pixels than PIL's decompression-bomb limit
+    (about 89 MP: a few bytes of PNG header could otherwise ask for gigabytes when decoded)."""
+    from PIL import Image
+
+    opened = Image.open(source)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and opened.width * opened.height > limit:
+        opened.close()
+        raise Image.DecompressionBombError(f"{opened.width}×{opened.height} px is more than the {limit:,}-pixel "
+                                           "limit for one image (a decompression bomb?)")
+    return opened
 
 
 class CaptionDataset(Sequence[CaptionSample]):
@@ -99,6 +116,7 @@ def open_dataset(
     """Open a dataset by spec; `limit` takes a seeded random subset (kept in source order)."""
     if limit is not None and limit <= 0:
         raise DatasetError(f"limit must be a positive number of samples, got {limit}")
+    check_seed(seed)
     split = normalise_split(split)
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
@@ -181,14 +199,18 @@ def check_image_files(samples: list[CaptionSample], *, source: str, skip_missing
                 problem = "missing"
             else:
                 try:
-                    with Image.open(sample.image_path) as opened:
+                    with open_image(sample.image_path) as opened:
                         opened.verify()
+                except Image.DecompressionBombError as err:
+                    problem = f"too large: {err}"
                 except (OSError, UnidentifiedImageError, SyntaxError) as err:
                     problem = f"unreadable ({type(err).__name__})"
         elif sample.loader is not None and getattr(sample.loader, "encoded", None) is not None:
             try:
-                with Image.open(io.BytesIO(sample.loader.encoded)) as opened:  # type: ignore[attr-defined]
+                with open_image(io.BytesIO(sample.loader.encoded)) as opened:  # type: ignore[attr-defined]
                     opened.verify()
+            except Image.DecompressionBombError as err:
+                problem = f"too large: {err}"
             except (OSError, UnidentifiedImageError, SyntaxError) as err:
                 problem = f"unreadable ({type(err).__name__})"
         if problem is None:
@@ -213,9 +235,7 @@ class EncodedImage:
         self.encoded = encoded
 
     def __call__(self) -> "PILImage.Image":
-        from PIL import Image
-
-        with Image.open(io.BytesIO(self.encoded)) as opened:
+        with open_image(io.BytesIO(self.encoded)) as opened:
             return opened.convert("RGB")
 
 

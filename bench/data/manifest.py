@@ -10,6 +10,7 @@ manifest without splits gives all its rows for any split.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -68,60 +69,78 @@ def _row_split(value, *, file: str, line: int) -> str | None:
         raise DatasetError(f"unknown split {value!r} (use train, val or test)", file=file, line=line) from None
 
 
+def _read_text(path: Path) -> str:
+    """The manifest as text; bytes that are not UTF-8 are one error naming the line they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DatasetError(f"not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start})", file=str(path),
+                           line=line) from None
+
+
 def _jsonl_rows(path: Path):
     file = str(path)
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"not valid JSON ({err.msg})", file=file, line=line_no) from None
-            if not isinstance(row, dict):
-                raise DatasetError("each line must be a JSON object", file=file, line=line_no)
-            image = next((row[k] for k in IMAGE_KEYS if row.get(k)), None)
-            if not isinstance(image, str):
-                raise DatasetError(f"no image path (one of {', '.join(IMAGE_KEYS)})", file=file, line=line_no)
-            key = next((k for k in CAPTION_KEYS if k in row), None)
-            if key is None:
-                raise DatasetError(f"no captions (one of {', '.join(CAPTION_KEYS)})", file=file, line=line_no)
-            captions = clean_captions(row[key], file=file, line=line_no, what=image)
-            image_id = str(row.get("image_id") or row.get("id") or Path(image).stem)
-            yield image_id, image, captions, _row_split(row.get("split"), file=file, line=line_no)
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines: U+2028 is valid JSON
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"not valid JSON ({err.msg})", file=file, line=line_no) from None
+        except RecursionError:
+            raise DatasetError("not valid JSON (nested too deeply)", file=file, line=line_no) from None
+        if not isinstance(row, dict):
+            raise DatasetError("each line must be a JSON object", file=file, line=line_no)
+        image = next((row[k] for k in IMAGE_KEYS if row.get(k)), None)
+        if not isinstance(image, str):
+            raise DatasetError(f"no image path (one of {', '.join(IMAGE_KEYS)})", file=file, line=line_no)
+        key = next((k for k in CAPTION_KEYS if k in row), None)
+        if key is None:
+            raise DatasetError(f"no captions (one of {', '.join(CAPTION_KEYS)})", file=file, line=line_no)
+        captions = clean_captions(row[key], file=file, line=line_no, what=image)
+        image_id = str(row.get("image_id") or row.get("id") or Path(image).stem)
+        yield image_id, image, captions, _row_split(row.get("split"), file=file, line=line_no)
 
 
 def _csv_rows(path: Path, delimiter: str) -> list:
     file = str(path)
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    try:
+        return _csv_table(reader, file)
+    except csv.Error as err:
+        raise DatasetError(f"not a readable CSV ({err})", file=file, line=reader.line_num or 1) from None
+
+
+def _csv_table(reader, file: str) -> list:
     merged: dict[str, list] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise DatasetError("empty dataset: the CSV has no header row", file=file, line=1)
-        header = [h.strip().lower() for h in header]
-        image_col = next((header.index(k) for k in IMAGE_KEYS if k in header), None)
-        caption_cols = [i for i, h in enumerate(header) if h.startswith("caption") or h in ("sentence", "text")]
-        if image_col is None or not caption_cols:
-            raise DatasetError(
-                f"header needs an image column ({', '.join(IMAGE_KEYS)}) and caption column(s)", file=file, line=1
-            )
-        split_col = header.index("split") if "split" in header else None
-        id_col = header.index("image_id") if "image_id" in header else None
-        for row in reader:
-            line_no = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DatasetError(f"expected {len(header)} fields, found {len(row)}", file=file, line=line_no)
-            image = row[image_col].strip()
-            if not image:
-                raise DatasetError("empty image path", file=file, line=line_no)
-            captions = clean_captions([row[i] for i in caption_cols], file=file, line=line_no, what=image)
-            row_split = _row_split(row[split_col] if split_col is not None else None, file=file, line=line_no)
-            if image in merged:
-                merged[image][2] = merged[image][2] + captions
-            else:
-                image_id = row[id_col].strip() if id_col is not None and row[id_col].strip() else Path(image).stem
-                merged[image] = [image_id, image, captions, row_split]
+    header = next(reader, None)
+    if not header:
+        raise DatasetError("empty dataset: the CSV has no header row", file=file, line=1)
+    header = [h.strip().lower() for h in header]
+    image_col = next((header.index(k) for k in IMAGE_KEYS if k in header), None)
+    caption_cols = [i for i, h in enumerate(header) if h.startswith("caption") or h in ("sentence", "text")]
+    if image_col is None or not caption_cols:
+        raise DatasetError(
+            f"header needs an image column ({', '.join(IMAGE_KEYS)}) and caption column(s)", file=file, line=1
+        )
+    split_col = header.index("split") if "split" in header else None
+    id_col = header.index("image_id") if "image_id" in header else None
+    for row in reader:
+        line_no = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DatasetError(f"expected {len(header)} fields, found {len(row)}", file=file, line=line_no)
+        image = row[image_col].strip()
+        if not image:
+            raise DatasetError("empty image path", file=file, line=line_no)
+        captions = clean_captions([row[i] for i in caption_cols], file=file, line=line_no, what=image)
+        row_split = _row_split(row[split_col] if split_col is not None else None, file=file, line=line_no)
+        if image in merged:
+            merged[image][2] = merged[image][2] + captions
+        else:
+            image_id = row[id_col].strip() if id_col is not None and row[id_col].strip() else Path(image).stem
+            merged[image] = [image_id, image, captions, row_split]
     return [tuple(values) for values in merged.values()]

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.data.base import CaptionDataset, CaptionSample, signature, subset_indices
-from bench.errors import DatasetError, InputError
+from bench.errors import DatasetError, InputError, check_seed
 
 VERSION = "v1"
 IMAGE_SIZE = 96  # pixels; drawn size (models resize to their own input size)
@@ -210,6 +210,9 @@ def export(directory, *, split: str, limit: int | None = None, seed: int = 0) ->
 
     from bench import atomic
 
+    if limit is not None and limit <= 0:
+        raise InputError(f"limit must be a positive number of samples, got {limit}")
+    check_seed(seed)
     target = _export_target(Path(directory))
     dataset = open_synthetic("", split=split, limit=limit, seed=seed)
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, IncomparableError, InputError, RecordError, did_you_mean
+from bench.errors import BenchError, IncomparableError, InputError, RecordError, check_seed, did_you_mean
 from bench.eval.decode import CaptionerLike, DecodeOptions, decode_images, default_image_size, resolve_max_length
 from bench.eval.metrics import DEFAULT_RESAMPLES, METRICS, check_corpus, paired_bootstrap_scores, score_corpus
 from bench.eval.records import (
@@ -59,6 +59,7 @@ class EvalOptions:
             raise InputError(f"bootstrap needs at least 100 resamples for a 95 % interval, got {self.resamples}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
+        check_seed(self.seed)
         return self
 
 
@@ -113,6 +114,8 @@ def open_subject(
     try:
         return _open_variant(argument, workspace)
     except InputError as err:
+        if not err.detail.startswith("unknown variant"):
+            raise  # the variant exists and is what failed (e.g. a damaged package): that is the cause to name
         raise InputError(f"{argument}: no such checkpoint directory, and {err.detail}") from None
 
 
@@ -295,6 +298,9 @@ def paired_bootstrap(
     """
     if metric not in METRICS:
         raise did_you_mean("metric", metric, METRICS)
+    check_seed(seed)
+    if n < 1:
+        raise InputError(f"resamples must be at least 1, got {n}")
     a, b = _as_record(a_record), _as_record(b_record)
     _check_comparable(a, b)
     result = paired_bootstrap_scores(a.captions, b.captions, a.references, metric, n=n, seed=seed)

@@ -20,7 +20,6 @@ from bench.store import records as store
 
 KIND = "bench.eval"
 VERSION = 1
-store.register_kind(KIND, VERSION)
 
 
 class _Frozen(BaseModel):
@@ -172,9 +171,7 @@ def parse_record(raw: dict[str, Any], *, source: str = "record") -> EvalRecord:
     try:
         record = EvalRecord.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RecordError(f"{source}: invalid eval record at {where}: {first['msg']} ({err.error_count()} problem(s))") from None
+        raise store.field_problem(err, source, "eval record") from None
     return record.model_copy(update={"path": source})
 
 
@@ -208,7 +205,54 @@ def read_bound(evals_dir: Path, bound: Any) -> dict[str, Any]:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordError(f"{path}: corrupt record ({err})") from None
-    return store.upgrade(raw, KIND, source=str(path))
+    record = store.upgrade(raw, KIND, source=str(path))
+    _check(record, str(path))
+    return record
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _ScoreShape(_Loose):
+    score: float
+    ci95: list[float | None] = Field(min_length=2, max_length=2)
+    signature: str | None = None
+    scorer: str | None = None
+
+
+class _RecordShape(_Loose):
+    """What any reader computes with, typed (read_record checks the whole EvalRecord on top of this)."""
+
+    class _Dataset(_Loose):
+        signature: str
+        n: int = Field(ge=0)
+
+    class _Metrics(_Loose):
+        bleu: _ScoreShape
+        cider: _ScoreShape
+
+    class _Image(_Loose):
+        image_id: str
+        caption: str
+        references: list[str]
+
+    subject: dict[str, Any]
+    dataset: _Dataset
+    metrics: _Metrics
+    per_image: list[_Image]
+
+
+def _check(raw: dict[str, Any], source: str) -> None:
+    """Every reader of an eval record (bench eval-compare, the report) gets one whose fields have the types it
+    computes with, or one error naming the file and field."""
+    try:
+        _RecordShape.model_validate(raw)
+    except ValidationError as err:
+        raise store.field_problem(err, source, "eval record") from None
+
+
+store.register_kind(KIND, VERSION, _check)
 
 
 def list_records(evals_dir: Path) -> list[Path]:

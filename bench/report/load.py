@@ -22,11 +22,15 @@ SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "targe
 
 
 def _ensure_kinds() -> None:
-    # The writers register their kinds (and migrations) when imported; the report may run without importing them.
-    try:
-        import bench.build.variants  # noqa: F401 — bench.variant v2 and its v1 migration (light: no coremltools)
-    except ImportError:  # a report-only install: the versions below are what it can read
-        pass
+    # The writers register their kinds (with migrations and shape checks) when imported; import the ones present, so a report
+    # reads the same validated records `bench eval-compare` or `bench models ls` would.
+    import importlib
+
+    for module in ("bench.store.runs", "bench.build.variants", "bench.eval.records"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an optional stage: its records are read without its check
+            pass
     for kind, version in KINDS.items():
         records.CURRENT_VERSIONS.setdefault(kind, version)
 
@@ -158,21 +162,12 @@ def _read_run_dir(run_dir: Path):
 
 
 def _read_samples_parquet(path: Path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from bench.errors import RecordError
+    from bench.store.runs import read_table
 
     keys = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
             "compute_unit", "image_id", "thermal_state"]
-    try:
-        present = set(pq.read_schema(path).names)
-        table = pq.read_table(path, columns=[c for c in SAMPLE_COLUMNS if c in present],
-                              read_dictionary=[k for k in keys if k in present])
-    except (OSError, pa.ArrowException) as err:
-        raise RecordError(f"{path}: unreadable samples table ({err}); the job records beside it are untouched "
-                          "(delete it and the report reads them instead)") from err
-    frame = table.to_pandas()
+    # only the columns the report needs (most of a big run's read time), checked like every reader's
+    frame = read_table(path, SAMPLE_COLUMNS, read_dictionary=keys)
     for key in keys:  # categoricals group fast; plain strings compare like the job records' values
         if key in frame.columns and hasattr(frame[key], "cat"):
             frame[key] = frame[key].cat.remove_unused_categories()

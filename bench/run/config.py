@@ -10,7 +10,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bench.errors import InputError, did_you_mean
+from bench.errors import MAX_SEED, InputError, did_you_mean
 from bench.run.targets.base import COMPUTE_UNITS
 
 
@@ -55,7 +55,7 @@ class RunConfig(_Strict):
     rounds: int = Field(2, ge=1)  # minimum rounds (fixed schedule: exactly this many); repeats live in rounds
     repeats: int = Field(1, ge=1)  # passes over the images inside one round (one runner job)
     warmup: int = Field(1, ge=0)
-    seed: Optional[int] = None  # None: drawn at random and recorded in run.json
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)  # None: drawn at random and recorded in run.json
     compute_plan: bool = True
     host_threads: int = Field(1, ge=1)
     # Seconds to wait for the iPhone runner per job; None: derived from the job's model sizes and length

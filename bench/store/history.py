@@ -58,17 +58,51 @@ def connect(path: Path | str, *, read_only: bool = False):
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as err:
-        raise RecordError(f"{path}: cannot open the history database ({err})") from None
-    if not read_only:
-        migrate(con, path)
-    else:
-        _check_version(con, path)
+        raise RecordError(f"{path}: cannot open the history database ({_first_line(err)})") from None
+    try:
+        if not read_only:
+            migrate(con, path)
+        elif _check_version(con, path) < SCHEMA_VERSION or not _TABLES <= _tables(con):
+            raise RecordError(f"{path}: not a bench history database, or a damaged one (tables: "
+                              f"{', '.join(sorted(_tables(con))) or 'none'}); move it aside and the next "
+                              "`bench run` starts a new history")
+    except duckdb.Error as err:
+        con.close()
+        raise RecordError(f"{path}: damaged history database ({_first_line(err)}); move it aside and the next "
+                          "`bench run` starts a new history") from None
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
+_TABLES = {"runs", "jobs", "samples", "schema_version"}
+
+
+def _tables(con) -> set[str]:
+    return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _query(db_path, query: str, params: list | None = None):
+    """A read-only query as a DataFrame; a history whose tables lack what the query reads is refused in one line."""
+    import duckdb
+
+    con = connect(db_path, read_only=True)
+    try:
+        return con.execute(query, params or []).df()
+    except duckdb.Error as err:
+        raise RecordError(f"{db_path}: damaged history database ({_first_line(err)}); move it aside and the next "
+                          "`bench run` starts a new history") from None
+    finally:
+        con.close()
+
+
 def schema_version(con) -> int:
-    tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if "schema_version" not in tables:
+    if "schema_version" not in _tables(con):
         return 0
     row = con.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
@@ -142,37 +176,57 @@ def trend(db_path: Path | str, *, variant: str | None = None, target: str | None
           compute_unit: str | None = None, device_model: str | None = None, last: int | None = None) -> Any:
     """Per run (oldest first) and series: median latency, p90, sample count — the nightly trend. Warm-ups excluded.
 
-    `variant` matches a variant id or its name prefix (ids are "<name>-<hash12>").
+    `variant` matches a variant id or its name prefix (ids are "<name>-<hash12>"). A filter that matches nothing in
+    the history is an InputError naming the values that exist (an empty table would look like "no regressions").
     """
-    con = connect(db_path, read_only=True)
-    try:
-        where, params = ["NOT s.is_warmup"], []
-        if variant:
-            where.append("(s.variant_id = ? OR s.variant_id LIKE ?)")
-            params += [variant, f"{variant}-%"]
-        for column, value in (("target_id", target), ("compute_unit", compute_unit), ("device_model", device_model)):
-            if value:
-                where.append(f"s.{column} = ?")
-                params.append(value)
-        query = f"""
-            SELECT r.created_at, s.run_id, s.variant_id, s.target_id, s.compute_unit, s.device_model, s.os_build,
-                   count(*) AS n, median(s.latency_ns) AS median_ns, quantile_cont(s.latency_ns, 0.9) AS p90_ns,
-                   avg(CAST(s.throttled AS INTEGER)) AS throttled_fraction
-            FROM samples s JOIN runs r USING (run_id)
-            WHERE {' AND '.join(where)}
-            GROUP BY ALL ORDER BY r.created_at, s.run_id, s.variant_id, s.target_id, s.compute_unit"""
-        frame = con.execute(query, params).df()
-    finally:
-        con.close()
+    if last is not None and last < 1:
+        raise InputError(f"--last must be at least 1, got {last}")
+    where, params = ["NOT s.is_warmup"], []
+    if variant:
+        where.append("(s.variant_id = ? OR s.variant_id LIKE ?)")
+        params += [variant, f"{variant}-%"]
+    for column, value in (("target_id", target), ("compute_unit", compute_unit), ("device_model", device_model)):
+        if value:
+            where.append(f"s.{column} = ?")
+            params.append(value)
+    query = f"""
+        SELECT r.created_at, s.run_id, s.variant_id, s.target_id, s.compute_unit, s.device_model, s.os_build,
+               count(*) AS n, median(s.latency_ns) AS median_ns, quantile_cont(s.latency_ns, 0.9) AS p90_ns,
+               avg(CAST(s.throttled AS INTEGER)) AS throttled_fraction
+        FROM samples s JOIN runs r USING (run_id)
+        WHERE {' AND '.join(where)}
+        GROUP BY ALL ORDER BY r.created_at, s.run_id, s.variant_id, s.target_id, s.compute_unit"""
+    frame = _query(db_path, query, params)
+    if not len(frame):
+        _no_match(db_path, variant=variant, target_id=target, compute_unit=compute_unit, device_model=device_model)
     if last:
         keep = list(dict.fromkeys(frame["run_id"]))[-last:]
         frame = frame[frame["run_id"].isin(keep)].reset_index(drop=True)
     return frame
 
 
+_FILTER_NAMES = {"variant": "variant", "target_id": "target", "compute_unit": "compute unit",
+                 "device_model": "device model"}
+
+
+def _no_match(db_path, **filters) -> None:
+    """Why a trend is empty: the first filter whose value the history does not hold, or an empty history."""
+    from bench.errors import did_you_mean
+
+    known = _query(db_path, "SELECT DISTINCT variant_id, target_id, compute_unit, device_model FROM samples "
+                            "WHERE NOT is_warmup")
+    if not len(known):
+        raise InputError(f"{db_path}: the history holds no measured samples yet (run `bench run` first)")
+    given = {column: value for column, value in filters.items() if value}
+    for column, value in given.items():
+        values = {str(v) for v in known["variant_id" if column == "variant" else column].dropna()}
+        if column == "variant":
+            values |= {v.rsplit("-", 1)[0] for v in values}  # names as well as ids
+        if value not in values:
+            raise did_you_mean(_FILTER_NAMES[column], value, values)
+    together = " and ".join(f"{_FILTER_NAMES[column]} {value!r}" for column, value in given.items())
+    raise InputError(f"no run in the history has {together} together")
+
+
 def list_runs(db_path: Path | str) -> Any:
-    con = connect(db_path, read_only=True)
-    try:
-        return con.execute("SELECT run_id, created_at, status, seed, git_commit FROM runs ORDER BY created_at").df()
-    finally:
-        con.close()
+    return _query(db_path, "SELECT run_id, created_at, status, seed, git_commit FROM runs ORDER BY created_at")

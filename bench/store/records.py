@@ -16,11 +16,17 @@ from bench.errors import RecordError
 
 CURRENT_VERSIONS: dict[str, int] = {}
 _MIGRATIONS: dict[tuple[str, int], Callable[[dict], dict]] = {}
+# Shape checks per kind, run by `read` on every record after migration: valid JSON with a string where a number
+# belongs is refused here, naming the file and field, instead of failing deep inside whatever reads it first.
+_CHECKS: dict[str, Callable[[dict, str], None]] = {}
 
 
-def register_kind(kind: str, version: int) -> None:
-    """Declare the schema version this code writes for `kind` (e.g. "bench.eval", 1)."""
+def register_kind(kind: str, version: int, check: Callable[[dict, str], None] | None = None) -> None:
+    """Declare the schema version this code writes for `kind` (e.g. "bench.eval", 1) and, optionally, the check
+    `check(record, source)` that raises RecordError when a record of that kind has the wrong shape."""
     CURRENT_VERSIONS[kind] = version
+    if check is not None:
+        _CHECKS[kind] = check
 
 
 def migration(kind: str, from_version: int):
@@ -77,6 +83,20 @@ def read(path: Path | str, kind: str) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise RecordError(f"{path}: corrupt record ({err})") from None
-    return upgrade(record, kind, source=str(path))
+    except OSError as err:
+        raise RecordError(f"{path}: cannot read ({err.strerror or err})") from None
+    record = upgrade(record, kind, source=str(path))
+    check = _CHECKS.get(kind)
+    if check is not None:
+        check(record, str(path))
+    return record
+
+
+def field_problem(err, source: str, what: str) -> RecordError:
+    """One line from a pydantic ValidationError: the file, the first wrong field and what is wrong with it."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    return RecordError(f"{source}: invalid {what} at {where}: {first['msg']}{more}")

@@ -35,8 +35,6 @@ from bench.store import records
 
 RUN_KIND, RUN_VERSION = "bench.run", 2
 JOB_KIND, JOB_VERSION = "bench.jobresult", 1
-records.register_kind(RUN_KIND, RUN_VERSION)
-records.register_kind(JOB_KIND, JOB_VERSION)
 
 
 @records.migration(RUN_KIND, 1)
@@ -130,38 +128,91 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise RecordError(f"{run_dir}: no such run directory")
     try:
-        return _checked_manifest(records.read(path, RUN_KIND), path)
+        return records.read(path, RUN_KIND)  # checked by _checked_manifest
     except RecordError as err:
         raise RecordError(f"{err} — the run manifest is damaged; job records in {Path(run_dir) / JOBS_DIR} are "
                           "untouched (restore run.json or start a new run)") from None
 
 
-def _checked_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
-    """What every reader of run.json relies on: a run id and each job's state (valid JSON can still lack them)."""
+def _checked_manifest(manifest: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """What every reader of run.json relies on: a run id and each job's state (valid JSON can still lack them), and
+    the optional fields with the types the tables, listings and reports use them as."""
     if not isinstance(manifest.get("run_id"), str):
         raise RecordError(f"{path}: run_id is missing or not a string")
     jobs = manifest.get("jobs", {})
     if not isinstance(jobs, dict) or not all(isinstance(e, dict) and isinstance(e.get("state"), str)
                                              for e in jobs.values()):
         raise RecordError(f"{path}: jobs must map each job key to an entry with a state")
+    for key, kinds, expected in _MANIFEST_FIELDS:
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and kinds is not bool):
+            raise RecordError(f"{path}: {key} must be {expected}, found {type(value).__name__}")
     return manifest
+
+
+_MANIFEST_FIELDS = (("created_at", str, "a string"), ("finished_at", str, "a string"), ("status", str, "a string"),
+                    ("seed", int, "an integer"), ("plan", dict, "an object"), ("environment", dict, "an object"),
+                    ("targets", dict, "an object"), ("attempts", list, "a list"), ("tables_written", bool, "true or false"))
+
+
+def _check_job_record(record: dict[str, Any], path: str) -> None:
+    """The fields of a job record the tables, resume and the report read without a default, with their types; and
+    every sample's. Cheap isinstance checks: a run holds millions of samples."""
+    def damaged(what: str) -> RecordError:
+        return RecordError(f"{path}: damaged job record ({what}); move it aside and resume the run to measure that "
+                           "job again")
+
+    for key in ("job_key", "variant_id", "compute_unit"):
+        if not isinstance(record.get(key), str):
+            raise damaged(f"{key} is missing or not a string")
+    if not _is_int(record.get("round")):
+        raise damaged("round is missing or not an integer")
+    target = record.get("target")
+    if not isinstance(target, dict) or not all(isinstance(target.get(k), str) for k in ("kind", "id")):
+        raise damaged("target.kind/id missing or not strings")
+    for group in ("warmup", "samples"):
+        samples = record.get(group) or []
+        if not isinstance(samples, list):
+            raise damaged(f"{group} is not a list")
+        for index, sample in enumerate(samples):
+            problem = _sample_problem(sample)
+            if problem:
+                raise damaged(f"{group}[{index}]: {problem}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sample_problem(sample: Any) -> str | None:
+    if not isinstance(sample, dict):
+        return "not an object"
+    if not isinstance(sample.get("image_id"), str):
+        return "image_id is missing or not a string"
+    if not _is_int(sample.get("total_ns")) or sample["total_ns"] < 0:
+        return "total_ns is missing or not a non-negative integer"
+    decoder = sample.get("decoder_ns")
+    if decoder is not None and (not isinstance(decoder, list) or not all(_is_int(d) for d in decoder)):
+        return "decoder_ns is not a list of integers"
+    for key in ("encoder_ns", "t_ns", "repeat"):
+        if sample.get(key) is not None and not _is_int(sample[key]):
+            return f"{key} is not an integer"
+    if sample.get("thermal_state") is not None and not isinstance(sample["thermal_state"], str):
+        return "thermal_state is not a string"
+    return None
+
+
+records.register_kind(RUN_KIND, RUN_VERSION, _checked_manifest)
+records.register_kind(JOB_KIND, JOB_VERSION, _check_job_record)
 
 
 def read_job_records(run_dir: Path | str) -> dict[str, dict]:
     """Every complete job record of a run, by job_key (temporary files of an interrupted write are ignored)."""
     found: dict[str, dict] = {}
     for path in sorted((Path(run_dir) / JOBS_DIR).glob("*.json")):
-        record = records.read(path, JOB_KIND)
-        missing = [key for key in _JOB_RECORD_KEYS if key not in record]
-        if missing or not isinstance(record["target"], dict) or not {"kind", "id"} <= set(record["target"]):
-            raise RecordError(f"{path}: damaged job record (missing {', '.join(missing) or 'target.kind/id'}); "
-                              "move it aside and resume the run to measure that job again")
+        record = records.read(path, JOB_KIND)  # checked by _check_job_record
         found[record["job_key"]] = record
     return found
-
-
-# What the tables, resume and the report read from every job record without a default.
-_JOB_RECORD_KEYS = ("job_key", "round", "variant_id", "compute_unit", "target")
 
 
 def load_run(run_dir: Path | str) -> RunData:
@@ -173,10 +224,61 @@ def load_run(run_dir: Path | str) -> RunData:
     job_records = read_job_records(run_dir)
     tables = [run_dir / name for name in (SAMPLES_FILE, JOBS_FILE, PLANS_FILE)]
     if all(path.exists() for path in tables) and manifest.get("tables_written"):
-        samples, jobs, plans = (pd.read_parquet(path) for path in tables)
+        samples, jobs, plans = (read_table(path) for path in tables)
     else:
         samples, jobs, plans = build_tables(manifest, job_records)
     return RunData(run_dir, manifest, samples, jobs, plans, job_records)
+
+
+# Columns whose type the readers compute with; every other column only has to be present.
+_TYPED_COLUMNS = {"is_warmup": "bool", "throttled": "bool", "unstable": "bool", "latency_ns": "integer",
+                  "round": "integer", "decoder_steps": "integer"}
+# The columns readers cannot do without. Later columns (appended, never renamed) may be absent from older tables.
+_REQUIRED_JOB_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in (
+    "median_ns", "series_n", "series_median_ns", "series_ci_low_ns", "series_ci_high_ns", "series_ci_rel",
+    "battery_temperature_c", "gate_wait_s", "gate_outcome", "started_at", "finished_at", "elapsed_s"))
+_TABLE_COLUMNS = {SAMPLES_FILE: SAMPLE_COLUMNS, JOBS_FILE: _REQUIRED_JOB_COLUMNS, PLANS_FILE: PLAN_COLUMNS}
+
+
+def check_table(path: Path, columns: tuple[str, ...] | list[str] | None = None):
+    """The arrow schema of one of a run's parquet tables, after checking it is readable, has `columns` (default: the
+    ones its readers need) and the types readers compute with. A damaged table is refused naming the file and column: the
+    job records are the truth, so deleting the table makes every reader rebuild it from them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    advice = f"the job records in {path.parent / JOBS_DIR} are untouched; delete {path.name} to rebuild it from them"
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise RecordError(f"{path}: unreadable {path.stem.replace('_', ' ')} table ({' '.join(str(err).split())}); "
+                          f"{advice}") from None
+    wanted = _TABLE_COLUMNS.get(path.name, ()) if columns is None else columns
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise RecordError(f"{path}: damaged table, column {missing[0]} is missing"
+                          f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {advice}")
+    for column in (c for c in schema.names if c in wanted or c in _TYPED_COLUMNS):
+        kind = _TYPED_COLUMNS.get(column)
+        found = schema.field(column).type
+        if kind and not pa.types.is_null(found) and not (pa.types.is_boolean(found) if kind == "bool"
+                                                          else pa.types.is_integer(found)):
+            raise RecordError(f"{path}: damaged table, column {column} is {found}, expected {kind}; {advice}")
+    return schema
+
+
+def read_table(path: Path, columns: list[str] | None = None, **options):
+    """A run table as pandas, checked first (check_table); unreadable data past the footer is refused the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    check_table(path, columns)
+    try:
+        return pq.read_table(path, columns=columns, **options).to_pandas()
+    except (OSError, pa.ArrowException) as err:
+        raise RecordError(f"{path}: unreadable {path.stem.replace('_', ' ')} table ({' '.join(str(err).split())}); "
+                          f"the job records in "
+                          f"{path.parent / JOBS_DIR} are untouched; delete {path.name} to rebuild it from them") from None
 
 
 def build_tables(manifest: dict, job_records: dict[str, dict]):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import atomic
-from bench.errors import InputError, did_you_mean
+from bench.errors import InputError, check_seed, did_you_mean
 from bench.store import records
 from bench.train.captioner import METADATA_FILE, METADATA_KIND, Captioner, write_preprocessor_config
 
@@ -75,6 +75,7 @@ class TrainConfig:
             raise InputError(f"threads must be at least 1, got {self.threads}")
         if self.device is not None and self.device.split(":")[0] not in DEVICES:
             raise did_you_mean("device", self.device, DEVICES)
+        check_seed(self.seed)
         return self
 
     def fingerprint(self) -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""The bad-input catalogue: one healthy workspace, and cases that each damage one thing in a copy and name the command
+that reads it. Used by tests/test_bad_input.py (in-process, every case a test) and tests/bad_input_census.py (the real
+`python -m bench` in a subprocess per case, counting one-line errors and tracebacks).
+
+What every case must end in: a non-zero exit code, exactly one line on stderr that names the damaged file (or the
+option), no traceback, no "unexpected … bug" line, and every stored file byte-identical afterwards.
+
+Real pieces only: the committed report fixture (three runs with parquet tables, eval records, variant manifests), its
+runs appended to a real history.duckdb, one tiny variant built by the real builder (coremltools), and a small JSONL
+manifest of PNGs. Nothing here fakes a reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from report_fixtures import CURRENT, FIXTURE
+
+RUN = CURRENT.name
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    damage: Callable[[Path], list[str]]  # damages the workspace copy, returns the argv
+    expect: str  # a piece of the one line: the damaged file's name or the option
+    heavy: bool = False  # loads torch / coremltools (a few seconds)
+
+
+def build_template(root: Path) -> Path:
+    """The healthy workspace every case copies: fixture runs + history + one tiny built variant + a manifest."""
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import matrix_from_dict
+    from bench.store import history
+    from bench.store.runs import load_run
+    from eval_fixtures import save_tiny_checkpoint, write_manifest
+
+    shutil.copytree(FIXTURE, root)
+    for run in sorted((root / "results").glob("nightly-*")):
+        history.append_run(root / "results" / "history.duckdb", load_run(run))
+    checkpoint = save_tiny_checkpoint(root / "tiny-ckpt")
+    report = build_matrix(matrix_from_dict({"source": str(checkpoint), "variants": [{"name": "tiny"}]}), root)
+    if report.failed:
+        raise RuntimeError(f"template variant failed to build: {report.failed[0].error}")
+    write_manifest(root / "data", 3)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root with its sha256: what "stored data byte-identical" is checked against."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _png_header(width: int, height: int) -> bytes:
+    """A valid PNG header promising width × height pixels: a decompression bomb in 60 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _variant(ws: Path) -> Path:
+    return next((ws / "models" / "variants").glob("tiny-*"))
+
+
+def _eval_record(ws: Path) -> Path:
+    return next((ws / "results" / "evals").glob("fp32-*/*.json"))
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _set_column(ws: Path, table: str, column: str, value) -> None:
+    import pandas as pd
+
+    path = ws / "results" / RUN / table
+    frame = pd.read_parquet(path)
+    frame[column] = value
+    frame.to_parquet(path)
+
+
+# ------------------------------------------------------------------------------------------------------ cases
+CASES: list[Case] = []
+
+
+def case(expect: str, heavy: bool = False):
+    def register(damage):
+        CASES.append(Case(damage.__name__, damage, expect, heavy))
+        return damage
+
+    return register
+
+
+@case("a.png")
+def decompression_bomb_in_manifest(ws):
+    _write(ws / "data" / "a.png", _png_header(60000, 60000))
+    _write(ws / "bomb.jsonl", json.dumps({"image": "data/a.png", "captions": ["a cat"]}) + "\n")
+    return ["data", "show", f"manifest:{ws}/bomb.jsonl"]
+
+
+@case("bomb.jsonl", heavy=True)
+def decompression_bomb_during_eval(ws):
+    decompression_bomb_in_manifest(ws)
+    return ["eval", str(_variant(ws)), "--data", f"manifest:{ws}/bomb.jsonl", "--resamples", "100"]
+
+
+@case("m.csv:1")
+def manifest_csv_not_utf8(ws):
+    _write(ws / "m.csv", b"\xff\xfeimage,caption\n")
+    return ["data", "show", f"manifest:{ws}/m.csv"]
+
+
+@case("m.jsonl:1")
+def manifest_jsonl_nested_too_deep(ws):
+    _write(ws / "m.jsonl", "[" * 100_000 + "\n")
+    return ["data", "show", f"manifest:{ws}/m.jsonl"]
+
+
+@case("m.jsonl:2")
+def manifest_jsonl_wrong_types(ws):
+    _write(ws / "m.jsonl", json.dumps({"image": "data/img000.png", "captions": ["ok"]}) + "\n"
+           + json.dumps({"image": 5, "captions": "a cat"}) + "\n")
+    return ["data", "show", f"manifest:{ws}/m.jsonl"]
+
+
+@case("d.parquet")
+def hf_parquet_truncated(ws):
+    _write(ws / "d.parquet", b"PAR1" + os.urandom(64))
+    return ["data", "show", f"hf:{ws}/d.parquet"]
+
+
+@case("seed must be")
+def negative_seed_data_show(ws):
+    return ["data", "show", "synthetic", "--seed", "-5", "--limit", "3"]
+
+
+@case("seed")
+def negative_seed_export(ws):
+    return ["data", "export-synthetic", str(ws / "out"), "--seed", "-1", "--limit", "2"]
+
+
+@case("seed", heavy=True)
+def negative_seed_eval(ws):
+    return ["eval", str(_variant(ws)), "--seed", "-5", "--limit", "2"]
+
+
+@case("decoder.mlpackage", heavy=True)
+def garbled_model_spec_during_eval(ws):
+    _write(_variant(ws) / "decoder.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel", os.urandom(500))
+    return ["eval", str(_variant(ws)), "--data", f"manifest:{ws}/data/manifest.jsonl", "--resamples", "100"]
+
+
+@case("decoder.mlpackage", heavy=True)
+def garbled_package_manifest_during_eval(ws):
+    _write(_variant(ws) / "decoder.mlpackage" / "Manifest.json", "{")
+    return ["eval", str(_variant(ws)), "--data", f"manifest:{ws}/data/manifest.jsonl", "--resamples", "100"]
+
+
+@case("decoder.mlpackage", heavy=True)
+def truncated_weights_during_eval(ws):
+    weights = next((_variant(ws) / "decoder.mlpackage").rglob("weight.bin"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    return ["eval", str(_variant(ws)), "--data", f"manifest:{ws}/data/manifest.jsonl", "--resamples", "100"]
+
+
+@case("manifest.json")
+def variant_manifest_wrong_types(ws):
+    _edit_json(_variant(ws) / "manifest.json", lambda m: m["measured"].update(total_bytes="big"))
+    return ["models", "ls"]
+
+
+@case("samples.parquet")
+def truncated_samples_table_in_compare(ws):
+    path = ws / "results" / RUN / "samples.parquet"
+    path.write_bytes(path.read_bytes()[:300])
+    return ["compare", "nightly-2026-11-27", RUN]
+
+
+@case("jobs.parquet")
+def wrongly_shaped_jobs_table_in_compare(ws):
+    import pandas as pd
+
+    pd.DataFrame({"x": [1]}).to_parquet(ws / "results" / RUN / "jobs.parquet")
+    return ["compare", "nightly-2026-11-27", RUN]
+
+
+@case("samples.parquet")
+def wrong_column_type_in_compare(ws):
+    _set_column(ws, "samples.parquet", "is_warmup", "no")
+    return ["compare", "nightly-2026-11-27", RUN]
+
+
+@case("samples.parquet")
+def wrong_column_type_in_report(ws):
+    _set_column(ws, "samples.parquet", "latency_ns", "fast")
+    return ["report", RUN]
+
+
+@case("history.duckdb")
+def damaged_history_in_trend(ws):
+    _write(ws / "results" / "history.duckdb", os.urandom(4096))
+    return ["trend"]
+
+
+@case("history.duckdb")
+def tableless_history_in_trend(ws):
+    import duckdb
+
+    (ws / "results" / "history.duckdb").unlink()
+    duckdb.connect(str(ws / "results" / "history.duckdb")).close()
+    return ["trend"]
+
+
+@case("unknown variant 'nope'")
+def trend_filter_matching_nothing(ws):
+    return ["trend", "--variant", "nope"]
+
+
+@case(".json")
+def eval_record_wrong_types_in_report(ws):
+    _edit_json(_eval_record(ws), lambda r: r["metrics"].update(bleu=5))
+    return ["report", RUN]
+
+
+@case(".json")
+def eval_record_wrong_types_in_eval_compare(ws):
+    record = _eval_record(ws)
+    _edit_json(record, lambda r: r["metrics"]["bleu"].update(score="high"))
+    return ["eval-compare", str(record), str(record)]
+
+
+@case("seed")
+def negative_seed_eval_compare(ws):
+    return ["eval-compare", str(_eval_record(ws)), str(_eval_record(ws)), "--seed", "-1"]
+
+
+@case("run.json")
+def run_manifest_wrong_types(ws):
+    _edit_json(ws / "results" / RUN / "run.json", lambda m: m.update(plan=5))
+    return ["report", RUN]
+
+
+@case(".json")
+def job_record_sample_wrong_types(ws):
+    run = ws / "results" / RUN
+    job = sorted((run / "jobs").glob("*.json"))[0]
+    _edit_json(job, lambda j: j["samples"][0].update(total_ns="slow"))
+    return ["compare", "nightly-2026-11-27", RUN]
+
+
+@case("--seed")
+def negative_seed_run(ws):
+    return ["run", "--seed", "-1", "--no-eval", "--no-report"]
+
+
+@case("run.yaml:1")
+def negative_seed_in_run_yaml(ws):
+    _write(ws / "run.yaml", "seed: -3\n")
+    return ["run", str(ws / "run.yaml")]
+
+
+@case("run.yaml")
+def run_yaml_not_utf8(ws):
+    _write(ws / "run.yaml", b"\xff\xfe\x00seed")
+    return ["run", str(ws / "run.yaml")]
+
+
+@case("matrix.yaml:2")
+def matrix_yaml_broken(ws):
+    _write(ws / "matrix.yaml", "variants: [\n  - {name: x, prune: {sparsity: 2}}\n]\n")
+    return ["models", "build", str(ws / "matrix.yaml")]
+
+
+@case("devices.yaml:3")
+def devices_yaml_wrong_types(ws):
+    _write(ws / "devices.yaml", "devices:\n  - udid: 5\n    name: [x]\n")
+    return ["devices"]
+
+
+@case("encoder.mlpackage")
+def garbled_package_in_inspect(ws):
+    _write(_variant(ws) / "encoder.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel", os.urandom(300))
+    return ["models", "inspect", str(_variant(ws) / "encoder.mlpackage")]
+
+
+@case("--samples")
+def negative_samples_option(ws):
+    return ["data", "show", "synthetic", "--samples", "-1", "--limit", "2"]
+
+
+@case("--last")
+def zero_last_option(ws):
+    return ["trend", "--last", "0"]
