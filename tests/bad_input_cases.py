@@ -237,12 +237,6 @@ def trend_filter_matching_nothing(ws):
 
 
 @case(".json")
-def eval_record_wrong_types_in_report(ws):
-    _edit_json(_eval_record(ws), lambda r: r["metrics"].update(bleu=5))
-    return ["report", RUN]
-
-
-@case(".json")
 def eval_record_wrong_types_in_eval_compare(ws):
     record = _eval_record(ws)
     _edit_json(record, lambda r: r["metrics"]["bleu"].update(score="high"))

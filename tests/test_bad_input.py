@@ -9,19 +9,14 @@ import shutil
 
 import pytest
 
-from bad_input_cases import CASES, build_template, snapshot
+from bad_input_cases import CASES, snapshot
 from bench.cli import main
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return build_template(tmp_path_factory.mktemp("bad-input") / "ws")
-
-
 @pytest.fixture
-def workspace(template, tmp_path, monkeypatch):
+def workspace(bad_input_template, tmp_path, monkeypatch):
     root = tmp_path / "ws"
-    shutil.copytree(template, root)
+    shutil.copytree(bad_input_template, root)
     monkeypatch.setenv("BENCH_ROOT", str(root))
     monkeypatch.chdir(root)
     return root

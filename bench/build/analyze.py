@@ -117,7 +117,25 @@ def package_files(path: Path) -> tuple[Path, Path]:
         raise InputError(f"{path}: no such package")
     if not spec_file.is_file():
         raise InputError(f"{path}: not a Core ML .mlpackage (no Data/com.apple.CoreML/model.mlmodel)")
+    _check_package_manifest(path / "Manifest.json")
     return spec_file, spec_file.parent / "weights"
+
+
+def _check_package_manifest(manifest: Path) -> None:
+    """Core ML opens a package through Manifest.json: a damaged one is refused here, before anything trusts the
+    package (coremltools' own reader would fail later with a C++ JSON error)."""
+    import json
+
+    try:
+        data = json.loads(manifest.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{manifest}: missing; the package is incomplete, rebuild the variant") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{manifest}: corrupt package manifest ({err}); rebuild the variant") from None
+    if not isinstance(data, dict) or not isinstance(data.get("itemInfoEntries"), dict) \
+            or not isinstance(data.get("rootModelIdentifier"), str):
+        raise InputError(f"{manifest}: not a Core ML package manifest (no itemInfoEntries / rootModelIdentifier); "
+                         "rebuild the variant")
 
 
 def load_program(path: Path):
