@@ -186,7 +186,7 @@ def truncated_weights_during_eval(ws):
 @case("manifest.json")
 def variant_manifest_wrong_types(ws):
     _edit_json(_variant(ws) / "manifest.json", lambda m: m["measured"].update(total_bytes="big"))
-    return ["models", "ls"]
+    return ["models", "inspect", str(_variant(ws))]
 
 
 @case("samples.parquet")
@@ -305,3 +305,98 @@ def negative_samples_option(ws):
 @case("--last")
 def zero_last_option(ws):
     return ["trend", "--last", "0"]
+
+
+@case("k.json")
+def karpathy_json_wrong_types(ws):
+    (ws / "imgs").mkdir()
+    _write(ws / "k.json", '{"images": [{"filename": 5, "split": [1], "sentences": "x"}]}')
+    return ["data", "show", f"flickr30k:{ws}/k.json:{ws}/imgs"]
+
+
+@case("d.parquet")
+def hf_parquet_without_caption_columns(ws):
+    import pandas as pd
+
+    pd.DataFrame({"x": [1]}).to_parquet(ws / "d.parquet")
+    return ["data", "show", f"hf:{ws}/d.parquet"]
+
+
+@case("missing")
+def manifest_image_missing(ws):
+    _write(ws / "m.jsonl", json.dumps({"image": "data/gone.png", "captions": ["a cat"]}) + "\n")
+    return ["data", "show", f"manifest:{ws}/m.jsonl"]
+
+
+@case("did you mean")
+def unknown_dataset_kind(ws):
+    return ["data", "show", "flikr30k:x:y"]
+
+
+@case("unknown split")
+def unknown_split(ws):
+    return ["eval", str(_variant(ws)), "--split", "tset"]
+
+
+@case(".json")
+def eval_record_not_an_object(ws):
+    record = _eval_record(ws)
+    record.write_text("[1, 2]")
+    return ["eval-compare", str(record), str(record)]
+
+
+@case("schema_version")
+def eval_record_schema_version_text(ws):
+    record = _eval_record(ws)
+    _edit_json(record, lambda r: r.update(schema_version="1"))
+    return ["eval-compare", str(record), str(record)]
+
+
+@case("history.duckdb")
+def history_with_foreign_tables(ws):
+    import duckdb
+
+    (ws / "results" / "history.duckdb").unlink()
+    con = duckdb.connect(str(ws / "results" / "history.duckdb"))
+    con.execute("CREATE TABLE samples (x INTEGER)")
+    con.execute("CREATE TABLE schema_version (version INTEGER)")
+    con.execute("INSERT INTO schema_version VALUES (2)")
+    con.close()
+    return ["trend"]
+
+
+@case("unknown target")
+def trend_target_matching_nothing(ws):
+    return ["trend", "--target", "iphone-nope"]
+
+
+@case("unknown run 'nope'")
+def unknown_run_in_report(ws):
+    return ["report", "nope"]
+
+
+@case("unknown variant name 'nope'")
+def build_only_matching_nothing(ws):
+    return ["models", "build", "--only", "nope"]
+
+
+@case("manifest.json")
+def variant_manifest_wrong_types_in_eval(ws):
+    _edit_json(_variant(ws) / "manifest.json", lambda m: m.update(image_size="large"))
+    return ["eval", str(_variant(ws)), "--limit", "2"]
+
+
+@case("resamples")
+def negative_resamples_eval_compare(ws):
+    return ["eval-compare", str(_eval_record(ws)), str(_eval_record(ws)), "--resamples", "-1"]
+
+
+@case("--timeout")
+def zero_timeout_device_status(ws):
+    return ["devices", "status", "--timeout", "0"]
+
+
+@case("run.yaml:1")
+def run_yaml_not_a_mapping(ws):
+    _write(ws / "run.yaml", "- 1\n- 2\n")
+    return ["run", str(ws / "run.yaml")]

@@ -21,31 +21,23 @@ def show(
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Leave out missing/unreadable images."),
 ) -> None:
     """Sizes of each split and a few reference captions."""
-    from rich.table import Table
-
+    from bench.cli._common import table
     from bench.data.base import SPLITS, EmptySplitError, open_dataset
 
-    sizes = Table(title=spec)
-    for column in ("split", "n", "refs/image", "signature"):
-        sizes.add_column(column)
-    shown = None
+    rows, shown = [], None
     for split in SPLITS:
         try:
             dataset = open_dataset(spec, split=split, limit=limit, seed=seed, skip_missing=skip_missing)
         except EmptySplitError:
-            sizes.add_row(split, "0", "-", "-")
+            rows.append([split, "0", "-", "-"])
             continue
         refs = sum(len(s.captions) for s in dataset) / len(dataset)
-        sizes.add_row(split, str(len(dataset)), f"{refs:.1f}", dataset.signature)
+        rows.append([split, str(len(dataset)), f"{refs:.1f}", dataset.signature])
         shown = shown or dataset
-    console().print(sizes)
+    console().print(table(spec, ("split", "n", "refs/image", "signature"), rows, numeric=("n", "refs/image")))
     if shown is not None:
-        examples = Table(title=f"examples ({shown.split})")
-        examples.add_column("image_id")
-        examples.add_column("references")
-        for sample in list(shown)[:samples]:
-            examples.add_row(sample.image_id, "\n".join(sample.captions))
-        console().print(examples)
+        examples = [[sample.image_id, "\n".join(sample.captions)] for sample in list(shown)[:samples]]
+        console().print(table(f"examples ({shown.split})", ("image_id", "references"), examples))
 
 
 @data_app.command("export-synthetic")
@@ -59,8 +51,10 @@ def export_synthetic(
     from bench.data import synthetic
     from bench.data.base import normalise_split
 
+    from bench.report.escape import rich as esc
+
     count = synthetic.export(directory, split=normalise_split(split), limit=limit, seed=seed)
-    console().print(f"wrote {count} images and {directory / 'manifest.jsonl'}")
+    console().print(f"wrote {count} images and {esc(directory / 'manifest.jsonl')}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

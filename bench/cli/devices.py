@@ -39,17 +39,18 @@ def overview_command(ctx: typer.Context, inventory: InventoryOption = None) -> N
         return
     from bench.cli._common import console
     from bench.deploy.api import survey
+    from bench.report.escape import rich as esc  # names, notes and problems come from the phones themselves
 
     with console().status("asking usbmuxd and each device …"):
         result = survey(_inventory(inventory))
     if result.usbmux_problem:
-        console().print(f"[yellow]{result.usbmux_problem}[/]", highlight=False)
+        console().print(f"[yellow]{esc(result.usbmux_problem)}[/]", highlight=False)
     console().print(_table(result))
     for row in result.rows:  # one line each, never wrapped: scripts and people grep them
-        name = row.info.name or row.info.udid
-        lines = [f"[yellow]{name}[/]: {problem}" for problem in (row.health.problems if row.health else [])]
-        lines += [f"[cyan]{name}[/]: note: {note}" for note in (row.health.notes if row.health else [])]
-        lines += [f"[yellow]{name}[/]: reports {row.info.mismatch}"] if row.info.mismatch else []
+        name = esc(row.info.name or row.info.udid)
+        lines = [f"[yellow]{name}[/]: {esc(problem)}" for problem in (row.health.problems if row.health else [])]
+        lines += [f"[cyan]{name}[/]: note: {esc(note)}" for note in (row.health.notes if row.health else [])]
+        lines += [f"[yellow]{name}[/]: reports {esc(row.info.mismatch)}"] if row.info.mismatch else []
         for line in lines:
             console().print(f"  {line}", highlight=False, soft_wrap=True)
 
@@ -69,6 +70,8 @@ def _major(version: str) -> int:
 
 def _table(result):
     from rich.table import Table
+
+    from bench.report.escape import rich as esc
 
     table = Table(title="iPhones", show_lines=False)
     for column in ("state", "name", "udid", "model", "iOS", "paired", "dev mode", "disk image", "tunnel", "battery",
@@ -92,10 +95,12 @@ def _table(result):
             charging = _yes_no(health.charging)
             runner = (f"{health.runner.version} ({health.runner.build})" if health.runner else "[red]not installed[/]")
             dev_mode = _yes_no(health.developer_mode)
-        table.add_row(f"[{colours[row.state]}]{row.state}[/]", info.name or "", info.udid, model, os_version,
-                      _yes_no(info.paired) if info.connected else "–", dev_mode, image, tunnel, battery, charging,
-                      runner,
-                      ",".join(info.tags) + ("" if info.enabled else " (disabled)"))
+        if health is not None and health.paired:
+            image = f"{esc(health.disk_image)} {_mounted(health.ddi_mounted)}" if health.disk_image else "?"
+            runner = esc(f"{health.runner.version} ({health.runner.build})") if health.runner else runner
+        table.add_row(f"[{colours[row.state]}]{row.state}[/]", esc(info.name or ""), esc(info.udid), esc(model),
+                      esc(os_version), _yes_no(info.paired) if info.connected else "–", dev_mode, image, tunnel,
+                      esc(battery), charging, runner, esc(",".join(info.tags) + ("" if info.enabled else " (disabled)")))
     return table
 
 
@@ -111,27 +116,29 @@ def prepare_command(
                                         "refused while a passcode is set).")] = False,
     launch_check: Annotated[bool, typer.Option(
         "--launch-check/--no-launch-check", help="Finish by launching the runner on a status job.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the runner in the launch check.")] = 60.0,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the runner in the launch check.")] = 60.0,
 ) -> None:
     """Per phone: mount the disk image its iOS needs, check Developer Mode (offer to enable it), trust, tunnel,
     runner and a real launch; then print what remains for a person. Exit status 1 while anything remains."""
     from bench.cli._common import console
     from bench.deploy.api import phones_to_prepare, prepare
+    from bench.report.escape import rich as esc
 
     phones = phones_to_prepare(device, _inventory(inventory))
     if not phones:
         raise typer.BadParameter("no iPhone attached: plug one in by USB and unlock it", param_hint="--device")
     remaining: list[str] = []
     for info in phones:
-        name = info.name or info.udid
-        console().print(f"[bold]{name}[/] {info.udid} {info.model or ''} iOS {info.os_version or '?'}", highlight=False)
+        name = esc(info.name or info.udid)
+        console().print(f"[bold]{name}[/] {esc(info.udid)} {esc(info.model or '')} iOS {esc(info.os_version or '?')}",
+                        highlight=False)
         with console().status(f"preparing {name} …"):
             report = prepare(info.udid, enable_developer_mode=enable_developer_mode, launch_check=launch_check,
                              timeout_s=timeout)
         for check in report.checks:
-            console().print(f"  {CHECK_MARKS[check.status]} {check.name}: {check.line}", highlight=False,
+            console().print(f"  {CHECK_MARKS[check.status]} {esc(check.name)}: {esc(check.line)}", highlight=False,
                             soft_wrap=True)
-        remaining += [f"{name}: {line}" for line in report.remaining]
+        remaining += [f"{name}: {esc(line)}" for line in report.remaining]
     if remaining:
         console().print("[bold]What remains for a person:[/]")
         for line in remaining:
@@ -152,7 +159,10 @@ def install_command(
     udid = resolve_device(device, _inventory(inventory))
     with console().status(f"installing {package.name} on {udid} …"):
         app = install_runner(udid, package)
-    console().print(f"installed {app.bundle_id} {app.version} ({app.build}) on {udid}" if app else "installed")
+    from bench.report.escape import rich as esc
+
+    console().print(esc(f"installed {app.bundle_id} {app.version} ({app.build}) on {udid}" if app else "installed"),
+                    highlight=False)
 
 
 def list_command(device: DeviceOption = None, inventory: InventoryOption = None) -> None:
@@ -162,11 +172,13 @@ def list_command(device: DeviceOption = None, inventory: InventoryOption = None)
 
     udid = resolve_device(device, _inventory(inventory))
     holding = held(udid)
-    console().print(f"{udid}: {len(holding.models)} model packages, {len(holding.inputs)} inputs, "
+    from bench.report.escape import rich as esc  # file names listed by the phone
+
+    console().print(f"{esc(udid)}: {len(holding.models)} model packages, {len(holding.inputs)} inputs, "
                     f"{len(holding.jobs)} jobs, {len(holding.results)} results, "
-                    f"{len(holding.leftovers)} interrupted pushes")
+                    f"{len(holding.leftovers)} interrupted pushes", highlight=False)
     for sha in holding.models:
-        console().print(f"  models/{sha}")
+        console().print(f"  models/{esc(sha)}", highlight=False)
 
 
 def prune_command(
@@ -186,16 +198,19 @@ def prune_command(
     udid = resolve_device(device, _inventory(inventory))
     kept = set(keep or ()) | (set() if everything else workspace_package_hashes(Workspace.current().variants_dir))
     removed = prune(udid, kept, set(), jobs=not keep_jobs)
-    console().print(f"{udid}: removed {len(removed)} item(s)")
+    console().print(f"{udid}: removed {len(removed)} item(s)", markup=False, highlight=False)
 
 
 def status_command(device: DeviceOption = None, inventory: InventoryOption = None,
-                   timeout: Annotated[float, typer.Option(help="Seconds to wait for the runner.")] = 120.0) -> None:
+                   timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the runner.")] = 120.0) -> None:
     """Thermal state (from the runner) and battery (from diagnostics) right now."""
     from bench.cli._common import console
     from bench.deploy.api import device_status, resolve_device
 
     udid = resolve_device(device, _inventory(inventory))
     status = device_status(udid, timeout)
-    console().print(f"{udid}: thermal {status.thermal_state}, battery {status.battery_level}, "
-                    f"{status.battery_temperature_c} °C, {status.battery_state}, low power {status.low_power_mode}")
+    from bench.report.escape import rich as esc  # what the phone reports
+
+    console().print(esc(f"{udid}: thermal {status.thermal_state}, battery {status.battery_level}, "
+                        f"{status.battery_temperature_c} °C, {status.battery_state}, low power {status.low_power_mode}"),
+                    highlight=False)

@@ -5,7 +5,6 @@ Only argument parsing and printing live here; the work is bench.eval.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -44,14 +43,12 @@ def eval_command(
         beams=beams, batch_size=batch_size, image_size=image_size, resize=resize, max_length=max_length,
         resamples=resamples, seed=seed, threads=threads,
     ).validate()  # bad options fail before anything heavy is loaded
-    # Weight-loading progress bars of transformers, and coremltools' per-pass tqdm bars when a variant's weights are
-    # decompressed, are noise beside our status line (both read at import).
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     workspace = Workspace.current()
     dataset = open_dataset(data, split=split, limit=limit, seed=seed, skip_missing=skip_missing)
     captioner, described = open_subject(subject, workspace, compute_unit=compute_unit)
-    with console().status(f"captioning {len(dataset)} images with {described.id} …"):
+    from bench.report.escape import rich as esc
+
+    with console().status(f"captioning {len(dataset)} images with {esc(described.id)} …"):
         record = evaluate(captioner, dataset, options, subject=described, evals_dir=workspace.evals_dir, overwrite=overwrite)
     _print_summary(record)
 
@@ -69,8 +66,10 @@ def compare_command(
 
     result = paired_bootstrap(baseline, variant, metric, n=resamples, seed=seed)
     lo, hi = result["ci95"]
+    from bench.report.escape import rich as esc
+
     console().print(
-        f"{metric}: {result['variant_subject']} {result['variant']:.3f} vs {result['baseline_subject']} "
+        f"{esc(metric)}: {esc(result['variant_subject'])} {result['variant']:.3f} vs {esc(result['baseline_subject'])} "
         f"{result['baseline']:.3f} → delta {result['delta']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], "
         f"p = {result['p_value']:.4f} ({result['n_images']} images, {result['resamples']} resamples)",
         highlight=False,
@@ -79,23 +78,19 @@ def compare_command(
 
 
 def _print_summary(record) -> None:
-    from rich.table import Table
-
-    from bench.cli._common import console
+    from bench.cli._common import console, table
+    from bench.report.escape import rich as esc
 
     bleu, cider = record.metrics.bleu, record.metrics.cider
-    table = Table(title=f"{record.subject.id} on {record.dataset.signature}", show_header=True)
-    for column in ("metric", "score", "95 % CI"):
-        table.add_column(column)
-    table.add_row("sacreBLEU", f"{bleu.score:.2f} ({bleu.score_01:.3f})", f"[{bleu.ci95[0]:.2f}, {bleu.ci95[1]:.2f}]")
-    table.add_row("CIDEr-D", f"{cider.score:.3f}", f"[{cider.ci95[0]:.3f}, {cider.ci95[1]:.3f}]")
+    rows = [["sacreBLEU", f"{bleu.score:.2f} ({bleu.score_01:.3f})", f"[{bleu.ci95[0]:.2f}, {bleu.ci95[1]:.2f}]"],
+            ["CIDEr-D", f"{cider.score:.3f}", f"[{cider.ci95[0]:.3f}, {cider.ci95[1]:.3f}]"]]
     out = console()
-    out.print(table)
-    out.print(f"BLEU signature: {bleu.signature}", highlight=False, soft_wrap=True)
+    out.print(table(f"{record.subject.id} on {record.dataset.signature}", ("metric", "score", "95 % CI"), rows))
+    out.print(f"BLEU signature: {esc(bleu.signature)}", highlight=False, soft_wrap=True)
     decoding = record.decoding
     out.print(
         f"{decoding.strategy} (beams {decoding.beams}), {decoding.image_size}px {decoding.resize}, "
         f"{record.timing.images_per_second:.1f} images/s",
         highlight=False,
     )
-    out.print(f"record: {record.path}", highlight=False, soft_wrap=True)
+    out.print(f"record: {esc(record.path)}", highlight=False, soft_wrap=True)

@@ -35,17 +35,14 @@ def build_command(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
 ) -> None:
     """Build every variant of a compression matrix; cached variants are checked and reused, damaged ones rebuilt."""
-    import os
-
-    # coremltools and transformers print a tqdm bar per graph pass; ours below is the one that matters.
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.build.builder import build_matrix
     from bench.build.matrix import load_matrix
     from bench.cli._common import console
-    from bench.errors import InputError
+    from bench.errors import InputError, did_you_mean
     from bench.paths import DEFAULT_MATRIX, Workspace
+    from bench.report.escape import rich as esc
 
     matrix, names = _matrix_and_names(arguments or [])
     loaded = load_matrix(matrix or DEFAULT_MATRIX)  # every YAML problem fails here, before any work
@@ -56,6 +53,10 @@ def build_command(
 
         torch.set_num_threads(threads)
     selected = [*(only or []), *names] or None
+    known = {p.name for p in loaded.planned()}
+    for name in selected or ():  # before the progress bar starts: a typo is one line, not a bar and then a line
+        if name not in known:
+            raise did_you_mean("variant name", name, known)
     total = len(loaded.planned() if not selected else [p for p in loaded.planned() if p.name in selected])
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console(), transient=False) as bar:
@@ -63,11 +64,11 @@ def build_command(
 
         def on_event(event) -> None:
             if event.kind == "start":
-                bar.update(task, description=f"{event.name}")
+                bar.update(task, description=esc(event.name))
             elif event.kind == "step":
-                bar.update(task, description=f"{event.name}: {event.detail}")
+                bar.update(task, description=esc(f"{event.name}: {event.detail}"))
             elif event.kind == "done":
-                bar.update(task, advance=1, description=f"{event.name}: {event.detail}")
+                bar.update(task, advance=1, description=esc(f"{event.name}: {event.detail}"))
 
         report = build_matrix(loaded, Workspace.current(), progress=on_event, only=selected,
                               force=force, verify=verify)
@@ -84,55 +85,51 @@ def _matrix_and_names(arguments: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def _print_report(report) -> None:
-    from rich.table import Table
+    from bench.cli._common import console, table
+    from bench.report.escape import rich as esc
 
-    from bench.cli._common import console
-
-    table = Table(title=f"variants ({report.seconds:.1f} s)")
-    for column in ("variant", "status", "size MB", "weights MB", "sparsity", "bits/w", "target", "seconds"):
-        table.add_column(column, justify="right" if column not in ("variant", "status", "target") else "left")
+    columns = ("variant", "status", "size MB", "weights MB", "sparsity", "bits/w", "target", "seconds")
+    rows = []
     for result in report.results:
         m = result.manifest
         measured = m.measured if m else {}
-        table.add_row(
-            result.variant_id, result.status, _mb(measured.get("total_bytes")), _mb(measured.get("weight_bytes")),
-            _pct(measured.get("sparsity")) if m else "-", f"{measured['bits_per_weight']:.2f}" if m else "-",
-            m.target if m else "-", f"{result.seconds:.2f}",
-        )
-    console().print(table)
+        rows.append([result.variant_id, result.status, _mb(measured.get("total_bytes")),
+                     _mb(measured.get("weight_bytes")), _pct(measured.get("sparsity")) if m else "-",
+                     f"{measured['bits_per_weight']:.2f}" if m else "-", m.target if m else "-",
+                     f"{result.seconds:.2f}"])
+    console().print(table(f"variants ({report.seconds:.1f} s)", columns, rows,
+                          numeric=("size MB", "weights MB", "sparsity", "bits/w", "seconds")))
     for result in report.of("rebuilt"):
-        console().print(f"[yellow]rebuilt[/] {result.name}: {result.note}", highlight=False, soft_wrap=True)
+        console().print(f"[yellow]rebuilt[/] {esc(result.name)}: {esc(result.note)}", highlight=False, soft_wrap=True)
     for result in report.failed:
-        console().print(f"[bold red]failed[/] {result.name}: {result.error}", highlight=False, soft_wrap=True)
+        console().print(f"[bold red]failed[/] {esc(result.name)}: {esc(result.error)}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("ls")
 def ls_command() -> None:
     """List built variants: size, measured sparsity and bits per weight, target."""
-    from rich.table import Table
-
     from bench.build.variants import list_variants
-    from bench.cli._common import console
+    from bench.cli._common import console, table
     from bench.paths import Workspace
+    from bench.report.escape import rich as esc
 
     unreadable: list[str] = []
     variants = list_variants(Workspace.current(), unreadable=unreadable)
     if not variants and not unreadable:
         console().print("no variants yet; build some with `bench models build`")
         return
-    table = Table()
-    for column in ("variant", "size MB", "weights MB", "sparsity", "pruned-layer sparsity", "bits/w", "target",
-                   "image", "decompression ops"):
-        table.add_column(column)
+    columns = ("variant", "size MB", "weights MB", "sparsity", "pruned-layer sparsity", "bits/w", "target", "image",
+               "decompression ops")
+    rows = []
     for v in variants:
         m = v.measured
-        table.add_row(v.variant_id, _mb(m["total_bytes"]), _mb(m["weight_bytes"]), _pct(m["sparsity"]),
-                      _pct(m.get("selected_sparsity")) if v.recipe.get("prune") else "-",
-                      f"{m['bits_per_weight']:.2f}", v.target, f"{v.image_size} {v.resize}",
-                      ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in m["decompression_ops"].items()) or "-")
-    console().print(table)
+        rows.append([v.variant_id, _mb(m["total_bytes"]), _mb(m["weight_bytes"]), _pct(m["sparsity"]),
+                     _pct(m.get("selected_sparsity")) if v.recipe.get("prune") else "-",
+                     f"{m['bits_per_weight']:.2f}", v.target, f"{v.image_size} {v.resize}",
+                     ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in m["decompression_ops"].items()) or "-"])
+    console().print(table(None, columns, rows, numeric=columns[1:6]))
     for problem in unreadable:
-        console().print(f"[bold red]unreadable[/] {problem}", highlight=False, soft_wrap=True)
+        console().print(f"[bold red]unreadable[/] {esc(problem)}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("verify")
@@ -147,6 +144,8 @@ def verify_command(
     from bench.errors import DamagedError
     from bench.paths import Workspace
 
+    from bench.report.escape import rich as esc
+
     out = console()
     results = verify_workspace(Workspace.current(), names or None, full=full)
     if not results:
@@ -154,9 +153,9 @@ def verify_command(
         return
     for variant_id, outcome in results:
         if isinstance(outcome, DamagedError):
-            out.print(f"[bold red]DAMAGED[/] {variant_id}: {outcome}", highlight=False, soft_wrap=True)
+            out.print(f"[bold red]DAMAGED[/] {esc(variant_id)}: {esc(outcome)}", highlight=False, soft_wrap=True)
         else:
-            out.print(f"[green]ok[/] {variant_id}: {outcome.trusted + outcome.hashed} files, "
+            out.print(f"[green]ok[/] {esc(variant_id)}: {outcome.trusted + outcome.hashed} files, "
                       f"{outcome.bytes_hashed / 1e6:.1f} MB hashed", highlight=False)
     if any(isinstance(outcome, DamagedError) for _, outcome in results):
         raise typer.Exit(code=1)
@@ -183,35 +182,29 @@ def inspect_command(
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="Show every weight tensor.")] = True,
 ) -> None:
     """Static analysis of the stored packages: bytes, op types, decompression ops, per-tensor storage."""
-    from rich.table import Table
-
-    from bench.cli._common import console
+    from bench.cli._common import console, table
+    from bench.report.escape import rich as esc
 
     title, analyses = _analyses(variant)
     out = console()
-    out.print(f"[bold]{title}[/]")
+    out.print(f"[bold]{esc(title)}[/]", highlight=False)
     for name, a in analyses.items():
-        out.print(f"\n[bold]{name}[/] {a.path}: {_mb(a.bytes)} MB on disk, weight.bin {_mb(a.weight_bytes)} MB, "
-                  f"opset {a.opset}, {a.params:,} weights, {a.nonzero_params:,} non-zero", highlight=False)
-        out.print("  inputs " + ", ".join(f"{k}{v}" for k, v in a.inputs.items())
-                  + "; outputs " + ", ".join(f"{k}{v}" for k, v in a.outputs.items()), highlight=False)
-        ops = Table(title="op types", show_edge=False)
-        ops.add_column("op")
-        ops.add_column("count", justify="right")
-        for op, count in sorted(a.op_counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            ops.add_row(op, str(count))
-        out.print(ops)
+        out.print(f"\n[bold]{esc(name)}[/] {esc(a.path)}: {_mb(a.bytes)} MB on disk, weight.bin {_mb(a.weight_bytes)} "
+                  f"MB, opset {esc(a.opset)}, {a.params:,} weights, {a.nonzero_params:,} non-zero", highlight=False)
+        out.print(esc("  inputs " + ", ".join(f"{k}{v}" for k, v in a.inputs.items())
+                      + "; outputs " + ", ".join(f"{k}{v}" for k, v in a.outputs.items())), highlight=False)
+        ops = sorted(a.op_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        out.print(table("op types", ("op", "count"), ops, numeric=("count",), show_edge=False))
         for d in a.duplicated_tensors:
-            out.print(f"  [yellow]stored twice:[/] {d['name']} = {d['same_as']} ({_mb(d['bytes'])} MB)")
+            out.print(f"  [yellow]stored twice:[/] {esc(d['name'])} = {esc(d['same_as'])} ({_mb(d['bytes'])} MB)",
+                      highlight=False)
         if tensors:
-            table = Table(title="weight tensors", show_edge=False)
-            for column in ("name", "shape", "dtype", "storage", "bytes", "sparsity", "bits", "unique", "read by"):
-                table.add_column(column)
-            for t in a.tensors:
-                table.add_row(t.name, "×".join(map(str, t.shape)), t.dtype, t.storage, f"{t.bytes:,}", _pct(t.sparsity),
-                              f"{t.bits:.2f}", "-" if t.unique_values is None else str(t.unique_values),
-                              ",".join(t.child_op_types))
-            out.print(table)
+            columns = ("name", "shape", "dtype", "storage", "bytes", "sparsity", "bits", "unique", "read by")
+            rows = [[t.name, "×".join(map(str, t.shape)), t.dtype, t.storage, f"{t.bytes:,}", _pct(t.sparsity),
+                     f"{t.bits:.2f}", "-" if t.unique_values is None else str(t.unique_values),
+                     ",".join(t.child_op_types)] for t in a.tensors]
+            out.print(table("weight tensors", columns, rows, numeric=("bytes", "sparsity", "bits", "unique"),
+                            show_edge=False))
 
 
 @models_app.command("diff")
@@ -220,19 +213,13 @@ def diff_command(
     b: Annotated[str, typer.Argument(help="Second variant.")],
 ) -> None:
     """What changed between two variants: bytes, op types, decompression ops, tensor storage formats."""
-    from rich.table import Table
-
     from bench.build.diff import diff_analyses
-    from bench.cli._common import console
+    from bench.cli._common import console, table
+    from bench.report.escape import rich as esc
 
     name_a, first = _analyses(a)
     name_b, second = _analyses(b)
     result = diff_analyses(first, second)
     out = console()
-    out.print(f"[bold]{name_a}[/] → [bold]{name_b}[/]")
-    table = Table(show_edge=False)
-    for column in ("what", "A", "B", "change"):
-        table.add_column(column)
-    for row in result:
-        table.add_row(*row)
-    out.print(table)
+    out.print(f"[bold]{esc(name_a)}[/] → [bold]{esc(name_b)}[/]", highlight=False)
+    out.print(table(None, ("what", "A", "B", "change"), result, show_edge=False))

@@ -40,11 +40,11 @@ def report_command(
     report = build_report(run, baseline=baseline, history=history, force=force)
     written = write_report(report, fmt, out, console=console())
     if written is not None:
-        console().print(f"wrote {written}", highlight=False, soft_wrap=True)
+        console().print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
     if junit is not None:
         from bench.report.junit import write_junit
 
-        console().print(f"wrote {write_junit(report, junit)}", highlight=False, soft_wrap=True)
+        console().print(f"wrote {write_junit(report, junit)}", markup=False, highlight=False, soft_wrap=True)
     if fail_on == "regression" and report.regressions:
         names = "; ".join(f"{v.metric} {v.key}: {v.detail}" for v in report.regressions[:3])
         raise RegressionFound(f"{len(report.regressions)} regression(s): {names}")

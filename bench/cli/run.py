@@ -5,7 +5,6 @@ Only argument parsing and printing live here; the work is bench.run / bench.stor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +45,6 @@ def run_command(
     runner_timeout: Annotated[float | None, typer.Option("--runner-timeout", help="Seconds to wait for the iPhone runner per job (default: from model size and job length; also with --resume).")] = None,
 ) -> None:
     """Measure variants × targets × compute units × images; store every job at once; resumable."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools/transformers progress bars would tear the live view
     from bench.cli._common import console
     from bench.paths import Workspace
     from bench.run.api import run_pipeline
@@ -59,7 +57,6 @@ def run_command(
         compute_units=_names(compute_units), images=images, rounds=rounds, seed=seed, ci_width=ci_width,
         max_samples=max_samples, max_seconds=max_seconds, fixed=fixed, evaluate=evaluate, report=report, lab=lab,
         runner_timeout_s=runner_timeout)
-    _quiet_libraries()
     workspace = Workspace.current()
     live = LiveProgress(console(), _settings(config).rule, config.images, config.repeats)
     try:
@@ -79,31 +76,20 @@ def run_command(
         raise typer.Exit(1)
 
 
-def _quiet_libraries() -> None:
-    """coremltools' import-time warnings (no Core ML runtime on Linux, untested torch) are known; keep them off the view."""
-    import logging
-    import warnings
-
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="coremltools")
-    warnings.filterwarnings("ignore", message=".*has not been tested with coremltools.*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-
-
 def runs_command() -> None:
     """List the runs under results/ with their status."""
-    from rich.table import Table
-
-    from bench.cli._common import console
+    from bench.cli._common import console, table
     from bench.paths import Workspace
     from bench.store.runs import list_runs
 
-    table = Table(title="runs")
-    for column in ("run", "created", "status", "jobs done", "failed"):
-        table.add_column(column)
-    for row in list_runs(Workspace.current().results_dir):
-        table.add_row(row["run_id"], row["created_at"], row["status"], str(row["done"]), str(row["failed"]))
-    console().print(table)
+    rows = [[row["run_id"], row["created_at"], row["status"], row["done"], row["failed"]]
+            for row in list_runs(Workspace.current().results_dir)]
+    if not rows:
+        console().print(f"no runs under {Workspace.current().results_dir} yet; start one with `bench run`",
+                        highlight=False, soft_wrap=True)
+        return
+    console().print(table("runs", ("run", "created", "status", "jobs done", "failed"), rows,
+                          numeric=("jobs done", "failed")))
 
 
 def compare_command(
@@ -112,10 +98,9 @@ def compare_command(
     force: Annotated[bool, typer.Option("--force", help="Compare even if device model, OS build or variant hash differ.")] = False,
 ) -> None:
     """Median latency per series of two runs; refuses incomparable runs unless forced."""
-    from rich.table import Table
-
-    from bench.cli._common import console
+    from bench.cli._common import console, table
     from bench.paths import Workspace
+    from bench.report.escape import rich as esc
     from bench.run.api import resolve_run_dir
     from bench.store.compare import compare_runs
     from bench.store.runs import load_run
@@ -124,15 +109,12 @@ def compare_command(
     a, b = (load_run(resolve_run_dir(run, workspace)) for run in (run_a, run_b))
     result = compare_runs(a, b, force=force)
     for problem in result.differences:
-        console().print(f"[yellow]forced despite:[/] {problem}")
-    table = Table(title=f"{a.run_id} → {b.run_id}")
-    for column in ("variant", "target", "unit", "n a/b", "median a ms", "median b ms", "b/a", "Mann–Whitney p"):
-        table.add_column(column)
-    for row in result.table.itertuples():
-        table.add_row(row.variant, row.target_kind, row.compute_unit, f"{row.n_a}/{row.n_b}",
-                      f"{row.median_a_ns / 1e6:.2f}", f"{row.median_b_ns / 1e6:.2f}", f"{row.ratio:.3f}",
-                      f"{row.mannwhitney_p:.3g}")
-    console().print(table)
+        console().print(f"[yellow]forced despite:[/] {esc(problem)}", highlight=False)
+    columns = ("variant", "target", "unit", "n a/b", "median a ms", "median b ms", "b/a", "Mann–Whitney p")
+    rows = [[row.variant, row.target_kind, row.compute_unit, f"{row.n_a}/{row.n_b}", f"{row.median_a_ns / 1e6:.2f}",
+             f"{row.median_b_ns / 1e6:.2f}", "–" if row.ratio is None else f"{row.ratio:.3f}",
+             "–" if row.mannwhitney_p is None else f"{row.mannwhitney_p:.3g}"] for row in result.table.itertuples()]
+    console().print(table(f"{a.run_id} → {b.run_id}", columns, rows, numeric=columns[3:]))
 
 
 def trend_command(
@@ -142,17 +124,13 @@ def trend_command(
     last: Annotated[int | None, typer.Option("--last", min=1, help="Only the last N runs.")] = None,
 ) -> None:
     """Median and p90 latency per run from results/history.duckdb (the nightly trend)."""
-    from rich.table import Table
-
-    from bench.cli._common import console
+    from bench.cli._common import console, table
     from bench.paths import Workspace
     from bench.store.history import trend
 
     frame = trend(Workspace.current().history_db, variant=variant, target=target, compute_unit=compute_unit, last=last)
-    table = Table(title="latency trend (warm-ups excluded)")
-    for column in ("created", "run", "variant", "target", "unit", "n", "median ms", "p90 ms", "throttled"):
-        table.add_column(column, overflow="fold")
-    for row in frame.itertuples():
-        table.add_row(str(row.created_at)[:16], row.run_id, row.variant_id, row.target_id, row.compute_unit, str(row.n),
-                      f"{row.median_ns / 1e6:.2f}", f"{row.p90_ns / 1e6:.2f}", f"{row.throttled_fraction:.0%}")
-    console().print(table)
+    columns = ("created", "run", "variant", "target", "unit", "n", "median ms", "p90 ms", "throttled")
+    rows = [[str(row.created_at)[:16], row.run_id, row.variant_id, row.target_id, row.compute_unit, row.n,
+             f"{row.median_ns / 1e6:.2f}", f"{row.p90_ns / 1e6:.2f}", f"{row.throttled_fraction:.0%}"]
+            for row in frame.itertuples()]
+    console().print(table("latency trend (warm-ups excluded)", columns, rows, numeric=columns[5:]))

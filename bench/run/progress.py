@@ -42,9 +42,11 @@ class LiveProgress(RunObserver):
             self._live = None
 
     def log(self, message: str) -> None:
+        from bench.report.escape import rich as esc
+
         with self._lock:
             self.events.append(message)
-        self.console.print(message, highlight=False)  # above the live table while it runs
+        self.console.print(esc(message), highlight=False)  # above the live table while it runs
 
     # --- RunObserver ----------------------------------------------------------------------------------------------
     def run_started(self, run_id, targets, states) -> None:
@@ -123,13 +125,16 @@ class LiveProgress(RunObserver):
     def __rich__(self):
         from rich.table import Table
 
+        from bench.report.escape import rich as esc  # device names and job keys come from outside
+
         table = Table(title="bench run", expand=False)
         for column in ("target", "state", "current job", "thermal", "samples", "jobs", "ETA"):
             table.add_column(column)
         with self._lock:
             for target_id, row in self._rows.items():
                 jobs = f"{row['done']}" + (f" ([red]{row['failed']} failed[/])" if row["failed"] else "")
-                table.add_row(f"{row['name']}\n[dim]{row['label']}[/]", row["state"], row["job"], row["thermal"],
+                table.add_row(f"{esc(row['name'])}\n[dim]{esc(row['label'])}[/]", esc(row["state"]), esc(row["job"]),
+                              esc(row["thermal"]),
                               str(row["samples"]), jobs, self._eta(target_id, row))
         return table
 
@@ -143,6 +148,8 @@ def print_summary(console, outcome) -> None:
     """The end of a run: per series the median and its CI, why sampling stopped, then failures and why."""
     from rich.table import Table
 
+    from bench.report.escape import rich as esc
+
     series = outcome.data.series()
     table = Table(title=f"run {outcome.run_id} — {outcome.status}")
     for column in ("variant", "target", "unit", "n", "median ms", "95% CI", "tokens", "stopped by", "flags"):
@@ -154,8 +161,9 @@ def print_summary(console, outcome) -> None:
         flags = ", ".join(f for f, on in (("unstable", row.unstable),
                                           (f"throttled {row.throttled_fraction:.0%}", row.throttled_fraction > 0)) if on)
         labels[row.target_id] = row.target_label
-        table.add_row(row.variant_name or row.variant_id, row.target_id + (" ¹" if row.target_kind == "host-torch" else ""),
-                      row.compute_unit, str(row.n), f"{row.median_ns / 1e6:.2f}", ci,
+        table.add_row(esc(row.variant_name or row.variant_id),
+                      esc(row.target_id) + (" ¹" if row.target_kind == "host-torch" else ""), esc(row.compute_unit),
+                      str(row.n), f"{row.median_ns / 1e6:.2f}", ci,
                       f"{row.median_decoder_steps:.0f}", str(row.stop_reason or "—"), flags)
     console.print(table)
     console.print("variants by name; ids (name-hash) are in jobs.parquet", style="dim")
@@ -170,17 +178,18 @@ def print_summary(console, outcome) -> None:
             quality.add_column(column)
         for variant_id, record in sorted(outcome.evals.items()):
             metrics = record.metrics
-            quality.add_row(variant_id, f"{metrics.bleu.score:.2f}", f"{metrics.cider.score:.3f}",
+            quality.add_row(esc(variant_id), f"{metrics.bleu.score:.2f}", f"{metrics.cider.score:.3f}",
                             str(record.dataset.n))
         console.print(quality)
     for target_id, why in outcome.quarantined.items():
-        console.print(f"[red]quarantined[/] {target_id}: {why}")
+        console.print(f"[red]quarantined[/] {esc(target_id)}: {esc(why)}", highlight=False)
     for job_key, why in outcome.failures:
-        console.print(f"[red]failed[/] {job_key}: {why}", highlight=False)
+        console.print(f"[red]failed[/] {esc(job_key)}: {esc(why)}", highlight=False)
     for note in outcome.notes:
-        console.print(f"[yellow]note[/] {note}")
-    console.print(f"results: {outcome.run_dir} (samples.parquet, jobs.parquet, compute_plans.parquet, jobs/*.json)")
+        console.print(f"[yellow]note[/] {esc(note)}", highlight=False)
+    console.print(f"results: {esc(outcome.run_dir)} (samples.parquet, jobs.parquet, compute_plans.parquet, jobs/*.json)",
+                  highlight=False)
     if outcome.report:
-        console.print(f"report: {outcome.report}")
+        console.print(f"report: {esc(outcome.report)}", highlight=False)
     if outcome.status != "complete":
         console.print(f"resume with: bench run --resume {outcome.run_id}")
