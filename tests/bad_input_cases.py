@@ -400,3 +400,13 @@ def zero_timeout_device_status(ws):
 def run_yaml_not_a_mapping(ws):
     _write(ws / "run.yaml", "- 1\n- 2\n")
     return ["run", str(ws / "run.yaml")]
+
+
+@case("unknown target 'nope'")
+def unknown_target_before_any_build(ws):
+    return ["run", "--targets", "nope", "--no-eval", "--no-report"]
+
+
+@case("eval limit")
+def negative_eval_limit_before_training(ws):
+    return ["train-builtin", "--out", str(ws / "trained"), "--eval-limit", "-1"]

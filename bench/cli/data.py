@@ -35,7 +35,7 @@ def show(
         rows.append([split, str(len(dataset)), f"{refs:.1f}", dataset.signature])
         shown = shown or dataset
     console().print(table(spec, ("split", "n", "refs/image", "signature"), rows, numeric=("n", "refs/image")))
-    if shown is not None:
+    if shown is not None and samples:
         examples = [[sample.image_id, "\n".join(sample.captions)] for sample in list(shown)[:samples]]
         console().print(table(f"examples ({shown.split})", ("image_id", "references"), examples))
 

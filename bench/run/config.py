@@ -69,6 +69,18 @@ class RunConfig(_Strict):
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        """A typo in a target is refused here, before the matrix is built (resolving a target needs the devices)."""
+        from bench.run.targets import TARGET_KINDS
+
+        for name in targets:
+            kind, _, _ = name.strip().partition(":")
+            if kind not in TARGET_KINDS:
+                raise ValueError(did_you_mean("target", name, [*TARGET_KINDS, "iphone:<name or udid>"]).detail)
+        return targets
+
     @field_validator("compute_units")
     @classmethod
     def _known_units(cls, units: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.errors import InputError
 from bench.train.captioner import (
     BuiltinArchitecture,
     Captioner,
@@ -56,6 +57,8 @@ def train_builtin(
     from bench.train.trainer import write_metadata
 
     config.validate()  # bad settings fail before the dataset is generated
+    if eval_limit is not None and eval_limit <= 0:  # read after training: checked before it, not minutes later
+        raise InputError(f"eval limit must be a positive number of images, got {eval_limit}")
     out_dir = Path(out_dir)
     dataset = open_dataset(DATASET_SPEC, split="train", limit=train_limit, seed=config.seed)
     with tempfile.TemporaryDirectory(prefix="bench-builtin-") as work:
