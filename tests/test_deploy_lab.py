@@ -351,3 +351,47 @@ def test_userspace_tunnels_are_used_one_at_a_time_across_threads():
     second.join(5)
     assert inside == [("A", "in"), ("A", "out"), ("B", "in"), ("B", "out")]
     assert said == ["B: waiting for the userspace tunnel (one per process; another phone holds it)"]
+
+
+# ---- review: a phone lost mid-prepare, userspace tunnels below 17.4 ----------------------------------------------
+def test_a_phone_unplugged_mid_prepare_is_one_line_and_the_other_phones_are_still_prepared(mux, monkeypatch, wide):
+    """The cable goes after the disk-image check (the scenario: when the fake phone is unplugged); the checks already
+    done stay on screen, the phone gets one `connection` line, and the next phone is still prepared."""
+    import bench.deploy.prepare as prepare_module
+
+    first, second = add_phone(mux, 1), add_phone(mux, 2)
+    _list(mux, first, second)
+    check_tunnel = prepare_module._tunnel
+
+    async def cable_goes_first(device, report):
+        if device.udid == first.udid:
+            mux.call(first.unplug)
+        await check_tunnel(device, report)
+
+    monkeypatch.setattr(prepare_module, "_tunnel", cable_goes_first)
+    shown = _cli("devices", "prepare", "--timeout", "20")
+    assert shown.exit_code == 1 and isinstance(shown.exception, SystemExit), shown.output  # typer.Exit, no traceback
+    lines = [line.strip() for line in shown.output.splitlines()]
+    assert "✓ disk image: Developer disk image already mounted" in lines  # lab1's checks before the cable went
+    (lost,) = [line for line in lines if line.startswith("✗ connection:")]
+    assert "lost contact with the device" in lost and "reconnect the cable" in lost
+    assert "✓ launch: the runner launched and answered" in " ".join(lines)  # lab2 was still prepared
+    assert len(second.launches) == 1 and "lab1: connection: " in shown.output
+
+
+@pytest.mark.parametrize("ios,allowed", [("17.0", False), ("17.3.1", False), ("17.4", True), ("18.2", True)])
+def test_prepare_says_a_userspace_tunnel_needs_ios_17_4(mux, monkeypatch, ios, allowed):
+    monkeypatch.setenv("BENCH_TUNNEL", "userspace")
+    phone = add_phone(mux, 1, ios=ios, build="21F90")
+    report = api.prepare(phone.udid, launch_check=False)
+    (tunnel,) = [check for check in report.checks if check.name == "tunnel"]
+    assert (tunnel.status == "ok") is allowed, tunnel
+    if not allowed:
+        assert tunnel.status == "person" and f"needs iOS 17.4+, this phone runs {ios}" in tunnel.line
+        assert "remote tunneld" in tunnel.line
+
+
+def test_no_tunneld_names_the_address_as_host_port(mux):
+    phone = add_phone(mux, 1, ios="17.5.1", build="21F90")
+    (problem,) = [p for p in api.health(phone.udid).problems if "tunneld" in p]
+    assert "no tunneld answers at 127.0.0.1:9 " in problem

@@ -69,6 +69,17 @@ def tunnel_mode() -> str:
     return os.environ.get(TUNNEL_MODE_ENV, "tunneld")
 
 
+USERSPACE_MIN_IOS = (17, 4)  # CoreDeviceProxy over lockdown; 17.0–17.3 have none (pymobiledevice3 then tries Wi-Fi)
+
+
+def userspace_tunnel_possible(lockdown) -> bool:
+    """Whether this phone's iOS offers the USB userspace tunnel (17.4+)."""
+    parts = str(lockdown.product_version).split(".")
+    if not all(part.isdigit() for part in parts[:2]):
+        return True  # unknown: let the tunnel itself say
+    return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) >= USERSPACE_MIN_IOS
+
+
 def disk_image_type(lockdown) -> str:
     """"Developer" (iOS < 17) or "Personalized" (17+), decided by pymobiledevice3's own cut-off."""
     from pymobiledevice3.services.mobile_image_mounter import image_type_for_device
@@ -100,8 +111,8 @@ async def _listed_tunnels(udid: str) -> list[dict]:
     try:
         tunnels = await get_tunneld_tunnels(address)  # runs the blocking request in a thread
     except TunneldConnectionError:
-        raise TunnelUnavailable(f"iOS 17+ needs a tunnel and no tunneld answers at {address}", udid=udid,
-                                action=TUNNELD_ACTION) from None
+        raise TunnelUnavailable(f"iOS 17+ needs a tunnel and no tunneld answers at {address[0]}:{address[1]}",
+                                udid=udid, action=TUNNELD_ACTION) from None
     return tunnels.get(udid, [])
 
 

@@ -56,7 +56,11 @@ def prepare(udid: str, *, bundle_id: str, enable_developer_mode: bool = False, l
     """Run the checks on one phone (synchronous: each part owns its event loop, like bench.deploy.api)."""
     from bench.deploy.api import _run
 
-    report = _run(_host_side_checks(udid, bundle_id, enable_developer_mode), udid)
+    report = PrepareReport(udid)
+    try:
+        _run(_host_side_checks(report, udid, bundle_id, enable_developer_mode), udid)
+    except DeviceError as err:  # lost mid-way (unplugged, usbmuxd gone): keep the checks done, say why, go on
+        report.checks.append(Check("connection", FAILED, _needs(err)))
     if not launch_check:
         return report
     if not report.ready:
@@ -66,10 +70,10 @@ def prepare(udid: str, *, bundle_id: str, enable_developer_mode: bool = False, l
     return report
 
 
-async def _host_side_checks(udid: str, bundle_id: str, enable_developer_mode: bool) -> PrepareReport:
+async def _host_side_checks(report: PrepareReport, udid: str, bundle_id: str, enable_developer_mode: bool) -> None:
+    """Appends to `report` as it goes, so checks done before the phone is lost are still shown."""
     from bench.deploy.session import DeviceSession
 
-    report = PrepareReport(udid)
     try:
         async with DeviceSession(udid, bundle_id=bundle_id) as device:
             report.checks.append(Check("trust", OK, "this host is trusted (pair record present)"))
@@ -82,10 +86,8 @@ async def _host_side_checks(udid: str, bundle_id: str, enable_developer_mode: bo
             await _runner(device, report)
     except NotPaired as err:
         report.checks.append(Check("trust", PERSON, _needs(err)))
-        return report
     except DeviceError as err:
         report.checks.append(Check("connection", FAILED, _needs(err)))
-    return report
 
 
 async def _developer_mode(device, report: PrepareReport, enable: bool) -> None:
@@ -139,6 +141,10 @@ async def _tunnel(device, report: PrepareReport) -> None:
         report.checks.append(Check("tunnel", OK, "not needed before iOS 17 (DVT runs over USB lockdown)"))
         return
     if launch.tunnel_mode() == "userspace":
+        if not launch.userspace_tunnel_possible(device.lockdown):
+            report.checks.append(Check("tunnel", PERSON, f"BENCH_TUNNEL=userspace needs iOS 17.4+, this phone runs "
+                                                         f"{device.lockdown.product_version}: {launch.TUNNELD_ACTION}"))
+            return
         report.checks.append(Check("tunnel", OK, "userspace tunnel (BENCH_TUNNEL=userspace) is opened per job; "
                                                  "needs iOS 17.4+"))
         return
