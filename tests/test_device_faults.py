@@ -90,6 +90,18 @@ def test_unplug_while_the_runner_runs_is_one_line(mux, tmp_path, asyncio_noise):
     assert asyncio_noise() == []
 
 
+def test_unplug_during_the_launch_is_lost_contact_not_a_refused_launch(mux, asyncio_noise):
+    """Before: "cannot launch org.bench.runner: The DTX service channel closed … — check `bench devices` (Developer
+    Mode, disk image, tunnel)", which sends a person to the wrong place."""
+    phone = add_phone(mux, 1)
+    job_id = api.deploy_job(phone.udid, job_spec([], mode="status"), {}, {})
+    phone.faults.unplug_at_launch = True
+    with pytest.raises(DeviceNotFound) as caught:
+        api.run_job(phone.udid, job_id, 10, poll_s=0.05)
+    assert "lost contact with the device" in _one_line(caught.value) and "reconnect" in _one_line(caught.value)
+    assert asyncio_noise() == []
+
+
 # ---------------------------------------------------------------------------------------------- health
 
 

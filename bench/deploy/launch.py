@@ -240,13 +240,15 @@ class Runner:
 
     async def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str]) -> int:
         from pymobiledevice3.dtx.exceptions import DTXNsError, DTXProtocolError
-        from pymobiledevice3.exceptions import PyMobileDevice3Exception
+        from pymobiledevice3.exceptions import ConnectionTerminatedError, PyMobileDevice3Exception
 
         from bench.deploy.launch_errors import INSTALL_ACTION, classify
 
         try:
             pid = await self._control.launch(bundle_id, arguments=arguments, environment=environment,
                                              kill_existing=True)
+        except (ConnectionTerminatedError, ConnectionError, asyncio.IncompleteReadError):
+            raise  # the phone went away (cable, reboot): bench.deploy.api says "lost contact", not a refused launch
         except AssertionError:
             raise RunnerNotInstalled(f"DVT returned no process for {bundle_id}", udid=self.udid,
                                      action=INSTALL_ACTION) from None

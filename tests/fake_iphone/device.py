@@ -28,6 +28,7 @@ class Faults:
     crash_before_done: bool = False  # runner writes a complete-looking result.json, then dies before DONE
     runner_hang: bool = False  # runner never finishes (until killed)
     unplug_while_running: bool = False  # the cable goes after the runner's first step
+    unplug_at_launch: bool = False  # the cable goes while DVT is launching the runner (no reply reaches the host)
     unplug_after_done: bool = False  # the cable goes right after the runner wrote DONE (before the host pulls)
     malformed_result: bool = False  # result.json is not JSON, then DONE
     oversized_result: bool = False  # result.json larger than 64 MiB, then DONE

@@ -34,6 +34,9 @@ def launch(device, bundle_id: str, arguments: list[str], environment: dict, opti
     from .dvt import launch_refused
 
     device.launches.append({"bundle_id": bundle_id, "arguments": arguments, "environment": environment})
+    if device.faults.unplug_at_launch:
+        device.unplug()
+        return 0  # never arrives: the connection is gone
     if bundle_id not in device.apps:
         return launch_refused(bundle_id, "NotFound")
     if device.locked:
