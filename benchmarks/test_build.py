@@ -112,4 +112,6 @@ def test_builder_overhead_vs_direct_coremltools(benchmark, source, tmp_path):
     print(f"\nint8 from checkpoint: coremltools direct {direct:.2f} s, builder {built:.2f} s "
           f"(overhead {built - direct:+.2f} s = {(built / direct - 1) * 100:+.0f} %: weight mapping, "
           "analysis, verification, hashing, manifest)")
-    assert built < direct * 2.0 + 2.0
+    # benchmarks/results/build.txt: builder 4.04 s vs coremltools direct 5.03 s. What the builder adds (weight mapping,
+    # analysis, verification, hashing, manifest) must stay under half of the conversion itself.
+    assert built < direct * 1.5
