@@ -19,10 +19,14 @@ def register(app: typer.Typer) -> None:
 def report_command(
     run: Annotated[str, typer.Argument(help="A run directory, a run id under results/, or `latest`.")] = "latest",
     baseline: Annotated[str | None, typer.Option("--baseline", help="Compare with this run (directory or id).")] = None,
-    history: Annotated[int | None, typer.Option("--history", help="Compare with the N runs before this one.")] = None,
+    history: Annotated[int | None, typer.Option(
+        "--history", help="Compare with the N runs before this one, night by night (N ≥ 2 estimates run-to-run "
+                          "variation).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="terminal | markdown | html | csv | parquet")] = "terminal",
     out: Annotated[Path | None, typer.Option("--out", help="Write here instead of the terminal (needed for html/csv/parquet).")] = None,
-    fail_on: Annotated[str | None, typer.Option("--fail-on", help="`regression`: exit 1 when any verdict is a regression.")] = None,
+    fail_on: Annotated[str | None, typer.Option(
+        "--fail-on", help="`regression`: exit 1 when any verdict is a regression after the report's "
+                          "Benjamini–Hochberg control.")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write the verdicts as JUnit XML here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Compare even if device model, OS build or variant hash differ.")] = False,
 ) -> None:

@@ -14,8 +14,8 @@ A shift s multiplies the current side's latency (before the timer's rounding). T
 ratio of the two population medians, taken from the pooled draws of all repetitions (exact on the quantised lattice).
 
 Columns: A/A = DIFFERENT rate with no change (bound: ≤ α = 1 %); power = DIFFERENT-and-slower at +3/5/10 %;
-coverage = 95 %-CI coverage of the true shift, over all shifts simulated (bound ≥ 93 %); SAME|4.5 % = SAME at a real +4.5 %
-regression (bound ≤ 2 %). Nightly: 7 past nights + tonight, 100 samples each, σ of the run medians 2 % (a per-run
+coverage = 95 %-CI coverage of the true shift, over all shifts simulated (bound ≥ 93 %); SAME|4.5 % = SAME at a
+real +4.5 % regression (bound ≤ 2 %). Nightly: 7 past nights + tonight, 100 samples each, σ of the run medians 2 % (a per-run
 factor adds to the within-run noise of the median until their total is 2 %);
 alarm = a regression verdict (bound ≤ 5 %), power at a 10 % regression (bound ≥ 90 %). Report: 200 A/A comparisons
 (n = 100) per night under the report's Benjamini–Hochberg control; rate of nights with any alarm (bound ≤ 5 %).
@@ -264,8 +264,8 @@ def render(results: dict[str, dict], settings: Settings) -> str:
         nightly = result["nightly"]
         lines.append(f"{name:<12}  {nightly['night_alarm']:>22.1%}  {nightly['night_power_10']:>21.1%}  "
                      f"{result['report_any_alarm']:>28.1%}")
-    lines += ["", f"adaptive stopping at ±{STOP_WIDTH:.0%} (rounds of {STOP_ROUND}; {settings.stopping_series} series whose "
-                  "spread varies as across a nightly matrix) vs the fixed N that reaches it in 95 % of series",
+    lines += ["", f"adaptive stopping at ±{STOP_WIDTH:.0%} (rounds of {STOP_ROUND}; {settings.stopping_series} series "
+                  "whose spread varies as across a nightly matrix) vs the fixed N that reaches it in 95 % of series",
               f"{'distribution':<12}  {'adaptive mean n':>15}  {'fixed N (95 %)':>14}  {'ratio':>5}  "
               f"{'CI coverage after stopping':>26}"]
     for name, result in results.items():

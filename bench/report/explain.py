@@ -1,4 +1,5 @@
-"""`bench explain A B`: whether and why variant A is slower (or faster) than B on one device and compute unit — from data.
+"""`bench explain A B`: whether and why variant A is slower (or faster) than B on one device and compute unit, from
+data.
 
 Three layers of evidence, most direct first:
 1. measured: latency (median, CI of the shift, verdict; paired by image when the samples name their image) and load
@@ -323,7 +324,8 @@ def _latency_sentence(result: dict[str, Any]) -> str:
                f"95% CI {lo:+.1%} … {hi:+.1%}")
     if lat["outcome"] == stats.DIFFERENT:
         word = "slower" if lat["relative"] > 0 else "faster"
-        return f"{name_a} is {abs(lat['relative']):.1%} {word} than {name_b} {where}: {numbers} — DIFFERENT ({lat['detail']})."
+        return (f"{name_a} is {abs(lat['relative']):.1%} {word} than {name_b} {where}: {numbers} — DIFFERENT "
+                f"({lat['detail']}).")
     if lat["outcome"] == stats.SAME:
         return (f"No measurable difference between {name_a} and {name_b} {where}: {numbers}, inside "
                 f"±{lat['extra']['min_effect']:.0%} — SAME.")

@@ -382,7 +382,8 @@ def compare_tokens(baseline_steps, baseline_images, current_steps, current_image
         return Verdict(outcome=SAME, regression=False, detail=f"identical token counts on {where}", **base)
     if not images:
         return Verdict(outcome=UNKNOWN, regression=False,
-                       detail=f"mean {mean_a:.1f} → {mean_b:.1f} tokens over different images: not comparable", **base)
+                       detail=f"mean {mean_a:.1f} → {mean_b:.1f} tokens over different images: not comparable",
+                       **base)
     word = "shorter" if mean_b < mean_a else "longer"
     return Verdict(outcome=DIFFERENT, regression=False,
                    detail=f"captions {abs(relative or 0):.0%} {word}: {mean_a:.1f} → {mean_b:.1f} tokens on average, "
@@ -497,7 +498,8 @@ def compare_latency_nights(history_ns: list, current_ns, *, key: str = "", metri
     return verdict
 
 
-def _nights_to_decide(x: float, spread: float, k: int, *, alpha: float, min_effect: float, most: int = 60) -> int | None:
+def _nights_to_decide(x: float, spread: float, k: int, *, alpha: float, min_effect: float,
+                      most: int = 60) -> int | None:
     """More past nights that would decide the shift x, if the spread stays what it is (None: no number would)."""
     margin = math.log1p(min_effect)
     for nights in range(k + 1, k + most):
