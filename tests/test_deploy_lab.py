@@ -395,3 +395,20 @@ def test_no_tunneld_names_the_address_as_host_port(mux):
     phone = add_phone(mux, 1, ios="17.5.1", build="21F90")
     (problem,) = [p for p in api.health(phone.udid).problems if "tunneld" in p]
     assert "no tunneld answers at 127.0.0.1:9 " in problem
+
+
+def test_a_trip_out_of_the_foreground_between_the_runners_checks_is_refused_too(mux, tmp_path):
+    """The runner checks its state around each prediction; a brief inactive spell over before the next check leaves
+    a complete-looking result whose app_states still show it. Before: taken as a result."""
+    from bench.deploy.api import _left_after_active
+    from bench.deploy.errors import AppLeftForeground
+
+    assert not _left_after_active(["inactive", "active"])  # the launch itself
+    assert _left_after_active(["active", "inactive", "active"]) and not _left_after_active(["active"])
+    phone = add_phone(mux, 1)
+    phone.faults.inactive_blip = True
+    variants = {"int8-abcd": make_variant(tmp_path, "int8-abcd", 4)}
+    job_id = api.deploy_job(phone.udid, job_spec(list(variants)), variants, make_inputs())
+    with pytest.raises(AppLeftForeground, match="runner saw active → inactive → active and came back between its checks"):
+        api.run_job(phone.udid, job_id, 30, poll_s=0.05)
+    assert api.device_status(phone.udid, 20, poll_s=0.05).thermal_state == "nominal"  # status jobs are not judged

@@ -395,22 +395,35 @@ async def _run_job(udid, job_id, timeout_s, on_log, poll_s, bundle_id) -> dict:
     result = validate_result(raw, udid=udid, job=job, job_id=job_id)
     if result.get("job_id") != job_id:
         raise ResultInvalid(f"result.json answers job {result.get('job_id')!r}, not {job_id!r}", udid=udid)
-    _raise_if_left_foreground(result, udid)
+    _raise_if_left_foreground(result, udid, measuring=job.get("mode", "measure") == "measure")
     return result
 
 
-def _raise_if_left_foreground(result: dict, udid: str) -> None:
-    """A runner that left the foreground stopped measuring: its job is a device failure, not a result."""
+def _left_after_active(states: list[str]) -> bool:
+    """Whether the app was out of the foreground at some point after it first became active (the states before
+    that are the launch itself)."""
+    return "active" in states and any(state != "active" for state in states[states.index("active"):])
+
+
+def _raise_if_left_foreground(result: dict, udid: str, *, measuring: bool = True) -> None:
+    """A runner that left the foreground stopped measuring: its job is a device failure, not a result.
+
+    The runner checks its state around every prediction, so a trip out of the foreground that is over before the
+    next check (Control Center, a banner tapped, an alert dismissed) leaves a complete-looking result: the state
+    history it records (app_states) still shows it, and such a measuring job is refused the same way."""
     from bench.deploy.contract import APP_LEFT_FOREGROUND
     from bench.deploy.errors import AppLeftForeground
 
     error = result.get("error") or ""
-    if result.get("status") != "failed" or not error.startswith(APP_LEFT_FOREGROUND):
+    states = [change["state"] for change in result.get("app_states") or []]
+    stopped = result.get("status") == "failed" and error.startswith(APP_LEFT_FOREGROUND)
+    if not stopped and not (measuring and _left_after_active(states)):
         return
-    seen = " → ".join(change["state"] for change in result.get("app_states") or []) or "?"
+    seen = " → ".join(states) or "?"
     where = error.split(" during ", 1)[1].split(":", 1)[0] if " during " in error else "the job"
+    how = "stopped measuring" if stopped else "came back between its checks, so samples may be disturbed"
     raise AppLeftForeground(f"phone locked or app left the foreground during {where} (the runner saw {seen} and "
-                            "stopped measuring); nothing from this job is used", udid=udid,
+                            f"{how}); nothing from this job is used", udid=udid,
                             action="unlock it; for unattended runs remove the passcode, set Auto-Lock to Never and "
                                    "silence notifications (a Focus)")
 

@@ -39,6 +39,7 @@ class Faults:
     install_verification_fails: bool = False  # installd answers ApplicationVerificationFailed
     runner_seconds: float = 0.05  # simulated work per step
     background_after_steps: int | None = None  # the app leaves the foreground (phone locks) after N measured steps
+    inactive_blip: bool = False  # the app is briefly inactive between two checks and back: a complete result
 
 
 @dataclass

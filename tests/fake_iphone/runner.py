@@ -197,7 +197,9 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
         results.mkdir(parents=True, exist_ok=True)
         (results / "DONE").write_bytes(b"failed\n")
         return
-    final = _result(device, job["job_id"], "complete", None, compiles, steps_out, started=started)
+    blip = [{"state": "active", "t_ns": 0}, {"state": "inactive", "t_ns": 1}, {"state": "active", "t_ns": 2}]
+    final = _result(device, job["job_id"], "complete", None, compiles, steps_out, started=started,
+                    app_states=blip if faults.inactive_blip else None)
     if faults.malformed_result:
         _write_atomic(results / "result.json", b'{"schema": "bench.result", "schema_version": 1, "job_id": ')
     elif faults.oversized_result:
