@@ -389,6 +389,18 @@ def test_prepare_says_a_userspace_tunnel_needs_ios_17_4(mux, monkeypatch, ios, a
     if not allowed:
         assert tunnel.status == "person" and f"needs iOS 17.4+, this phone runs {ios}" in tunnel.line
         assert "remote tunneld" in tunnel.line
+    health = api.health(phone.udid)
+    assert (health.tunnel is None) is allowed and any("needs iOS 17.4+" in p for p in health.problems) is not allowed
+
+
+def test_a_mistyped_bench_tunnel_is_named_not_taken_for_tunneld(mux, monkeypatch):
+    monkeypatch.setenv("BENCH_TUNNEL", "userpsace")
+    phone = add_phone(mux, 1, ios="17.5.1", build="21F90")
+    report = api.prepare(phone.udid, launch_check=False)
+    assert [(c.name, c.status) for c in report.checks][-2:] == [("tunnel", "person"), ("runner", "ok")]
+    assert "BENCH_TUNNEL='userpsace' is not a tunnel mode — set BENCH_TUNNEL to tunneld or userspace" in \
+        report.checks[-2].line
+    assert any("BENCH_TUNNEL='userpsace'" in problem for problem in api.health(phone.udid).problems)
 
 
 def test_no_tunneld_names_the_address_as_host_port(mux):

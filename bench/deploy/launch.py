@@ -65,8 +65,16 @@ def tunneld_address() -> tuple[str, int]:
     return host, int(port)
 
 
+TUNNEL_MODES = ("tunneld", "userspace")
+
+
 def tunnel_mode() -> str:
-    return os.environ.get(TUNNEL_MODE_ENV, "tunneld")
+    """BENCH_TUNNEL, checked: a typo must not quietly mean tunneld (whose message then suggests what was meant)."""
+    mode = os.environ.get(TUNNEL_MODE_ENV, "tunneld")
+    if mode not in TUNNEL_MODES:
+        raise TunnelUnavailable(f"{TUNNEL_MODE_ENV}={mode!r} is not a tunnel mode",
+                                action=f"set {TUNNEL_MODE_ENV} to {' or '.join(TUNNEL_MODES)}, or unset it")
+    return mode
 
 
 USERSPACE_MIN_IOS = (17, 4)  # CoreDeviceProxy over lockdown; 17.0–17.3 have none (pymobiledevice3 then tries Wi-Fi)

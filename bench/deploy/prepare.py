@@ -140,7 +140,12 @@ async def _tunnel(device, report: PrepareReport) -> None:
     if device.os_major < 17:
         report.checks.append(Check("tunnel", OK, "not needed before iOS 17 (DVT runs over USB lockdown)"))
         return
-    if launch.tunnel_mode() == "userspace":
+    try:
+        userspace = launch.tunnel_mode() == "userspace"
+    except DeviceError as err:
+        report.checks.append(Check("tunnel", PERSON, _needs(err)))
+        return
+    if userspace:
         if not launch.userspace_tunnel_possible(device.lockdown):
             report.checks.append(Check("tunnel", PERSON, f"BENCH_TUNNEL=userspace needs iOS 17.4+, this phone runs "
                                                          f"{device.lockdown.product_version}: {launch.TUNNELD_ACTION}"))

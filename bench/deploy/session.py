@@ -113,6 +113,10 @@ class DeviceSession:
                 pass  # DVT runs over lockdown itself
             elif launch.tunnel_mode() == "userspace":
                 report.tunnel = None  # opened per job (iOS 17.4+); nothing to check ahead of time
+                if not launch.userspace_tunnel_possible(self.lockdown):
+                    report.tunnel = False
+                    report.problems.append(f"BENCH_TUNNEL=userspace needs iOS 17.4+, this phone runs "
+                                           f"{self.lockdown.product_version}: {launch.TUNNELD_ACTION}")
             else:
                 report.tunnel = await launch.tunnel_listed(self.udid)
                 if not report.tunnel:
