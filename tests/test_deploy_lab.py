@@ -424,3 +424,20 @@ def test_a_trip_out_of_the_foreground_between_the_runners_checks_is_refused_too(
     with pytest.raises(AppLeftForeground, match="runner saw active → inactive → active and came back between its checks"):
         api.run_job(phone.udid, job_id, 30, poll_s=0.05)
     assert api.device_status(phone.udid, 20, poll_s=0.05).thermal_state == "nominal"  # status jobs are not judged
+
+
+def test_a_personalized_image_that_does_not_list_the_phone_is_one_line_not_a_device_refusal(mux, tunneld,
+                                                                                            monkeypatch):
+    """The cached image's build manifest has no identity for this phone (a model newer than the image): the mount
+    stops before any TSS request. Before: "the device refused a request (NoSuchBuildIdentityError …)"."""
+    import bench.deploy.diskimage
+
+    # The seam says gs.apple.com is reachable; nothing is sent: with BuildIdentities [] the library stops first.
+    monkeypatch.setattr(bench.deploy.diskimage, "network_reachable", lambda *_args, **_kwargs: True)
+    _cache_personalized_image()
+    phone = _ios17(mux, tunneld, ddi_mounted=False)
+    report = api.prepare(phone.udid, launch_check=False)
+    (image,) = [check for check in report.checks if check.name == "disk image"]
+    assert image.status == "failed" and "does not list this iPhone model (iPhone15,2)" in image.line
+    assert "mount it once from a Mac" in image.line and not phone.ddi_mounted
+    assert [check.name for check in report.checks] == ["trust", "dev mode", "disk image", "tunnel", "runner"]

@@ -94,14 +94,18 @@ async def mount(lockdown, udid: str) -> Mounted:
 
 def _network_error_types() -> tuple[type[BaseException], ...]:
     import requests
+    from developer_disk_image.exceptions import DeveloperDiskImageException
 
     from pymobiledevice3.exceptions import TSSError
 
-    return requests.RequestException, TSSError, IndexError  # IndexError: TSS answered without MESSAGE= (a proxy page)
+    # IndexError: TSS answered without MESSAGE= (a proxy page); DeveloperDiskImageException: GitHub refused or rate
+    # limited the image download (not a requests error, not a library error: it would escape as a traceback).
+    return requests.RequestException, TSSError, IndexError, DeveloperDiskImageException
 
 
 async def _mount_developer(lockdown, udid: str) -> str:
     from pymobiledevice3.common import get_home_folder
+    from pymobiledevice3.exceptions import DeveloperDiskImageNotFoundError
     from pymobiledevice3.services.mobile_image_mounter import _developer_disk_image_path, auto_mount_developer
 
     version = ".".join(str(lockdown.product_version).split(".")[:2])
@@ -116,6 +120,10 @@ async def _mount_developer(lockdown, udid: str) -> str:
                    "run `bench devices prepare` again")
     try:
         await auto_mount_developer(lockdown)
+    except DeveloperDiskImageNotFoundError:
+        raise DiskImageUnavailable(f"no Developer disk image for iOS {version} is published", udid=udid,
+                                   action="mount it once from a Mac whose Xcode supports that iOS (Window > Devices "
+                                          "and Simulators), or update the phone") from None
     except _network_error_types() as err:
         raise DiskImageUnavailable(f"downloading the Developer disk image failed ({type(err).__name__}: {err})",
                                    udid=udid, action="check this host's internet access and run prepare again") \
@@ -124,8 +132,12 @@ async def _mount_developer(lockdown, udid: str) -> str:
 
 
 async def _mount_personalized(lockdown, udid: str) -> str:
-    from pymobiledevice3.exceptions import MissingManifestError
-    from pymobiledevice3.services.mobile_image_mounter import PersonalizedImageMounter, fetch_personalized_ddi
+    from pymobiledevice3.exceptions import MissingManifestError, NoSuchBuildIdentityError
+    from pymobiledevice3.services.mobile_image_mounter import (
+        LATEST_DDI_BUILD_ID,
+        PersonalizedImageMounter,
+        fetch_personalized_ddi,
+    )
 
     if not _personalized_image_cached() and not network_reachable(*image_server()):
         raise DiskImageUnavailable(
@@ -154,6 +166,12 @@ async def _mount_personalized(lockdown, udid: str) -> str:
     try:
         async with PersonalizedImageMounter(lockdown) as mounter:
             await mounter.mount(image, build_manifest, trust_cache)
+    except NoSuchBuildIdentityError:
+        raise DiskImageUnavailable(
+            f"the Personalized disk image pymobiledevice3 downloads (build {LATEST_DDI_BUILD_ID}) does not list this "
+            f"iPhone model ({lockdown.all_values.get('ProductType')})", udid=udid,
+            action="mount it once from a Mac with a current Xcode (Window > Devices and Simulators), or update "
+                   "pymobiledevice3 in requirements.lock") from None
     except _network_error_types() as err:
         raise DiskImageUnavailable(
             f"Apple's signing server did not sign the Personalized image ({type(err).__name__}: {err})", udid=udid,

@@ -137,6 +137,13 @@ async def _image_mounter(device, reader, writer) -> None:
             else:
                 await write_plist(writer, {"Error": "MissingManifest", "Status": "Failed"})
                 return  # the real service hangs up here; pymobiledevice3 reconnects
+        elif command == "QueryNonce":
+            await write_plist(writer, {"PersonalizationNonce": b"\x5a" * 32, "Status": "Complete"})
+        elif command == "QueryPersonalizationIdentifiers":
+            values = device.lockdown_values()
+            await write_plist(writer, {"PersonalizationIdentifiers": {
+                "BoardId": values["BoardId"], "ChipID": values["ChipID"], "SecurityDomain": 1, "Ap,SecurityMode": True,
+                "Ap,ProductionMode": True}, "Status": "Complete"})
         elif command == "ReceiveBytes":
             await write_plist(writer, {"Status": "ReceiveBytesAck"})
             device.uploaded_images.append((request.get("ImageType"), await reader.readexactly(request["ImageSize"])))
