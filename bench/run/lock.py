@@ -34,13 +34,10 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
-            who = f"process {holder}" if holder.isdigit() else "another bench process"
-            raise RunBusyError(f"run {run_dir.name} is being measured right now by {who}; wait for it to finish "
-                               "(nothing was changed)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
+            raise RunBusyError(f"run {run_dir.name} is being measured right now by another bench process; wait for "
+                               "it to finish (nothing was changed)") from None
+        # Nothing is written into the lock file: taking the lock must not change the run directory.
         return cls(run_dir, fd)
 
     def release(self) -> None:

@@ -54,6 +54,10 @@ def connect(path: Path | str, *, read_only: bool = False):
     path = Path(path)
     if read_only and not path.exists():
         raise InputError(f"{path}: no run history yet (run `bench run` first)")
+    if not read_only:
+        from bench import atomic
+
+        atomic.check_target(path)  # duckdb would follow a link or open a device: bench writes only regular files
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = duckdb.connect(str(path), read_only=read_only)
