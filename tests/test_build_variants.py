@@ -264,6 +264,75 @@ def test_pruned_variant_weights_in_torch_are_the_stored_ones(variants):
     assert isinstance(deployed.generate(torch.zeros(1, 3, 32, 32)), torch.Tensor)
 
 
+def _coremltools_decompressed(package):
+    """The reference: coremltools' own whole-package decompression, {base constant name: array}."""
+    import tempfile
+    from pathlib import Path
+
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    from bench.build.analyze import constant_values
+    from bench.build.torch_weights import base_constant_name
+
+    dense = cto.decompress_weights(ct.models.MLModel(str(package), skip_model_load=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        dense.save(str(Path(tmp) / "dense.mlpackage"))
+        return {base_constant_name(k): v for k, v in constant_values(Path(tmp) / "dense.mlpackage").items()}
+
+
+@pytest.mark.parametrize("name", ["fp16", "int8", "prune-0.5", "palettize-2", "int4-ios18", "joint-ios18"])
+def test_mapped_host_weights_equal_the_decompressed_packages_exactly(variants, name):
+    import numpy as np
+
+    from bench.build import host_weights
+    from bench.build.variants import read_weights_map
+    from bench.train.captioner import load_captioner
+
+    manifest = variants[name]
+    weights = host_weights.ensure(manifest, manifest.directory)
+    assert weights.path.parent == manifest.directory / "host-weights" and weights.path.stem == weights.sha256
+    model = host_weights.load_model(weights, manifest.source["path"], manifest.image_size)
+    checked = set()
+    for package, mapping in read_weights_map(manifest.directory).items():
+        reference = _coremltools_decompressed(manifest.package_path(package))
+        for const, targets in mapping.items():
+            for target in targets:
+                mapped = model.get_parameter(target["param"]).detach().numpy()
+                expected = reference[const].astype(np.float32).reshape(-1, *mapped.shape[1:])
+                rows = target["rows"] or mapped.shape[0]
+                np.testing.assert_array_equal(mapped[:rows], expected[:rows], err_msg=target["param"])
+                checked.add(target["param"])
+    source = load_captioner(manifest.source["path"]).model
+    for param, value in model.named_parameters():  # parameters no package holds: the source checkpoint's values
+        if param not in checked:
+            np.testing.assert_array_equal(value.detach().numpy(), source.get_parameter(param).detach().numpy())
+    assert len(checked) > 20
+    tied = model.text_decoder.cls.predictions.decoder.weight
+    assert tied is model.text_decoder.bert.embeddings.word_embeddings.weight
+
+
+def test_damaged_host_weights_are_refused(variants, tmp_path):
+    from bench.build import host_weights
+    from bench.build.torch_weights import captioner_from_variant
+    from bench.build.variants import load_variant
+    from bench.errors import RecordError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(variants["int8"].directory, copy)
+    captioner_from_variant(load_variant(copy))  # materialised (or copied) and verified
+    stored = host_weights.stored(copy)
+    with open(stored.path, "r+b") as handle:  # one flipped bit deep inside the data
+        handle.seek(stored.bytes // 2)
+        byte = handle.read(1)
+        handle.seek(stored.bytes // 2)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(RecordError, match="damaged host weights"):
+        captioner_from_variant(load_variant(copy))
+    stored.path.unlink()  # as the message says: deleting it rebuilds it from the packages
+    assert captioner_from_variant(load_variant(copy)).name == variants["int8"].variant_id
+
+
 # ---------------------------------------------------------------------------------------------- inspection
 
 
@@ -303,7 +372,7 @@ def test_eval_of_a_variant_with_a_corrupt_package_is_one_clear_line(variants, tm
     from bench.errors import InputError
 
     copy = tmp_path / "copy"
-    shutil.copytree(variants["fp32"].directory, copy)
+    shutil.copytree(variants["fp32"].directory, copy, ignore=shutil.ignore_patterns("host-weights"))  # first use
     (copy / "decoder.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"not a protobuf")
     with pytest.raises(InputError, match="corrupt model specification"):
         captioner_from_variant(load_variant(copy))

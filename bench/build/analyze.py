@@ -523,22 +523,62 @@ def _duplicates(producers, MIL_pb2, blobs) -> list[dict[str, Any]]:
     return duplicates
 
 
-def constant_values(path: Path | str) -> dict[str, Any]:
-    """{name: numpy array} of every floating-point `const` of a package (dense constants only)."""
-    _, MIL_pb2 = proto_modules()
-    spec = load_program(Path(path))
-    _, weights_dir = package_files(Path(path))
-    blobs = _Blobs(weights_dir)
-    found = {}
-    try:
+class ConstantReader:
+    """The dense floating-point `const` tensors of a stored package, read one at a time into fresh arrays.
+
+    Read with pread-style file reads, not through a mapping: a mapped page that was touched stays in the process's
+    resident set until the mapping closes, so mapping a whole package to look at each tensor once would hold it
+    all. A fresh array per tensor is released as soon as the caller drops it."""
+
+    def __init__(self, path: Path | str):
+        _, MIL_pb2 = proto_modules()
+        self.path = Path(path)
+        spec = load_program(self.path)
+        _, self._weights_dir = package_files(self.path)
+        self._blobs = _Blobs(self._weights_dir)
+        self._values: dict[str, _Value] = {}
         for function in spec.mlProgram.functions.values():
             for op in _walk_operations(function.block_specializations[function.opset]):
                 value = op.attributes.get("val") if op.type == "const" else None
                 if value is None or value.WhichOneof("value") not in ("blobFileValue", "immediateValue"):
                     continue
-                wrapped = _Value(MIL_pb2, blobs, value)
+                wrapped = _Value(MIL_pb2, self._blobs, value)
                 if wrapped.dtype_name in ("FLOAT16", "FLOAT32", "FLOAT64") and value.type.WhichOneof("type") == "tensorType":
-                    found[op.outputs[0].name] = wrapped.array().copy()
+                    self._values[op.outputs[0].name] = wrapped
+
+    def names(self) -> list[str]:
+        return list(self._values)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._values[name].shape)
+
+    def read(self, name: str):
+        import numpy as np
+
+        value = self._values[name]
+        if not value.is_blob:
+            return value.array().copy()
+        blob = value.value.blobFileValue
+        offset, size = self._blobs.record(blob)
+        array = np.empty(value.count, dtype=value.np_dtype)
+        if array.nbytes != size:
+            raise InputError(f"{self.path}: blob of {name!r} holds {size} bytes, its type needs {array.nbytes} "
+                             "(corrupt package)")
+        with open(self._weights_dir / blob.fileName.replace("@model_path/weights/", ""), "rb") as handle:
+            handle.seek(offset)
+            if handle.readinto(memoryview(array).cast("B")) != size:
+                raise InputError(f"{self.path}: weight file ends inside {name!r} (corrupt package)")
+        return array.reshape(value.shape)
+
+    def close(self) -> None:
+        self._blobs.close()
+
+
+def constant_values(path: Path | str) -> dict[str, Any]:
+    """{name: numpy array} of every floating-point `const` of a package (dense constants only), all in memory:
+    for small packages and tests; the builder reads one tensor at a time (ConstantReader)."""
+    reader = ConstantReader(path)
+    try:
+        return {name: reader.read(name) for name in reader.names()}
     finally:
-        blobs.close()
-    return found
+        reader.close()

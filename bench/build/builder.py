@@ -119,52 +119,104 @@ def _quiet_coremltools() -> None:
     logging.getLogger("coremltools").setLevel(logging.ERROR)
 
 
+def give_back_memory() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc's malloc_trim; elsewhere only collects).
+
+    Why in-process and not a child per variant: every large buffer of a build is either file-backed (the mapped
+    source checkpoint, packages read per tensor) and leaves the resident set when unmapped, or one package's
+    working set inside coremltools, dropped before the next. What glibc keeps after those frees (arena
+    fragmentation: "freed but not returned") is what malloc_trim gives back. A child per variant would pay the
+    coremltools + torch imports (seconds) each time and still hold the same working set."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS): the allocator returns large blocks itself
+        pass
+
+
+@dataclass
+class _Export:
+    """One conversion (precision, target, image size, decoder length), saved as uncompressed packages."""
+
+    paths: dict[str, Path]
+    weights_map: dict[str, Any]
+    cands: dict[str, dict]
+    seconds: float
+    charged: bool = False  # conversion time is charged to the first variant that uses it
+
+
 class _Session:
-    """State shared by the variants of one build: the loaded captioner and its converted (uncompressed) models."""
+    """State shared by the variants of one build: each conversion's uncompressed packages, saved once in a
+    temporary folder, and which constant of them holds which parameter.
+
+    Bounded memory (issue 16): the source model is memory-mapped from its checkpoint and dropped after each
+    conversion; each graph is saved and released as soon as it is converted (bench.build.export.export_packages);
+    weights are mapped and analysed one tensor at a time (analyze.ConstantReader), never copied whole; each
+    variant compresses from the saved package, one package at a time, and gives its memory back before the next."""
 
     def __init__(self, checkpoint: Path, weights_sha256: str):
         self.checkpoint, self.weights_sha256 = checkpoint, weights_sha256
-        self._captioner = None
-        self._exports: dict[tuple, tuple[Any, dict, float]] = {}
+        self._exports: dict[tuple, _Export] = {}
+        self._about = None  # the source captioner's name, decoding and preprocessing (no model)
+        self._folder = tempfile.TemporaryDirectory(prefix="bench-export-")
+
+    def close(self) -> None:
+        self._folder.cleanup()
 
     @property
-    def captioner(self):
-        if self._captioner is None:
-            from bench.train.captioner import load_captioner
+    def about(self):
+        if self._about is None:
+            self._source_model()
+        return self._about
 
-            self._captioner = load_captioner(self.checkpoint)
-        return self._captioner
+    def _source_model(self):
+        import dataclasses
 
-    def exported(self, recipe: Recipe, image_size: int, decoder_length: int):
-        """(ExportedPair, weights map, candidates per package, seconds converting) — converted once per build."""
+        from bench.build.host_weights import mapped_source_model
+        from bench.train.captioner import captioner_around, load_captioner
+
+        model = mapped_source_model(self.checkpoint)
+        captioner = load_captioner(self.checkpoint) if model is None else \
+            captioner_around(model, self.checkpoint, weights_sha256=self.weights_sha256)
+        self._about = dataclasses.replace(captioner, model=None)
+        return captioner.model
+
+    def exported(self, recipe: Recipe, image_size: int, decoder_length: int) -> tuple[_Export, float]:
+        """The conversion's saved packages, weights map and candidates; seconds converting (first use only)."""
         key = (recipe.precision, recipe.target, image_size, decoder_length)
-        fresh = key not in self._exports
-        if fresh:
-            from bench.build.export import export_pair
-            from bench.build.torch_weights import map_weights, resize_vision_input
+        if key not in self._exports:
+            self._exports[key] = self._export(key)
+        export = self._exports[key]
+        seconds = 0.0 if export.charged else export.seconds
+        export.charged = True
+        return export, seconds
 
-            from bench.build.analyze import analyze_package, constant_values
-            from bench.build.compress import candidates
+    def _export(self, key: tuple) -> _Export:
+        from bench.build.analyze import ConstantReader, analyze_package
+        from bench.build.compress import candidates
+        from bench.build.export import export_packages
+        from bench.build.torch_weights import map_weights, resize_vision_input
 
-            started = time.perf_counter()
-            model = resize_vision_input(self.captioner.model, image_size)
-            pair = export_pair(model, image_size=image_size, decoder_length=decoder_length,
-                               target=recipe.target, precision=recipe.precision)
-            maps, unmapped, cands = {}, {}, {}
-            with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-                for package, mlmodel in (("encoder", pair.encoder), ("decoder", pair.decoder)):
-                    path = Path(tmp) / f"{package}.mlpackage"
-                    mlmodel.save(str(path))
-                    constants = constant_values(path)
-                    maps[package], unmapped[package] = map_weights(constants, model)
-                    cands[package] = candidates(analyze_package(path, hash_duplicates=False), constants,
-                                                maps[package])
-            used = {t["param"] for mapping in maps.values() for targets in mapping.values() for t in targets}
-            never = sorted(set(unmapped["encoder"]) & set(unmapped["decoder"]) - used)
-            self._exports[key] = (pair, {"packages": maps, "unmapped_params": never}, cands,
-                                  time.perf_counter() - started)
-        pair, weights_map, cands, seconds = self._exports[key]
-        return pair, weights_map, cands, seconds if fresh else 0.0  # conversion is charged to its first variant
+        precision, target, image_size, decoder_length = key
+        started = time.perf_counter()
+        model = resize_vision_input(self._source_model(), image_size)
+        folder = Path(self._folder.name) / "-".join(map(str, key))
+        folder.mkdir()
+        paths = export_packages(model, folder, image_size=image_size, decoder_length=decoder_length,
+                                target=target, precision=precision)
+        maps, unmapped, cands = {}, {}, {}
+        for package, path in paths.items():
+            reader = ConstantReader(path)
+            maps[package], unmapped[package] = map_weights(reader, model)
+            cands[package] = candidates(analyze_package(path, hash_duplicates=False), reader, maps[package])
+        used = {t["param"] for mapping in maps.values() for targets in mapping.values() for t in targets}
+        never = sorted(set(unmapped["encoder"]) & set(unmapped["decoder"]) - used)
+        del model
+        give_back_memory()
+        return _Export(paths, {"packages": maps, "unmapped_params": never}, cands, time.perf_counter() - started)
 
 
 def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None, *,
@@ -231,33 +283,36 @@ def _build_planned(matrix: Matrix, ws: Workspace, planned: list[PlannedVariant],
     session = _Session(checkpoint, weights_sha256)
     report = BuildReport()
     notify = progress or (lambda event: None)
-    for index, item in enumerate(planned):
-        notify(ProgressEvent("start", item.name, index, len(planned)))
-        t0 = time.perf_counter()
-        image_size = item.recipe.image_size or defaults["image_size"]
-        decoder_length = item.recipe.decoder_length or defaults["max_length"]
-        key = cache_key(item.recipe, weights_sha256, image_size, decoder_length, versions)
-        variant_id = f"{item.name}-{key_hash(key)[:12]}"
-        final = ws.variants_dir / variant_id
-        try:
-            reason = _why_build(final, forced=item.name in forced, full=verify)
-            if reason is None:
-                result = VariantResult(item.name, variant_id, "cached", 0.0, manifest=read_manifest(final))
-            else:
-                manifest = _build_one(session, item, key, variant_id, final, image_size, decoder_length,
-                                      lambda detail: notify(ProgressEvent("step", item.name, index, len(planned), detail)),
-                                      trust_coremltools_pruner)
-                fresh = reason == _NOT_BUILT
-                result = VariantResult(item.name, variant_id, "built" if fresh else "rebuilt", 0.0, manifest=manifest,
-                                       note=None if fresh else reason)
-        except BenchError as err:
-            result = VariantResult(item.name, variant_id, "failed", 0.0, error=str(err))
-        except Exception as err:  # a coremltools/torch failure in one variant must not stop the others
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            result = VariantResult(item.name, variant_id, "failed", 0.0, error=f"{type(err).__name__}: {first_line}")
-        result.seconds = time.perf_counter() - t0
-        report.results.append(result)
-        notify(ProgressEvent("done", item.name, index, len(planned), result.status))
+    try:
+        for index, item in enumerate(planned):
+            notify(ProgressEvent("start", item.name, index, len(planned)))
+            t0 = time.perf_counter()
+            image_size = item.recipe.image_size or defaults["image_size"]
+            decoder_length = item.recipe.decoder_length or defaults["max_length"]
+            key = cache_key(item.recipe, weights_sha256, image_size, decoder_length, versions)
+            variant_id = f"{item.name}-{key_hash(key)[:12]}"
+            final = ws.variants_dir / variant_id
+            try:
+                reason = _why_build(final, forced=item.name in forced, full=verify)
+                if reason is None:
+                    result = VariantResult(item.name, variant_id, "cached", 0.0, manifest=read_manifest(final))
+                else:
+                    manifest = _build_one(session, item, key, variant_id, final, image_size, decoder_length,
+                                          lambda detail: notify(ProgressEvent("step", item.name, index, len(planned), detail)),
+                                          trust_coremltools_pruner)
+                    fresh = reason == _NOT_BUILT
+                    result = VariantResult(item.name, variant_id, "built" if fresh else "rebuilt", 0.0, manifest=manifest,
+                                           note=None if fresh else reason)
+            except BenchError as err:
+                result = VariantResult(item.name, variant_id, "failed", 0.0, error=str(err))
+            except Exception as err:  # a coremltools/torch failure in one variant must not stop the others
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                result = VariantResult(item.name, variant_id, "failed", 0.0, error=f"{type(err).__name__}: {first_line}")
+            result.seconds = time.perf_counter() - t0
+            report.results.append(result)
+            notify(ProgressEvent("done", item.name, index, len(planned), result.status))
+    finally:
+        session.close()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -281,7 +336,6 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
     from bench import atomic
     from bench.build import integrity
     from bench.build.analyze import analyze_package, tree_sha256
-    from bench.build.compress import compress_model
     from bench.build.export import DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT
     from bench.build.variants import KIND, MANIFEST, PACKAGES, WEIGHTS_MAP, VariantManifest
     from bench.build.verify import measured_summary, verify_variant
@@ -291,18 +345,15 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
     _quiet_coremltools()
     recipe = item.recipe
     step("convert")
-    pair, weights_map, cands, convert_seconds = session.exported(recipe, image_size, decoder_length)
-    captioner = session.captioner
+    export, convert_seconds = session.exported(recipe, image_size, decoder_length)
+    weights_map, captioner = export.weights_map, session.about
     t0 = time.perf_counter()
     with atomic.directory(final) as tmp:
         plans, analyses, packages = {}, {}, {}
-        for package, mlmodel in (("encoder", pair.encoder), ("decoder", pair.decoder)):
+        for package in PACKAGES:
             step(f"compress {package}")
-            compressed, plans[package] = compress_model(
-                mlmodel, recipe, cands[package], package,
-                trust_coremltools_pruner=trust_coremltools_pruner,
-            )
-            compressed.save(str(tmp / f"{package}.mlpackage"))
+            plans[package] = _compress_package(export.paths[package], tmp / f"{package}.mlpackage", recipe,
+                                               export.cands[package], package, trust_coremltools_pruner)
         compress_seconds = time.perf_counter() - t0
         step("verify")
         t1 = time.perf_counter()
@@ -351,3 +402,25 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
         manifest.integrity = sealed["integrity"]
     manifest._directory = final
     return manifest
+
+
+def _compress_package(source: Path, destination: Path, recipe: Recipe, cands: dict, package: str,
+                      trust_coremltools_pruner: bool):
+    """Compress one saved uncompressed package into `destination`; returns the Plan. An uncompressed recipe copies
+    the package; otherwise coremltools works on it alone and its memory is given back before the next package."""
+    import shutil
+
+    import coremltools as ct
+
+    from bench.build.compress import compress_model
+
+    mlmodel = ct.models.MLModel(str(source), skip_model_load=True)
+    compressed, plan = compress_model(mlmodel, recipe, cands, package,
+                                      trust_coremltools_pruner=trust_coremltools_pruner)
+    if compressed is mlmodel:
+        shutil.copytree(source, destination)
+    else:
+        compressed.save(str(destination))
+    del compressed, mlmodel
+    give_back_memory()
+    return plan

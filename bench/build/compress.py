@@ -30,13 +30,20 @@ LINEAR_OPS = {"linear", "matmul"}
 
 @dataclass
 class Candidate:
-    """A compressible weight constant of the converted model."""
+    """A compressible weight constant of the converted model. Its values stay on disk (the saved uncompressed
+    package) and are read only when a recipe needs them (a pruning threshold), one tensor at a time."""
 
     name: str
     params: list[str]
     numel: int
     child_op_types: set[str]
-    value: Any  # numpy array (dense, as converted)
+    shape: tuple[int, ...]
+    constant: float | None  # the one value of a tensor whose elements are all equal (e.g. zero biases)
+    reader: Any = field(repr=False, default=None)  # bench.build.analyze.ConstantReader of the package
+
+    @property
+    def value(self):
+        return self.reader.read(self.name)
 
 
 @dataclass
@@ -49,18 +56,27 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)  # selected but not applicable: const name -> reason
 
 
-def candidates(analysis, constants: dict[str, Any], weights_map: dict[str, list[dict]]) -> dict[str, Candidate]:
+def candidates(analysis, constants, weights_map: dict[str, list[dict]]) -> dict[str, Candidate]:
     """Weight constants that map to PyTorch parameters, with the op types that read them (from the stored
-    uncompressed package: bench.build.analyze)."""
+    uncompressed package: bench.build.analyze; `constants` is its ConstantReader)."""
     found = {}
+    known = set(constants.names())
     for tensor in analysis.tensors:
-        if tensor.name not in weights_map or tensor.name not in constants:
+        if tensor.name not in weights_map or tensor.name not in known:
             continue
         found[tensor.name] = Candidate(
             name=tensor.name, params=[m["param"] for m in weights_map[tensor.name]], numel=tensor.params,
-            child_op_types=set(tensor.child_op_types), value=constants[tensor.name],
+            child_op_types=set(tensor.child_op_types), shape=constants.shape(tensor.name),
+            constant=_single_value(constants.read(tensor.name)), reader=constants,
         )
     return found
+
+
+def _single_value(value) -> float | None:
+    import numpy as np
+
+    flat = value.reshape(-1)
+    return float(flat[0]) if flat.size and np.all(flat == flat[0]) else None
 
 
 def is_embedding(candidate: Candidate) -> bool:
@@ -92,14 +108,11 @@ def select(cands: dict[str, Candidate], recipe: Recipe) -> list[str]:
 def not_applicable(candidate: Candidate, recipe: Recipe) -> str | None:
     """Why a selected weight cannot take the recipe's block/group structure (coremltools would skip it silently;
     we record it in the manifest instead and leave the weight dense)."""
-    import numpy as np
-
-    shape = candidate.value.shape
+    shape = candidate.shape
     q, p = recipe.quantize, recipe.palettize
-    flat = candidate.value.reshape(-1)
-    if flat.size and np.all(flat == flat[0]):
+    if candidate.constant is not None:
         # e.g. freshly initialised zero biases: nothing to prune or quantize (coremltools skips them)
-        return f"constant tensor (every value {float(flat[0])})"
+        return f"constant tensor (every value {candidate.constant})"
     if q and q.granularity == "per_block" and (len(shape) < 2 or shape[1] % q.block_size):
         return f"input axis of shape {list(shape)} not divisible by block size {q.block_size}"
     if p and p.granularity == "per_grouped_channel" and shape[0] % p.group_size:

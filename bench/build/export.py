@@ -81,39 +81,82 @@ def _target(name: str):
 
 def export_pair(model, *, image_size: int, decoder_length: int, target: str, precision: str) -> ExportedPair:
     """Trace and convert `model` (a BlipForConditionalGeneration in eval mode) for one target and precision."""
+    encoder = _convert_encoder(model, image_size, target, precision)
+    decoder = _convert_decoder(model, image_size, decoder_length, target, precision)
+    return ExportedPair(encoder=encoder, decoder=decoder, image_size=image_size, decoder_length=decoder_length)
+
+
+def export_packages(model, folder, *, image_size: int, decoder_length: int, target: str, precision: str) -> dict:
+    """Like export_pair, but each graph is saved to `folder/<package>.mlpackage` as soon as it is converted and
+    its in-memory program released before the next: the converter keeps every converted weight in the returned
+    MLModel, so holding both would add a copy of the model. Returns {package: path}."""
+    import gc
+    from pathlib import Path
+
+    paths = {}
+    for package in ("encoder", "decoder"):
+        if package == "encoder":
+            mlmodel = _convert_encoder(model, image_size, target, precision)
+        else:
+            mlmodel = _convert_decoder(model, image_size, decoder_length, target, precision)
+        paths[package] = Path(folder) / f"{package}.mlpackage"
+        mlmodel.save(str(paths[package]))
+        del mlmodel
+        gc.collect()
+    return paths
+
+
+def _common(target: str, precision: str) -> dict:
+    import coremltools as ct
+
+    compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+    return dict(convert_to="mlprogram", minimum_deployment_target=_target(target),
+                compute_precision=compute_precision)
+
+
+def _image_embeds(model, image_size: int):
+    import torch
+
+    with torch.no_grad():
+        return _encoder_module(model, image_size)(torch.zeros(1, 3, image_size, image_size))
+
+
+def _convert_encoder(model, image_size: int, target: str, precision: str):
     import coremltools as ct
     import numpy as np
     import torch
 
-    compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
     pixels = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():
-        encoder_module = _encoder_module(model, image_size)
-        embeds = encoder_module(pixels)
-        encoder_trace = torch.jit.trace(encoder_module, (pixels,), check_trace=False)
-        ids = torch.zeros(1, decoder_length, dtype=torch.int32)
-        mask = torch.ones(1, decoder_length, dtype=torch.int32)
-        decoder_trace = torch.jit.trace(_decoder_module(model), (ids, mask, embeds), check_trace=False)
-
-    common = dict(convert_to="mlprogram", minimum_deployment_target=_target(target),
-                  compute_precision=compute_precision)
-    encoder = ct.convert(
-        encoder_trace,
+        trace = torch.jit.trace(_encoder_module(model, image_size), (pixels,), check_trace=False)
+    return ct.convert(
+        trace,
         inputs=[ct.TensorType(name=ENCODER_INPUT, shape=tuple(pixels.shape), dtype=np.float32)],
         outputs=[ct.TensorType(name=ENCODER_OUTPUT, dtype=np.float32)],
-        **common,
+        **_common(target, precision),
     )
-    decoder = ct.convert(
-        decoder_trace,
+
+
+def _convert_decoder(model, image_size: int, decoder_length: int, target: str, precision: str):
+    import coremltools as ct
+    import numpy as np
+    import torch
+
+    embeds = _image_embeds(model, image_size)
+    with torch.no_grad():
+        ids = torch.zeros(1, decoder_length, dtype=torch.int32)
+        mask = torch.ones(1, decoder_length, dtype=torch.int32)
+        trace = torch.jit.trace(_decoder_module(model), (ids, mask, embeds), check_trace=False)
+    return ct.convert(
+        trace,
         inputs=[
             ct.TensorType(name="input_ids", shape=(1, decoder_length), dtype=np.int32),
             ct.TensorType(name="attention_mask", shape=(1, decoder_length), dtype=np.int32),
             ct.TensorType(name="image_embeds", shape=tuple(embeds.shape), dtype=np.float32),
         ],
         outputs=[ct.TensorType(name=DECODER_OUTPUT, dtype=np.float32)],
-        **common,
+        **_common(target, precision),
     )
-    return ExportedPair(encoder=encoder, decoder=decoder, image_size=image_size, decoder_length=decoder_length)
 
 
 def greedy_tokens(encode, step, pixel_values, decode: dict[str, int], decoder_length: int) -> list[int]:

@@ -1,8 +1,8 @@
 """Between PyTorch and the stored packages: which Core ML constant holds which parameter, and back again.
 
-`captioner_from_variant` decompresses a variant's stored packages with coremltools (works on Linux), and loads
-every constant into the PyTorch model, so caption quality describes exactly the deployed weight bytes (not the
-device's fp16 arithmetic: that needs Core ML itself, bench/build/coreml_predict.py).
+`captioner_from_variant` gives the PyTorch captioner whose weights are exactly the variant's stored weights as
+coremltools decompresses them (bench.build.host_weights: decompressed once, then memory-mapped), so caption quality
+describes the deployed weight bytes (not the device's fp16 arithmetic: that needs Core ML, coreml_predict.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import dataclasses
 import re
 from pathlib import Path
 from typing import Any
-
-from bench.errors import BuildError, InputError
 
 # coremltools renames a constant when it compresses it: `<name>_sparsified`, `_palettized`, `_quantized`.
 COMPRESSION_SUFFIX = re.compile(r"(_sparsified|_palettized_pcs|_palettized|_quantized)+$")
@@ -42,10 +40,11 @@ def resize_vision_input(model, image_size: int):
     return resized.eval()
 
 
-def map_weights(constants: dict[str, Any], model) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+def map_weights(constants, model) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     """{constant name: [{param, rows}]} for one converted (uncompressed) package, and the parameters not found.
 
-    `constants` are the package's dense float constants (bench.build.analyze.constant_values).
+    `constants` reads the package's dense float constants one at a time (bench.build.analyze.ConstantReader); only
+    a digest of each is kept, so mapping a BLIP-base package holds one tensor at a time, not a copy of the package.
     Matched by name first (the converter names constants after the traced parameters: `a.b.w` → `a_b_w[_to_fp16]`),
     then by value: the converter de-duplicates equal constants (tied embedding, zero biases, unit LayerNorm
     weights), so one constant may stand for several parameters. `rows` marks a constant that is the first rows of
@@ -62,18 +61,19 @@ def map_weights(constants: dict[str, Any], model) -> tuple[dict[str, list[dict[s
         mapping.setdefault(const, []).append({"param": param, "rows": rows})
         claimed.add(param)
 
-    for const, value in constants.items():
+    signatures: dict[tuple, list[str]] = {}
+    for const in constants.names():
+        value = constants.read(const)
         param = by_name.get(re.sub(r"_to_fp(16|32)$", "", const))
         if param and params[param].shape == value.shape and _equal(params[param], value):
             claim(const, param)
-    signatures: dict[tuple, list[str]] = {}
-    for const, value in constants.items():
-        signatures.setdefault((value.shape, value.dtype.str, value.tobytes()), []).append(const)
+        signatures.setdefault(_signature(value), []).append(const)
+        del value
     for param, array in params.items():
         if param in claimed:
             continue
         for dtype in {np.dtype(np.float32), np.dtype(np.float16)}:
-            consts = signatures.get((array.shape, dtype.str, array.astype(dtype).tobytes()))
+            consts = signatures.get(_signature(array.astype(dtype)))
             if consts:
                 claim(consts[0], param)
                 break
@@ -85,93 +85,77 @@ def map_weights(constants: dict[str, Any], model) -> tuple[dict[str, list[dict[s
     return mapping, unmapped
 
 
+def _signature(value) -> tuple:
+    import hashlib
+
+    import numpy as np
+
+    return value.shape, value.dtype.str, hashlib.blake2b(np.ascontiguousarray(value).data, digest_size=16).digest()
+
+
 def _equal(param, value) -> bool:
     import numpy as np
 
     return bool(np.array_equal(param.astype(value.dtype), value))
 
 
-def _row_prefix_match(array, constants: dict[str, Any]) -> tuple[str | None, int | None]:
+def _row_prefix_match(array, constants) -> tuple[str | None, int | None]:
     """A constant equal to the first rows of a 2-D parameter (e.g. position embeddings sliced to length L)."""
     import numpy as np
 
     if array.ndim != 2:
         return None, None
-    for const, value in constants.items():
-        squeezed = value.reshape(value.shape[-2:]) if value.ndim >= 2 and int(np.prod(value.shape[:-2])) == 1 else None
-        if squeezed is None or squeezed.shape[1] != array.shape[1] or squeezed.shape[0] >= array.shape[0]:
+    for const in constants.names():
+        shape = constants.shape(const)
+        if len(shape) < 2 or int(np.prod(shape[:-2])) != 1:
             continue
-        if _equal(array[: squeezed.shape[0]], squeezed):
-            return const, int(squeezed.shape[0])
+        rows, width = shape[-2], shape[-1]
+        if width != array.shape[1] or rows >= array.shape[0]:
+            continue
+        if _equal(array[:rows], constants.read(const).reshape(rows, width)):
+            return const, int(rows)
     return None, None
 
 
-def deployed_constants(package: Path) -> dict[str, Any]:
-    """Every weight constant of a stored package, decompressed by coremltools: {base constant name: array}."""
-    import tempfile
-
-    import coremltools as ct
-    import coremltools.optimize.coreml as cto
-
-    from bench.build.analyze import constant_values, load_program
-    from bench.build.compress import patch_sparse_mask_popcount
-
-    load_program(package)  # a missing, corrupt or non-ML-program package: one clear InputError, not a traceback
-    patch_sparse_mask_popcount()
-    try:
-        mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
-        dense = cto.decompress_weights(mlmodel)
-    except (ValueError, RuntimeError) as err:  # coremltools' blob reader on a truncated or overwritten weight.bin;
-        # its C++ package reader on a garbled Manifest.json (RuntimeError carrying nlohmann::json's parse error)
-        raise InputError(f"cannot read the stored weights ({' '.join(str(err).split())}); the package is corrupt, "
-                         "rebuild the variant", file=str(package)) from None
-    with tempfile.TemporaryDirectory(prefix="bench-decompressed-") as tmp:
-        dense.save(str(Path(tmp) / "dense.mlpackage"))
-        values = constant_values(Path(tmp) / "dense.mlpackage")
-    return {base_constant_name(name): value for name, value in values.items()}
-
-
-def load_deployed_weights(model, variant_dir: Path, weights_map: dict[str, dict[str, list[dict]]]) -> int:
-    """Copy the stored packages' decompressed constants into `model` (in place). Returns parameters loaded."""
-    import torch
-
-    loaded = 0
-    for package, mapping in weights_map.items():
-        constants = deployed_constants(variant_dir / f"{package}.mlpackage")
-        for const, targets in mapping.items():
-            if const not in constants:
-                raise BuildError(f"{variant_dir.name}: constant {const!r} missing from the stored {package} package")
-            value = torch.from_numpy(constants[const].astype("float32"))
-            for target in targets:
-                parameter = model.get_parameter(target["param"])
-                with torch.no_grad():
-                    if target["rows"] is None:
-                        parameter.copy_(value.reshape(parameter.shape))
-                    else:
-                        parameter[: target["rows"]].copy_(value.reshape(target["rows"], -1))
-                loaded += 1
-    return loaded
-
-
 def captioner_from_variant(variant, workspace=None):
-    """A Captioner whose PyTorch weights are exactly the variant's stored (decompressed) weights."""
-    from bench.build.variants import load_variant, read_weights_map, variant_dir
-    from bench.train.captioner import load_captioner
+    """A Captioner whose PyTorch weights are exactly the variant's stored (decompressed) weights.
 
-    manifest = variant if not isinstance(variant, (str, Path)) else load_variant(variant, workspace)
-    directory = variant_dir(manifest, workspace)
-    base = load_captioner(manifest.source["path"])
-    if base.weights_sha256 != manifest.cache_key["base_weights_sha256"]:
-        raise BuildError(
-            f"{manifest.variant_id}: the source checkpoint {manifest.source['path']} changed since the variant was "
-            "built (weights hash differs); rebuild the variant"
-        )
-    model = resize_vision_input(base.model, manifest.image_size)
-    load_deployed_weights(model, directory, read_weights_map(directory))
-    model.eval()
+    The weights are the variant's host weights (bench.build.host_weights): decompressed once, then memory-mapped;
+    the source checkpoint only lends its tokenizer, decoding and preprocessing settings (its weights are not read).
+    Call `prepare_variant` first to keep decompression and hashing out of a timed load."""
+    from bench.build import host_weights
+
+    manifest, directory = _variant_and_dir(variant, workspace)
+    weights = host_weights.ensure(manifest, directory)
+    return captioner_from_host_weights(manifest, directory, weights)
+
+
+def prepare_variant(variant, workspace=None):
+    """One-time set-up before a variant's first load in this process: the host weights materialised (first use
+    ever) and their hash verified (first use in this process). Returns the verified HostWeights."""
+    from bench.build import host_weights
+
+    manifest, directory = _variant_and_dir(variant, workspace)
+    return host_weights.ensure(manifest, directory)
+
+
+def captioner_from_host_weights(manifest, directory: Path, weights):
+    """Map already verified host weights into a captioner: no decompression, no hashing, no copy."""
+    from bench.build import host_weights
+    from bench.train.captioner import captioner_around
+
+    source = Path(manifest.source["path"])
+    model = host_weights.load_model(weights, source, manifest.image_size)
+    base = captioner_around(model, source, weights_sha256=manifest.variant_hash)
     preprocessing = dataclasses.replace(base.preprocessing, image_size=manifest.image_size)
     return dataclasses.replace(
-        base, model=model, image_size=manifest.image_size, name=manifest.variant_id,
-        weights_sha256=manifest.variant_hash, preprocessing=preprocessing, path=directory,
-        metadata={**base.metadata, "variant": manifest.variant_id, "resize": manifest.resize},
+        base, image_size=manifest.image_size, name=manifest.variant_id, preprocessing=preprocessing,
+        path=directory, metadata={**base.metadata, "variant": manifest.variant_id, "resize": manifest.resize},
     )
+
+
+def _variant_and_dir(variant, workspace):
+    from bench.build.variants import load_variant, variant_dir
+
+    manifest = variant if not isinstance(variant, (str, Path)) else load_variant(variant, workspace)
+    return manifest, variant_dir(manifest, workspace)

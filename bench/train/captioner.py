@@ -205,12 +205,7 @@ def read_preprocessing(path: Path, default_size: int) -> Preprocessing:
 def load_captioner(path: Path | str, *, device: str | None = None) -> Captioner:
     """Load a local BLIP captioning checkpoint (eager attention, eval mode). Never downloads anything."""
     path = check_checkpoint_dir(path)
-    config = _read_json(path / "config.json")
-    if config.get("model_type") != "blip":
-        raise InputError(
-            f"model_type is {config.get('model_type')!r}; bench captions with BLIP (BlipForConditionalGeneration)",
-            file=str(path / "config.json"),
-        )
+    _check_blip_config(path)
     from safetensors import SafetensorError  # a transformers dependency: truncated or corrupt model.safetensors
     from transformers import BlipForConditionalGeneration
 
@@ -231,6 +226,23 @@ def load_captioner(path: Path | str, *, device: str | None = None) -> Captioner:
     model.eval()
     if device:
         model.to(device)
+    return captioner_around(model, path, weights_sha256=sha256_file(weights_file(path)))
+
+
+def _check_blip_config(path: Path) -> None:
+    config = _read_json(path / "config.json")
+    if config.get("model_type") != "blip":
+        raise InputError(
+            f"model_type is {config.get('model_type')!r}; bench captions with BLIP (BlipForConditionalGeneration)",
+            file=str(path / "config.json"),
+        )
+
+
+def captioner_around(model, path: Path | str, *, weights_sha256: str) -> Captioner:
+    """A Captioner of `model` with the tokenizer, decoding and preprocessing of the checkpoint at `path` (whose
+    weights are not read: the caller says which weights `model` holds)."""
+    path = check_checkpoint_dir(path)
+    _check_blip_config(path)
     tokenizer = load_tokenizer(path)
     metadata = read_metadata(path)
     vision_size = int(model.config.vision_config.image_size)
@@ -246,7 +258,7 @@ def load_captioner(path: Path | str, *, device: str | None = None) -> Captioner:
         tokenizer=tokenizer,
         image_size=vision_size,
         decode=decode,
-        weights_sha256=sha256_file(weights_file(path)),
+        weights_sha256=weights_sha256,
         name=str(metadata.get("name") or path.name),
         preprocessing=read_preprocessing(path, vision_size),
         path=path,
