@@ -74,6 +74,30 @@ def test_host_torch_run_measures_the_deployed_weights_and_labels_them_emulation(
     assert dict(zip(jobs["variant_id"], jobs["variant_hash"])) == hashes
 
 
+@pytest.mark.slow
+def test_host_torch_keeps_a_bounded_number_of_variants_and_labels_every_load(tiny_workspace):
+    """One resident model at a time: every job after the first loads again (a warm reload after eviction), loads
+    say how they were measured, and the weights are the mapped, hash-verified host weights."""
+    from bench.build import host_weights
+    from bench.run.targets.host_torch import LOAD_METHOD, HostTorchTarget
+
+    workspace = Workspace(tiny_workspace)
+    config = RunConfig.model_validate({"targets": ["host-torch"], "images": 1, "rounds": 2, "seed": 2,
+                                       "evaluate": False, "report": False, "adaptive": {"ci_width": None}})
+    target = HostTorchTarget(resident_variants=1)
+    outcome = start_run(config, workspace, targets=[target])
+    assert outcome.status == "complete", outcome.failures
+    records = sorted(outcome.data.job_records.values(), key=lambda r: min(s["t_ns"] for s in r["warmup"] + r["samples"]))
+    assert all(r["load"]["method"] == LOAD_METHOD for r in records)
+    cold = [r for r in records if r["load"]["cold_load_ns"] is not None]
+    assert sorted(r["variant_id"] for r in cold) == sorted(v.variant_id for v in built_variants(workspace))
+    for previous, record in zip([None, *records], records):  # a job loads exactly when the previous one ran another
+        loaded = record["load"]["cold_load_ns"] is not None or record["load"]["warm_load_ns"] is not None
+        assert loaded == (previous is None or previous["variant_id"] != record["variant_id"])
+    for variant in built_variants(workspace):
+        assert host_weights.stored(variant.path) is not None  # materialised once, next to the variant
+
+
 def _phone_target(phone, api):
     from bench.run.targets.iphone import IPhoneTarget
 

@@ -196,7 +196,8 @@ def _targets_and_executor(config: RunConfig, names: list[str], workspace: Worksp
     from bench.run.targets import resolve_targets
 
     return resolve_targets(names, workspace=workspace, host_threads=config.host_threads,
-                           runner_timeout_s=config.runner_timeout_s), None
+                           runner_timeout_s=config.runner_timeout_s,
+                           host_resident_variants=config.host_resident_variants), None
 
 
 # --- resuming ----------------------------------------------------------------------------------------------------

@@ -44,14 +44,16 @@ def _inventory(workspace):
 
 
 def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_threads: int = 1,
-                    runner_timeout_s: float | None = None) -> list:
+                    runner_timeout_s: float | None = None, host_resident_variants: int | None = None) -> list:
     """Target objects for the given names, in order, without duplicates. `runner_timeout_s`: iPhone jobs' timeout
-    (None: derived per job)."""
+    (None: derived per job); `host_resident_variants`: host-torch models kept loaded at once (None: sized to the
+    machine's memory)."""
     from bench.run.targets.host_torch import HostTorchTarget
     from bench.run.targets.iphone import IPhoneTarget
     from bench.run.targets.macos_coreml import MacCoreMLTarget
 
     targets: dict[str, Any] = {}
+    host = HostTorchTarget(threads=host_threads, resident_variants=host_resident_variants)
     iphones: list[dict] | None = None
     for raw in names:
         name = raw.strip()
@@ -59,14 +61,14 @@ def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_t
         if kind not in TARGET_KINDS:
             raise did_you_mean("target", name, [*TARGET_KINDS, "iphone:<name or udid>"])
         if kind == "host-torch":
-            targets.setdefault("host-torch", HostTorchTarget(threads=host_threads))
+            targets.setdefault("host-torch", host)
         elif kind == "macos-coreml":
             targets.setdefault("macos-coreml", MacCoreMLTarget())
         else:
             iphones = connected_iphones(workspace, api) if iphones is None else iphones
             chosen = _choose_iphones(kind, which, iphones)
             if kind == "auto" and not chosen:
-                targets.setdefault("host-torch", HostTorchTarget(threads=host_threads))
+                targets.setdefault("host-torch", host)
             for device in chosen:
                 target = IPhoneTarget(device["udid"], name=device["name"], model=device["model"],
                                       os_build=device["os_build"], api=api, timeout_s=runner_timeout_s)

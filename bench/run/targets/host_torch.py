@@ -5,14 +5,28 @@ What it measures: the same work the on-device runner times — the image encoder
 one fixed-length decoder call per generated token — with the weights decompressed from the stored Core ML package
 (`bench.build.torch_weights.captioner_from_variant`), so quality describes the deployed bytes. Its latencies say
 nothing about the Neural Engine or the GPU; every table and plot labels them "host emulation (not Core ML)".
-There is no compile step (compile_ns None); cold load = building the torch model from the package the first time in
-this process, warm load = building it again (files now in the page cache). Only compute unit `cpuOnly` exists.
+There is no compile step (compile_ns None). Only compute unit `cpuOnly` exists.
+
+Loads, and what their figures include (`load["method"]` says so in every job record):
+- Before any timed window, once per process: the imports (torch, transformers' BLIP) and, per variant, its host
+  weights materialised (first use ever, in a child process whose exit gives the memory back) and hash-verified
+  (bench.build.host_weights).
+- cold load = the first load of this variant's files in this process: build the module skeleton and memory-map
+  the verified host weights (their pages are in the page cache: the hash check just read them). warm load = the same
+  again right after, or a reload after the variant was evicted. Neither includes reading the weights: the pages are
+  faulted in by the first prediction (`first_prediction_ns`).
+- At most `resident_variants` models stay loaded (least recently used evicted first); by default as many as fit in
+  a tenth of this machine's memory, at least one. A variant's weights are file-backed pages, so evicting it gives
+  them back to the OS at once and reloading it costs a skeleton and a mapping, not a decompression.
 """
 
 from __future__ import annotations
 
+import gc
+import os
 import platform
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,13 +37,40 @@ from bench.run.targets.base import (
 from bench.store.environment import now_iso
 
 LoadCaptioner = Callable[[VariantRef], Any]
+PrepareVariants = Callable[[list[VariantRef]], dict[str, int]]
+LOAD_METHOD = ("host-torch/mmap-1: cold = first load of the variant's files in this process, warm = again or after "
+               "eviction; skeleton + memory-map of hash-verified host weights; excludes imports, decompression, "
+               "hashing and reading the weights (first prediction)")
+# Share of physical memory the resident models may take when `resident_variants` is not set.
+RESIDENT_MEMORY_FRACTION = 0.10
 
 
 def captioner_for_variant(variant: VariantRef) -> Any:
-    """The variant's decompressed weights in the PyTorch captioner (bench/build)."""
+    """The variant's stored weights in the PyTorch captioner (bench/build), memory-mapped."""
     from bench.build.torch_weights import captioner_from_variant
 
     return captioner_from_variant(variant.source if variant.source is not None else variant.path)
+
+
+def prepare_variants(variants: list[VariantRef]) -> dict[str, int]:
+    """One-time set-up of variants' host weights: {variant_id: bytes} (materialised in a child process, verified)."""
+    from bench.build import host_weights
+
+    manifests = [_manifest(v) for v in variants]
+    host_weights.materialise_in_child([m for m in manifests if host_weights.stored(m.directory) is None])
+    return {m.variant_id: host_weights.ensure(m, m.directory).bytes for m in manifests}
+
+
+def _manifest(variant: VariantRef):
+    from bench.build.variants import load_variant
+
+    if variant.source is not None and getattr(variant.source, "directory", None) is not None:
+        return variant.source
+    return load_variant(variant.path)
+
+
+def machine_memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class HostTorchTarget:
@@ -39,13 +80,20 @@ class HostTorchTarget:
     parallel_safe = False  # it shares the host CPU with every other host target
 
     def __init__(self, *, threads: int = 1, load_captioner: LoadCaptioner = captioner_for_variant,
-                 measure_warm_load: bool = True):
+                 prepare: PrepareVariants = prepare_variants, measure_warm_load: bool = True,
+                 resident_variants: int | None = None):
         self.id = "host-torch"
         self.name = f"{platform.node() or 'host'} (PyTorch CPU, {threads} thread{'s' if threads > 1 else ''})"
         self.threads = threads
         self._load_captioner = load_captioner
+        self._prepare = prepare
         self._measure_warm_load = measure_warm_load
-        self._captioners: dict[str, Any] = {}
+        self.resident_variants = resident_variants
+        self.resident_budget_bytes = int(RESIDENT_MEMORY_FRACTION * machine_memory_bytes())
+        self._captioners: OrderedDict[str, Any] = OrderedDict()  # resident models, least recently used first
+        self._sizes: dict[str, int] = {}  # prepared variants: host weights bytes
+        self._loaded_before: set[str] = set()
+        self._set_up = False
         self._pixels: dict[tuple[str, int, str], Any] = {}
         self._images: dict[str, Any] = {}
 
@@ -62,11 +110,23 @@ class HostTorchTarget:
         import torch
 
         torch.set_num_threads(self.threads)  # pinned: timings must not depend on what else runs
+        self._one_time_setup()
+        unprepared = {s.variant.variant_id: s.variant for s in request.steps if s.variant.variant_id not in self._sizes}
+        failed: dict[str, str] = {}
+        if unprepared:
+            try:
+                self._sizes.update(self._prepare(list(unprepared.values())) or {})
+            except BenchError as err:  # reported on every step of these variants; the others still run
+                failed = {vid: str(err) for vid in unprepared}
         for step in request.steps:
             if should_stop():
                 raise Interrupted()
             started = now_iso()
             clock = time.perf_counter()
+            if step.variant.variant_id in failed:
+                yield StepResult(step.job_key, error=failed[step.variant.variant_id], started_at=started,
+                                 finished_at=now_iso(), elapsed_s=0.0)
+                continue
             try:
                 captioner, load = self._captioner(step.variant)
                 pixels = {item.image_id: self._pixels_for(captioner, step.variant, item) for item in request.images}
@@ -82,22 +142,58 @@ class HostTorchTarget:
                              started_at=started, finished_at=now_iso(), elapsed_s=time.perf_counter() - clock,
                              extra_conditions={"torch_threads": self.threads, "emulation": True})
 
+    def _one_time_setup(self) -> None:
+        """Imports every load needs, outside any timed window (they cost seconds once per process)."""
+        if not self._set_up:
+            import transformers.models.blip.modeling_blip  # noqa: F401
+            from transformers import BertTokenizer  # noqa: F401
+
+            self._set_up = True
+
     def _captioner(self, variant: VariantRef) -> tuple[Any, dict]:
-        """The cached torch model; the first build in this process records cold and warm load times."""
+        """The resident torch model, or a timed load (cold: first in this process; warm: again, or after eviction)."""
         load: dict[str, Any] = {"compile_ns": None, "cold_load_ns": None, "warm_load_ns": None,
-                                "first_prediction_ns": None}
+                                "first_prediction_ns": None, "method": LOAD_METHOD}
         if variant.variant_id in self._captioners:
+            self._captioners.move_to_end(variant.variant_id)
             return self._captioners[variant.variant_id], load
-        started = time.perf_counter_ns()
-        captioner = self._load_captioner(variant)
-        load["cold_load_ns"] = {"encoder": None, "decoder": None, "total": time.perf_counter_ns() - started}
-        if self._measure_warm_load:
-            started = time.perf_counter_ns()
-            captioner = self._load_captioner(variant)
-            load["warm_load_ns"] = {"encoder": None, "decoder": None, "total": time.perf_counter_ns() - started}
+        self._make_room(variant.variant_id)
+        first = variant.variant_id not in self._loaded_before
+        captioner, elapsed = self._timed_load(variant)
+        if first:
+            load["cold_load_ns"] = {"encoder": None, "decoder": None, "total": elapsed}
+            if self._measure_warm_load:
+                del captioner
+                captioner, elapsed = self._timed_load(variant)
+                load["warm_load_ns"] = {"encoder": None, "decoder": None, "total": elapsed}
+        else:
+            load["warm_load_ns"] = {"encoder": None, "decoder": None, "total": elapsed}
         captioner.model.eval()
+        self._loaded_before.add(variant.variant_id)
         self._captioners[variant.variant_id] = captioner
         return captioner, load
+
+    def _timed_load(self, variant: VariantRef) -> tuple[Any, int]:
+        started = time.perf_counter_ns()
+        captioner = self._load_captioner(variant)
+        return captioner, time.perf_counter_ns() - started
+
+    def _make_room(self, variant_id: str) -> None:
+        """Evict least recently used models until `variant_id` fits (count setting, else the memory budget)."""
+        def fits() -> bool:
+            if not self._captioners:
+                return True
+            if self.resident_variants is not None:
+                return len(self._captioners) < self.resident_variants
+            resident = sum(self._sizes.get(vid, 0) for vid in self._captioners)
+            return resident + self._sizes.get(variant_id, 0) <= self.resident_budget_bytes
+
+        evicted = False
+        while not fits():
+            self._captioners.popitem(last=False)
+            evicted = True
+        if evicted:
+            gc.collect()  # a model's last reference may sit in a cycle: unmap its pages now, not later
 
     def _pixels_for(self, captioner: Any, variant: VariantRef, item) -> Any:
         size = variant.image_size or int(captioner.image_size)
