@@ -118,3 +118,23 @@ def test_host_torch_never_claims_a_core_ml_cause(run):
     assert all(line.startswith("On a phone (not measured here)") for line in static)
     if host["measured"]["latency"]["outcome"] != "DIFFERENT":
         assert "slower" not in host["answer"][0] and "faster" not in host["answer"][0]
+
+
+def test_loads_measured_differently_are_shown_but_not_compared(run):
+    """Issue 16: a load that included one-time imports must not be set against one that did not."""
+    import copy
+
+    from bench.report.explain import measured_difference
+
+    records = sorted(run.jobs, key=lambda r: r["job_key"])
+    job_a = next(r for r in records if (r.get("load") or {}).get("cold_load_ns") is not None)
+    job_b = copy.deepcopy(next(r for r in records if r["job_key"] != job_a["job_key"]
+                               and r["target"]["id"] == job_a["target"]["id"]
+                               and (r.get("load") or {}).get("cold_load_ns") is not None))
+    same = measured_difference(run, job_a, job_b, "a", "b")
+    assert {row["what"]: row for row in same["loads"]}["cold load"]["delta_ms"] is not None
+    job_b["load"]["method"] = "host-torch/mmap-1: …"
+    different = measured_difference(run, job_a, job_b, "a", "b")
+    for row in different["loads"]:
+        assert row["delta_ms"] is None and "not compared: measured differently" in row["note"]
+    assert {row["what"]: row for row in different["loads"]}["cold load"]["b_ms"] is not None  # still shown

@@ -123,12 +123,17 @@ def measured_difference(run: RunData, job_a: dict, job_b: dict, name_a: str, nam
     # By part (tokens per caption, encoder, decoder per step, fixed-length caption), where the samples carry them.
     parts = [v.to_dict() for v in stats.latency_verdicts([_series(sb)], _series(sa), key=f"{name_a} vs {name_b}")[1:]]
     loads = []
+    # Load figures are compared only when both jobs measured them the same way (the target labels its method).
+    method_a, method_b = ((job.get("load") or {}).get("method") for job in (job_a, job_b))
+    same_way = method_a == method_b
+    note = "single measurement per job (no CI)" if same_way else \
+        f"not compared: measured differently ({method_a or 'unlabelled'} vs {method_b or 'unlabelled'})"
     for field_name, label in (("compile", "compile"), ("cold_load", "cold load"), ("warm_load", "warm load"),
                               ("first_prediction", "first prediction")):
         a, b = load_ns(job_a, field_name), load_ns(job_b, field_name)
         loads.append({"what": label, "a_ms": a / 1e6 if a is not None else None, "b_ms": b / 1e6 if b is not None else None,
-                      "delta_ms": (a - b) / 1e6 if a is not None and b is not None else None,
-                      "note": "single measurement per job (no CI)"})
+                      "delta_ms": (a - b) / 1e6 if a is not None and b is not None and same_way else None,
+                      "note": note})
     packages = []
     for column, label in (("encoder_ns", "encoder"), ("decoder_ns", "decoder")):
         a, b = _median_ms(sa, column), _median_ms(sb, column)
