@@ -1,7 +1,9 @@
 """Variant manifests (`models/variants/<variant_id>/manifest.json`, record kind `bench.variant` v2).
 
 A variant directory holds `manifest.json`, `encoder.mlpackage`, `decoder.mlpackage` and `weights_map.json`
-(which Core ML constant holds which PyTorch parameter; used to load the deployed weights back into torch).
+(which Core ML constant holds which PyTorch parameter; used to load the deployed weights back into torch), and
+after its first host use `host-weights/<sha256>.safetensors` (bench.build.host_weights; not part of the build's
+integrity record: it is named by its own hash and checked against it).
 It is written in a temporary directory and renamed into place, so a directory with a manifest is complete.
 v2 adds `integrity` (every stored file's size and sha256, and the manifest's own hash): bench.build.integrity checks
 it before any use. v1 manifests migrate with `integrity: null` and are verified against their package tree hashes.
