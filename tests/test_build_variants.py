@@ -316,7 +316,7 @@ def test_damaged_host_weights_are_refused(variants, tmp_path):
     from bench.build import host_weights
     from bench.build.torch_weights import captioner_from_variant
     from bench.build.variants import load_variant
-    from bench.errors import RecordError
+    from bench.errors import DamagedError
 
     copy = tmp_path / "copy"
     shutil.copytree(variants["int8"].directory, copy)
@@ -327,7 +327,7 @@ def test_damaged_host_weights_are_refused(variants, tmp_path):
         byte = handle.read(1)
         handle.seek(stored.bytes // 2)
         handle.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(RecordError, match="damaged host weights"):
+    with pytest.raises(DamagedError, match="content changed since it was built"):
         captioner_from_variant(load_variant(copy))
     stored.path.unlink()  # as the message says: deleting it rebuilds it from the packages
     assert captioner_from_variant(load_variant(copy)).name == variants["int8"].variant_id
@@ -369,12 +369,12 @@ def test_corrupt_or_foreign_package_is_one_clear_line(variants, tmp_path):
 def test_eval_of_a_variant_with_a_corrupt_package_is_one_clear_line(variants, tmp_path):
     from bench.build.torch_weights import captioner_from_variant
     from bench.build.variants import load_variant
-    from bench.errors import InputError
+    from bench.errors import DamagedError
 
     copy = tmp_path / "copy"
     shutil.copytree(variants["fp32"].directory, copy, ignore=shutil.ignore_patterns("host-weights"))  # first use
     (copy / "decoder.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"not a protobuf")
-    with pytest.raises(InputError, match="corrupt model specification"):
+    with pytest.raises(DamagedError, match=r"decoder\.mlpackage/Data/com\.apple\.CoreML/model\.mlmodel: "):
         captioner_from_variant(load_variant(copy))
 
 

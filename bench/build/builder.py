@@ -152,8 +152,8 @@ class _Session:
     """State shared by the variants of one build: each conversion's uncompressed packages, saved once in a
     temporary folder, and which constant of them holds which parameter.
 
-    Bounded memory (issue 16): the source model is memory-mapped from its checkpoint and dropped after each
-    conversion; each graph is saved and released as soon as it is converted (bench.build.export.export_packages);
+    Bounded memory (issue 16): the source model is memory-mapped from its checkpoint, once per graph, and dropped
+    after it; each graph is saved and released as soon as it is converted (bench.build.export.export_package);
     weights are mapped and analysed one tensor at a time (analyze.ConstantReader), never copied whole; each
     variant compresses from the saved package, one package at a time, and gives its memory back before the next."""
 
@@ -195,27 +195,30 @@ class _Session:
         return export, seconds
 
     def _export(self, key: tuple) -> _Export:
+        """Convert and save one graph at a time, each from a freshly mapped source model dropped right after, so
+        a conversion holds only the weights its graph touches."""
         from bench.build.analyze import ConstantReader, analyze_package
         from bench.build.compress import candidates
-        from bench.build.export import export_packages
+        from bench.build.export import export_package
         from bench.build.torch_weights import map_weights, resize_vision_input
+        from bench.build.variants import PACKAGES
 
         precision, target, image_size, decoder_length = key
         started = time.perf_counter()
-        model = resize_vision_input(self._source_model(), image_size)
         folder = Path(self._folder.name) / "-".join(map(str, key))
         folder.mkdir()
-        paths = export_packages(model, folder, image_size=image_size, decoder_length=decoder_length,
-                                target=target, precision=precision)
-        maps, unmapped, cands = {}, {}, {}
-        for package, path in paths.items():
-            reader = ConstantReader(path)
+        paths, maps, unmapped, cands = {}, {}, {}, {}
+        for package in PACKAGES:
+            model = resize_vision_input(self._source_model(), image_size)
+            paths[package] = export_package(package, model, folder, image_size=image_size,
+                                            decoder_length=decoder_length, target=target, precision=precision)
+            reader = ConstantReader(paths[package])
             maps[package], unmapped[package] = map_weights(reader, model)
-            cands[package] = candidates(analyze_package(path, hash_duplicates=False), reader, maps[package])
+            cands[package] = candidates(analyze_package(paths[package], hash_duplicates=False), reader, maps[package])
+            del model
+            give_back_memory()
         used = {t["param"] for mapping in maps.values() for targets in mapping.values() for t in targets}
         never = sorted(set(unmapped["encoder"]) & set(unmapped["decoder"]) - used)
-        del model
-        give_back_memory()
         return _Export(paths, {"packages": maps, "unmapped_params": never}, cands, time.perf_counter() - started)
 
 

@@ -86,24 +86,22 @@ def export_pair(model, *, image_size: int, decoder_length: int, target: str, pre
     return ExportedPair(encoder=encoder, decoder=decoder, image_size=image_size, decoder_length=decoder_length)
 
 
-def export_packages(model, folder, *, image_size: int, decoder_length: int, target: str, precision: str) -> dict:
-    """Like export_pair, but each graph is saved to `folder/<package>.mlpackage` as soon as it is converted and
-    its in-memory program released before the next: the converter keeps every converted weight in the returned
-    MLModel, so holding both would add a copy of the model. Returns {package: path}."""
+def export_package(package: str, model, folder, *, image_size: int, decoder_length: int, target: str,
+                   precision: str):
+    """Convert one graph ("encoder" or "decoder") and save it to `folder/<package>.mlpackage` at once, releasing the
+    converted program (an MLModel from the converter keeps every converted weight in memory). Returns the path."""
     import gc
     from pathlib import Path
 
-    paths = {}
-    for package in ("encoder", "decoder"):
-        if package == "encoder":
-            mlmodel = _convert_encoder(model, image_size, target, precision)
-        else:
-            mlmodel = _convert_decoder(model, image_size, decoder_length, target, precision)
-        paths[package] = Path(folder) / f"{package}.mlpackage"
-        mlmodel.save(str(paths[package]))
-        del mlmodel
-        gc.collect()
-    return paths
+    if package == "encoder":
+        mlmodel = _convert_encoder(model, image_size, target, precision)
+    else:
+        mlmodel = _convert_decoder(model, image_size, decoder_length, target, precision)
+    path = Path(folder) / f"{package}.mlpackage"
+    mlmodel.save(str(path))
+    del mlmodel
+    gc.collect()
+    return path
 
 
 def _common(target: str, precision: str) -> dict:
@@ -114,11 +112,13 @@ def _common(target: str, precision: str) -> dict:
                 compute_precision=compute_precision)
 
 
-def _image_embeds(model, image_size: int):
+def _image_embeds_example(model, image_size: int):
+    """A tracing example of the encoder's output, [1, patches + 1, hidden], without running the encoder (its
+    values never shape the traced graph; running it would page the vision weights in during the decoder's turn)."""
     import torch
 
-    with torch.no_grad():
-        return _encoder_module(model, image_size)(torch.zeros(1, 3, image_size, image_size))
+    vision = model.config.vision_config
+    return torch.zeros(1, (image_size // vision.patch_size) ** 2 + 1, vision.hidden_size)
 
 
 def _convert_encoder(model, image_size: int, target: str, precision: str):
@@ -142,7 +142,7 @@ def _convert_decoder(model, image_size: int, decoder_length: int, target: str, p
     import numpy as np
     import torch
 
-    embeds = _image_embeds(model, image_size)
+    embeds = _image_embeds_example(model, image_size)
     with torch.no_grad():
         ids = torch.zeros(1, decoder_length, dtype=torch.int32)
         mask = torch.ones(1, decoder_length, dtype=torch.int32)

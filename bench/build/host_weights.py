@@ -3,8 +3,8 @@
 Layout: `<variant>/host-weights/<sha256>.safetensors` — every parameter of the PyTorch captioner at the variant's
 image size, float32: exactly the values coremltools decompresses from the stored packages (each chain of
 `constexpr_*` ops materialised by coremltools itself), and, for the few parameters no package holds, the source
-checkpoint's values. The name is the SHA-256 of the file's bytes (content-addressed): a process verifies it once
-before its first load and refuses a file whose bytes no longer match (damaged stored data is never measured).
+checkpoint's values. The name is the SHA-256 of the file's bytes (content-addressed), checked with bench's integrity
+module before use: a file whose bytes no longer match is refused (damaged stored data is never measured).
 
 Choices, argued:
 - Materialised on first host use (host-torch, `bench eval`), not at build: those are its only readers, so a lab that
@@ -37,23 +37,11 @@ SUFFIX = ".safetensors"
 FORMAT = "bench.host_weights/1"
 _HEADER_ALIGN = 8
 
-# Files already verified in this process: path -> (inode, size, mtime_ns) when it was hashed. A file replaced or
-# rewritten since then is hashed again.
-_verified: dict[str, tuple[int, int, int]] = {}
-
-
 @dataclass(frozen=True)
 class HostWeights:
     path: Path
     sha256: str
     bytes: int
-
-
-def sha256_of(path: Path) -> str:
-    """The one place host weights are hashed (switch to bench's integrity module once it offers a file hash)."""
-    from bench.train.captioner import sha256_file
-
-    return sha256_file(path)
 
 
 def stored(directory: Path) -> HostWeights | None:
@@ -67,17 +55,22 @@ def stored(directory: Path) -> HostWeights | None:
 
 
 def verify(weights: HostWeights) -> HostWeights:
-    """Refuse a file whose bytes do not hash to its name. Hashed once per process unless the file changed."""
-    stat = weights.path.stat()
-    identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if _verified.get(str(weights.path)) == identity:
-        return weights
-    actual = sha256_of(weights.path)
-    if actual != weights.sha256:
-        raise RecordError(f"{weights.path}: damaged host weights (SHA-256 {actual[:12]}…, its name says "
-                          f"{weights.sha256[:12]}…); delete the file and it is rebuilt from the variant's packages")
-    _verified[str(weights.path)] = identity
+    """Refuse (DamagedError) a file whose bytes do not hash to its name, through bench's integrity checks: hashed
+    the first time, then trusted while its stat identity (size, mtime, ctime, inode) is unchanged."""
+    from bench.build import integrity
+
+    integrity.check_file(weights.path, {"bytes": _expected_bytes(weights.path), "sha256": weights.sha256},
+                         hint="delete it and it is rebuilt from the variant's packages")
     return weights
+
+
+def _expected_bytes(path: Path) -> int | None:
+    """The size the header promises (a truncated file is refused without hashing it); None if unreadable."""
+    try:
+        header, data_start = read_header(path)
+    except RecordError:
+        return None
+    return data_start + max((entry["data_offsets"][1] for entry in header.values()), default=0)
 
 
 def ensure(manifest, directory: Path) -> HostWeights:
@@ -190,7 +183,10 @@ def materialise(manifest, directory: Path) -> HostWeights:
     """Decompress the variant's packages once into `host-weights/<sha256>.safetensors` (streamed, hashed)."""
     from bench.build.variants import read_weights_map
 
+    from bench.build.integrity import check_variant
+
     directory = Path(directory)
+    check_variant(manifest)  # the packages must still be the bytes that were built
     source = Path(manifest.source["path"])
     _check_source(manifest, source)
     model = skeleton(source, manifest.image_size)
@@ -211,10 +207,7 @@ def materialise(manifest, directory: Path) -> HostWeights:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    weights = HostWeights(final, digest, final.stat().st_size)
-    stat = final.stat()
-    _verified[str(final)] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)  # hashed while writing, by us
-    return weights
+    return HostWeights(final, digest, final.stat().st_size)
 
 
 def _check_source(manifest, source: Path) -> None:
