@@ -76,9 +76,11 @@ def _variant(ws_root: Path, variant_id: str) -> Path:
 
 
 def _stored_files(variant: Path) -> list[str]:
-    """Every file the build stored: both packages, weights_map.json and the manifest itself."""
+    """Every file the build stored: both packages, weights_map.json and the manifest itself. Not the host weights a
+    host-torch run materialised beside them (host-weights/, named and checked by their own hash: issue 16's tests
+    in test_build_variants.py)."""
     found = [p.relative_to(variant).as_posix() for p in variant.rglob("*") if p.is_file()]
-    return sorted(f for f in found if not f.startswith("."))
+    return sorted(f for f in found if not f.startswith(".") and not f.startswith("host-weights/"))
 
 
 def _flip(path: Path, offset: int) -> None:
