@@ -26,21 +26,58 @@ def zeros(images, size, mode, variant=None):
     return np.zeros((1, 3, size, size), "f4")
 
 
-class FakeHost:
-    """One lab host: a fake usbmuxd with its phones, its HOME and package cache, and (once joined) its Ray node."""
+PHONES_PROCESS = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from fake_iphone import FakeIPhone, FakeUsbmuxd
 
-    def __init__(self, root: Path, name: str, indices: list[int], model: str = "iPhone14,2"):
+root = Path({root!r})
+mux = FakeUsbmuxd(root / "mux.sock").start()
+for index in {indices!r}:
+    phone = FakeIPhone(root=root / f"phone{{index}}", udid=f"00008110-{{index:016X}}", name=f"Fake {{index}}",
+                       product_type={model!r})
+    phone.faults.runner_seconds = {runner_seconds!r}
+    phone.install_app({runner!r}, "0.3", "12")
+    mux.add(phone)
+print("READY", flush=True)
+sys.stdin.read()  # until the test closes our stdin (or kills us by pid)
+mux.stop()
+"""
+
+
+class FakeHost:
+    """One lab host: a fake usbmuxd with its phones, its HOME and package cache, and (once joined) its Ray node.
+
+    `own_process`: the phones are served from a process of their own (as real phones bring their own CPUs), for
+    benchmarks; the test then cannot flip faults on them. Default: in this process, faults settable."""
+
+    def __init__(self, root: Path, name: str, indices: list[int], model: str = "iPhone14,2", *,
+                 own_process: bool = False, runner_seconds: float = 0.05):
         from fake_iphone import FakeIPhone, FakeUsbmuxd
 
-        self.name, self.root = name, root
+        self.name, self.root, self.process, self.mux = name, root, None, None
         (root / "home").mkdir(parents=True)
-        self.mux = FakeUsbmuxd(root / "mux.sock").start()
         self.phones = []
-        for index in indices:
-            phone = FakeIPhone(root=root / f"phone{index}", udid=f"00008110-{index:016X}", name=f"Fake {index}",
-                               product_type=model)
-            phone.install_app(RUNNER, "0.3", "12")
-            self.phones.append(self.mux.add(phone))
+        if own_process:
+            import subprocess
+            import sys
+
+            script = PHONES_PROCESS.format(tests=str(Path(__file__).parent), root=str(root), indices=list(indices),
+                                           model=model, runner_seconds=runner_seconds, runner=RUNNER)
+            self.process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True)
+            assert self.process.stdout.readline().strip() == "READY"
+            self.phones = [FakeIPhone(root=root / f"info{index}", udid=f"00008110-{index:016X}",
+                                      name=f"Fake {index}", product_type=model) for index in indices]  # names only
+        else:
+            self.mux = FakeUsbmuxd(root / "mux.sock").start()
+            for index in indices:
+                phone = FakeIPhone(root=root / f"phone{index}", udid=f"00008110-{index:016X}", name=f"Fake {index}",
+                                   product_type=model)
+                phone.faults.runner_seconds = runner_seconds
+                phone.install_app(RUNNER, "0.3", "12")
+                self.phones.append(self.mux.add(phone))
         self.node = None
 
     def lab_phones(self):
@@ -67,11 +104,19 @@ class FakeHost:
         return self.node
 
     def stop(self):
-        self.mux.stop()
+        if self.mux is not None:
+            self.mux.stop()
+        if self.process is not None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(10)
+            except Exception:  # noqa: BLE001 — it would not stop: end it, by its pid
+                self.process.kill()
+                self.process.wait()
 
 
 @contextmanager
-def lab_cluster(hosts_spec: dict[str, list[int]]):
+def lab_cluster(hosts_spec: dict[str, list[int]], **host_options):
     """Head + one node per host; yields (cluster, hosts, token file). Everything is stopped by process id."""
     import ray
     from ray.cluster_utils import Cluster
@@ -91,7 +136,7 @@ def lab_cluster(hosts_spec: dict[str, list[int]]):
         ray.init(address=cluster.address, namespace="bench-lab", logging_level="ERROR", log_to_driver=False,
                  configure_logging=False)
         for name, indices in hosts_spec.items():
-            hosts[name] = FakeHost(root / name, name, indices)
+            hosts[name] = FakeHost(root / name, name, indices, **host_options)
             hosts[name].join(cluster)
         yield cluster, hosts, token
     finally:

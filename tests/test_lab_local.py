@@ -94,6 +94,14 @@ def test_ray_start_commands_carry_no_token_and_advertise_each_phone(tmp_path):
     resources = next(part for part in join if part.startswith("--resources="))
     assert '"iphone:00008110-01": 1.0' in resources and '"iphone-model:iPhone15_2": 2.0' in resources
     assert "," not in resources.split('"iphone-model:')[1].split('"')[0]  # a comma would crash the raylet
+    pytest.importorskip("ray")
+    from ray._private.label_utils import parse_node_labels_string, validate_node_labels
+
+    odd = [LabPhone("00008110-03", "bench 03", "iPhone15,2", "22A3354", "0.3", "mac mini (2)")]
+    labels = next(part for part in join_command(Address("10.0.0.5", 6379), "10.0.0.7", odd) if "--labels=" in part)
+    parsed = parse_node_labels_string(labels.split("=", 1)[1])
+    validate_node_labels(parsed)  # what `ray start` checks: it would refuse to start the host
+    assert parsed["bench.host"] == "mac_mini__2" and parsed["bench.models"] == "iPhone15_2"
 
 
 def test_host_cache_fetches_a_package_once_and_refuses_damaged_bytes(tmp_path):

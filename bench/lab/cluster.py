@@ -125,8 +125,8 @@ def create_token_file(path: Path) -> bool:
 def check_token_file(path: Path) -> Path:
     """The token file must exist, hold a token and be private; its content is never printed."""
     if not path.is_file():
-        raise InputError(f"no lab token at {path}; copy the head's token file here (mode 600), or pass --token-file "
-                         f"(or set {TOKEN_ENV})")
+        raise InputError(f"no lab token at {path}; copy the head's token file here (mode 600), or set {TOKEN_ENV} "
+                         "to its path (`bench lab` commands also take --token-file)")
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise InputError(f"{path}: the lab token is readable by others (mode {stat.S_IMODE(mode):o}); "
@@ -198,7 +198,9 @@ def model_resource(model: str) -> str:
 def host_labels(phones: list[LabPhone], host: str) -> dict[str, str]:
     """Ray node labels (label values allow letters, digits, '-', '_', '.'; at most 63 characters)."""
     def clean(text: str | None) -> str:  # noqa: E306
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in (text or "unknown"))[:63]
+        cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in text or "")[:63]
+        cleaned = cleaned.strip("-_.")  # Ray: a value begins and ends with a letter or digit
+        return cleaned or "unknown"
 
     labels = {"bench.host": clean(host)}
     models = sorted({p.model for p in phones if p.model})
@@ -259,7 +261,11 @@ def connect(address: str | Address, token_file: Path | None = None):
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return sys.modules["ray"]
     use_environment(ray_environment(token, loopback=where.loopback))  # before importing Ray: it reads them once
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise PlatformUnavailable("Ray is not installed here; install the lab extra: pip install 'bench[lab]'") \
+            from None
 
     _quiet_ray()
     with _native_log() as native:  # Ray's C++ core logs retries to fd 2: keep them, read them, show one line

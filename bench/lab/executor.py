@@ -130,6 +130,7 @@ class LabExecutor:
         self._inputs: dict[tuple, object] = {}
         self.fetched_by_host: dict[str, int] = defaultdict(int)
         self.jobs_by_host: dict[str, int] = defaultdict(int)
+        self._holders: tuple[float, dict[str, list[str]], dict[str, float]] = (float("-inf"), {}, {})
 
     def warm_up(self, targets: list[LabIPhone], timeout_s: float = 300.0) -> None:
         """Start (and import the deployment layer in) one worker per phone on its host, all at once, before the run's
@@ -240,15 +241,25 @@ class LabExecutor:
             raise HostLost(f"the lab host running {target.name}'s job went away ({type(err).__name__})",
                            udid=target.udid, action="the job is retried; `bench lab status` shows the hosts") from None
 
+    def _cluster_view(self) -> tuple[dict[str, list[str]], dict[str, float]]:
+        """Who holds which phone, and the lab's resources: one snapshot a second shared by every phone's thread
+        (asking the head once per waiting phone per second is load for nothing)."""
+        with self._lock:
+            taken, holders, resources = self._holders
+            if time.monotonic() - taken >= self._holder_check_s:
+                holders, resources = _cluster_view_of(self._ray)
+                self._holders = (time.monotonic(), holders, resources)
+            return holders, resources
+
     def _check_holders(self, target: LabIPhone) -> None:
         """The phone (or model) must be held by exactly one live host (a pool by at least one)."""
+        holders, resources = self._cluster_view()
         if target.pool_model is not None:
-            available = self._ray.cluster_resources().get(target.resource, 0)
-            if not available:
+            if not resources.get(target.resource, 0):
                 raise HostLost(f"no live lab host holds a {target.pool_model} any more",
                                action="run `bench lab join` on a host with one; then `bench run --resume`")
             return
-        hosts = phone_holders().get(target.udid, [])
+        hosts = holders.get(target.udid, [])
         if not hosts:
             raise HostLost(f"no live lab host holds {target.name} any more (its host left the lab)", udid=target.udid,
                            action="run `bench lab join HEAD` on the host it is plugged into, then "
@@ -257,6 +268,10 @@ class LabExecutor:
             raise PhoneClaimedTwice(f"{target.name} is claimed by lab hosts {' and '.join(hosts)} (it moved?)",
                                     udid=target.udid, action="stop Ray (`ray stop`) on the host it was unplugged "
                                                              "from, then `bench run --resume RUN`")
+
+
+def _cluster_view_of(ray) -> tuple[dict[str, list[str]], dict[str, float]]:
+    return phone_holders(), ray.cluster_resources()
 
 
 def _host_error(answer: dict) -> LabHostError:

@@ -24,6 +24,8 @@ def host_name() -> str:
     try:
         import ray
 
+        if not ray.is_initialized():  # outside a task: asking for the context would start a local Ray
+            return socket.gethostname()
         label = ray.get_runtime_context().get_node_labels().get("bench.host")
         if label:
             return label[0] if isinstance(label, list) else str(label)
@@ -107,8 +109,14 @@ def run_job(udid: str | None, model: str | None, spec, packages: list, inputs: d
 def warm_up() -> str:
     """Import the deployment layer in this worker (pymobiledevice3 takes seconds to import on a busy host), so the
     first job does not pay for it; Ray keeps the worker for the following jobs."""
-    import bench.deploy.api  # noqa: F401
+    import importlib
 
+    for module in ("bench.deploy.api", "bench.deploy.launch", "bench.deploy.container", "bench.deploy.battery",
+                   "pymobiledevice3.lockdown", "pymobiledevice3.services.house_arrest",
+                   "pymobiledevice3.services.diagnostics", "pymobiledevice3.services.mobile_image_mounter",
+                   "pymobiledevice3.services.dvt.instruments.dvt_provider",
+                   "pymobiledevice3.services.dvt.instruments.process_control"):
+        importlib.import_module(module)  # what the first job would otherwise import (lazily) on its clock
     return host_name()
 
 

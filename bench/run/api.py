@@ -410,6 +410,10 @@ def _publish(outcome: RunOutcome, workspace: Workspace) -> None:
 def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None = None, force: bool = False,
                  observer: RunObserver | None = None, log=print) -> RunOutcome:
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
+    if config.lab:  # an unreachable lab or a refused token is said before minutes of building
+        from bench.lab.cluster import connect
+
+        connect(config.lab)
     if resume:
         outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab, hold_lock=True,
                              runner_timeout_s=config.runner_timeout_s)
