@@ -52,6 +52,19 @@ def test_cluster_listens_on_loopback_only(lab):
     assert all(ip in LOOPBACK for _, ip, _ in bound), [b for b in bound if b[1] not in LOOPBACK]
 
 
+def test_lab_status_shows_every_host_phone_and_health(lab):
+    from bench.lab.cluster import lab_status
+
+    _, hosts, _ = lab
+    status = {host.host: host for host in lab_status(health_timeout_s=120)}
+    assert {"host-a", "host-b"} <= set(status) and any(name.endswith("(head)") for name in status)
+    for name, host in hosts.items():
+        phones = {p["udid"]: p for p in status[name].phones}
+        assert set(phones) == {p.udid for p in host.phones}
+        assert all(p["health"] == "ready" and p["model"] == "iPhone14,2" and p["runner"] == "0.3"
+                   for p in phones.values()), phones
+
+
 def test_matrix_across_two_hosts_survives_a_killed_host(lab, tmp_path):
     from bench.lab.executor import LabExecutor, lab_targets
     from bench.lab.packages import pack

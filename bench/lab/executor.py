@@ -96,9 +96,11 @@ def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[Lab
                            "iPhones attached (`bench lab status` shows the hosts)")
         if kind == "model":
             models = sorted({p.model for p in phones if p.model})
-            if which not in models:
+            # `model:iPhone15_2` is the same as `model:iPhone15,2` (on the command line a comma separates targets)
+            model = next((m for m in models if m.replace(",", "_") == which.replace(",", "_")), None)
+            if model is None:
                 raise did_you_mean("phone model in this lab", which, models)
-            target = LabIPhone(model=which, preprocess=preprocess)
+            target = LabIPhone(model=model, preprocess=preprocess)
             chosen.setdefault(target.id, target)
             continue
         for phone in phones:

@@ -414,6 +414,12 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
         from bench.lab.cluster import connect
 
         connect(config.lab)
+    elif not resume:
+        from bench.run.targets import resolve_targets
+
+        lab_only = [name for name in config.targets if name.strip().startswith("model:")]
+        if lab_only:
+            resolve_targets(lab_only)  # refuses them (they need a lab) before anything is built
     if resume:
         outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab, hold_lock=True,
                              runner_timeout_s=config.runner_timeout_s)

@@ -75,12 +75,13 @@ class RunConfig(_Strict):
     @classmethod
     def _known_targets(cls, targets: list[str]) -> list[str]:
         """A typo in a target is refused here, before the matrix is built (resolving a target needs the devices)."""
-        from bench.run.targets import TARGET_KINDS
+        from bench.run.targets import LAB_ONLY_KINDS, TARGET_KINDS
 
         for name in targets:
             kind, _, _ = name.strip().partition(":")
-            if kind not in TARGET_KINDS:
-                raise ValueError(did_you_mean("target", name, [*TARGET_KINDS, "iphone:<name or udid>"]).detail)
+            if kind not in TARGET_KINDS + LAB_ONLY_KINDS:
+                raise ValueError(did_you_mean("target", name, [*TARGET_KINDS, "iphone:<name or udid>",
+                                                               "model:<ProductType> (lab)"]).detail)
         return targets
 
     @field_validator("compute_units")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.errors import BenchError, did_you_mean
+from bench.errors import BenchError, InputError, did_you_mean
 from bench.run.targets.base import (  # noqa: F401  (re-exported: the one interface)
     COMPUTE_UNITS, HOST_EMULATION_LABEL, Conditions, ImageItem, Interrupted, RoundRequest, Step, StepResult, Target,
     VariantRef,
 )
 
 TARGET_KINDS = ("host-torch", "macos-coreml", "iphone", "auto")
+LAB_ONLY_KINDS = ("model",)  # `model:iPhone15,2`: any phone of that model in a lab (bench/lab, docs/lab.md)
 
 
 def connected_iphones(workspace=None, api: Any = None) -> list[dict]:
@@ -58,6 +59,9 @@ def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_t
     for raw in names:
         name = raw.strip()
         kind, _, which = name.partition(":")
+        if kind in LAB_ONLY_KINDS:
+            raise InputError(f"target {name!r} (any phone of a model) needs a lab: add --lab HEAD, or `lab:` in "
+                             "run.yaml (docs/lab.md)")
         if kind not in TARGET_KINDS:
             raise did_you_mean("target", name, [*TARGET_KINDS, "iphone:<name or udid>"])
         if kind == "host-torch":
