@@ -357,3 +357,29 @@ def test_a_fresh_process_explains_a_run_of_v2_variants(ws):
     done = subprocess.run([sys.executable, "-m", "bench", "explain", "int8", "fp32", "--run", "healthy"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "weight.bin: content changed since it was built" in done.stderr, done.stderr
+
+
+def test_a_run_naming_a_variant_whose_manifest_is_unreadable_measures_the_others_and_says_so(ws):
+    from bench.data.base import open_dataset
+    from bench.errors import DamagedError
+    from bench.paths import Workspace
+    from bench.run.api import start_run
+    from bench.run.config import RunConfig
+    from bench.run.targets.base import ImageItem
+    from bench.run.targets.host_torch import HostTorchTarget
+
+    ws_root, _, ids = ws
+    (_variant(ws_root, ids["fp32"]) / "manifest.json").write_text("{garbled")
+    sample = next(iter(open_dataset("synthetic", split="test", limit=1, seed=0)))
+    images = [ImageItem(str(sample.image_id), sample.load_image, tuple(sample.captions))]
+
+    def run(names):
+        config = RunConfig.model_validate({**RUN_CONFIG, "variants": names})
+        return start_run(config, Workspace(ws_root), targets=[HostTorchTarget()], images=images)
+
+    outcome = run(["fp32", "int8"])
+    assert outcome.status == "complete" and set(outcome.data.samples["variant_id"]) == {ids["int8"]}
+    assert any(note.startswith(f"variant {ids['fp32']} left out: ") and "manifest.json" in note
+               for note in outcome.notes), outcome.notes
+    with pytest.raises(DamagedError, match="manifest.json: corrupt record"):
+        run(["fp32"])

@@ -151,11 +151,11 @@ def read_manifest(directory: Path) -> VariantManifest:
 
 
 def list_variants(workspace: Workspace | Path | str | None = None, *,
-                  unreadable: list[str] | None = None) -> list[VariantManifest]:
+                  unreadable: dict[str, str] | None = None) -> list[VariantManifest]:
     """Every complete variant of the workspace (directories with a manifest), sorted by name then id.
 
     A variant whose manifest cannot be read is left out (one damaged variant never hides the others); its one-line
-    error is appended to `unreadable` when given.
+    error is recorded in `unreadable` ({directory name: error}) when given.
     """
     root = as_workspace(workspace).variants_dir
     if not root.is_dir():
@@ -166,7 +166,7 @@ def list_variants(workspace: Workspace | Path | str | None = None, *,
             found.append(read_manifest(directory))
         except RecordError as err:
             if unreadable is not None:
-                unreadable.append(str(err))
+                unreadable[directory.name] = str(err)
     return sorted(found, key=lambda m: (m.name, m.variant_id))
 
 

@@ -113,7 +113,7 @@ def ls_command() -> None:
     from bench.paths import Workspace
     from bench.report.escape import rich as esc
 
-    unreadable: list[str] = []
+    unreadable: dict[str, str] = {}
     variants = list_variants(Workspace.current(), unreadable=unreadable)
     if not variants and not unreadable:
         console().print("no variants yet; build some with `bench models build`")
@@ -128,7 +128,7 @@ def ls_command() -> None:
                      f"{m['bits_per_weight']:.2f}", v.target, f"{v.image_size} {v.resize}",
                      ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in m["decompression_ops"].items()) or "-"])
     console().print(table(None, columns, rows, numeric=columns[1:6]))
-    for problem in unreadable:
+    for problem in unreadable.values():
         console().print(f"[bold red]unreadable[/] {esc(problem)}", highlight=False, soft_wrap=True)
 
 

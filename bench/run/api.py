@@ -70,6 +70,33 @@ def built_variants(workspace: Workspace) -> list[VariantRef]:
     return refs
 
 
+def _leave_out_unreadable(wanted: list[str], available: list[VariantRef],
+                          workspace: Workspace) -> tuple[list[str], list[str]]:
+    """(names still wanted, notes): built variants whose manifest cannot be read are left out and said, never taking
+    the healthy ones down; a run that named only such variants is refused with the first one's error."""
+    import re
+
+    from bench.build.variants import list_variants
+    from bench.errors import DamagedError
+
+    unreadable: dict[str, str] = {}
+    list_variants(workspace, unreadable=unreadable)
+    known = {v.name for v in available} | {v.variant_id for v in available}
+    kept, notes = [], []
+    for name in wanted:
+        hits = [] if name in known else [vid for vid in unreadable
+                                         if vid == name or re.fullmatch(re.escape(name) + r"-[0-9a-f]{12}", vid)]
+        if hits:
+            notes.append(f"variant {hits[0]} left out: {unreadable[hits[0]]}")
+        else:
+            kept.append(name)
+    if wanted and not kept:
+        raise DamagedError(notes[0].split(": ", 1)[1])
+    if not wanted:
+        notes = [f"variant {vid} left out: {error}" for vid, error in sorted(unreadable.items())]
+    return kept, notes
+
+
 def build_default_matrix(workspace: Workspace, matrix: str | None = None, *, log=print) -> None:
     """Build the matrix (models/matrix.yaml by default) of the built-in captioner; already-built variants are reused."""
     from bench.build.builder import build_matrix
@@ -135,7 +162,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         if not variants:
             raise InputError(f"no built variants under {workspace.variants_dir}; run `bench models build` first, "
                              "or `bench run` with no arguments to build the default matrix")
-    variants = select_variants(variants, config.variants)
+    wanted, left_out = _leave_out_unreadable(config.variants, variants, workspace)
+    variants = select_variants(variants, wanted)
     if targets is None:
         targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
@@ -171,6 +199,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
                            settle=not hold_lock)
     outcome.lock = lock if hold_lock else None
+    outcome.notes[:0] = left_out
     return outcome
 
 
@@ -270,6 +299,7 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
                            settle=not hold_lock)
     outcome.lock = lock if hold_lock else None
+    outcome.notes[:0] = left_out
     return outcome
 
 
