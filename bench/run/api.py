@@ -299,7 +299,6 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
                            settle=not hold_lock)
     outcome.lock = lock if hold_lock else None
-    outcome.notes[:0] = left_out
     return outcome
 
 
