@@ -188,13 +188,17 @@ def load_variant(dir_or_id: Path | str, workspace: Workspace | Path | str | None
     exact = ws.variants_dir / text
     if (exact / MANIFEST).is_file():
         return read_manifest(exact)
-    variants = list_variants(ws)
+    unreadable: dict[str, str] = {}
+    variants = list_variants(ws, unreadable=unreadable)
     by_prefix = [v for v in variants if v.variant_id.startswith(text)]
     if len(by_prefix) == 1:
         return by_prefix[0]
     by_name = [v for v in variants if v.name == text]
     if by_name:
         return max(by_name, key=lambda v: v.environment.get("created_at", ""))
+    damaged = [error for vid, error in sorted(unreadable.items()) if vid.startswith(f"{text}-") or vid.startswith(text)]
+    if damaged:  # the variant exists but its manifest cannot be read: say that, not "unknown"
+        raise RecordError(f"{damaged[0]} — rebuild it with `bench models build --force {text}`")
     if not variants:
         raise InputError(f"unknown variant {text!r}: no variants in {ws.variants_dir}; run `bench models build`")
     raise did_you_mean("variant", text, [v.name for v in variants] + [v.variant_id for v in variants])
