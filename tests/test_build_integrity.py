@@ -383,3 +383,17 @@ def test_a_run_naming_a_variant_whose_manifest_is_unreadable_measures_the_others
                for note in outcome.notes), outcome.notes
     with pytest.raises(DamagedError, match="manifest.json: corrupt record"):
         run(["fp32"])
+
+
+def test_a_flipped_byte_in_the_integrity_key_does_not_downgrade_a_v2_manifest_to_unchecked(ws):
+    """One byte of manifest.json turning `"integrity"` into `"integrhty"` must not make it look like a v1 record
+    (whose manifest has no hash of its own and whose weights_map.json is not checked)."""
+    from bench.build.integrity import check_variant
+    from bench.errors import DamagedError
+
+    ws_root, _, ids = ws
+    manifest = _variant(ws_root, ids["int8"]) / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"integrity"', '"integrhty"', 1))
+    with pytest.raises(DamagedError, match=r"manifest\.json: its integrity block is missing"):
+        check_variant(manifest.parent)

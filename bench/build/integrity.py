@@ -240,6 +240,9 @@ def _read_record(directory: Path, trusted: dict[str, list[int]]) -> tuple[dict[s
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DamagedError(f"{path}: corrupt ({err}) — {refuse}", path=str(path)) from None
     sealed = stored.get("integrity") if isinstance(stored, dict) else None
+    if sealed is None and isinstance(stored, dict) and stored.get("schema_version") != 1:
+        # Only v1 manifests predate the block: without it, one flipped byte in its key would skip every file hash.
+        raise DamagedError(f"{path}: its integrity block is missing — {refuse}", path=str(path))
     vouched = sealed is not None and trusted.get(MANIFEST) == key
     if sealed is not None and not vouched and (
             not isinstance(sealed, dict) or sealed.get("manifest_sha256") != canonical_sha256(stored)):
