@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+os.environ.setdefault("TQDM_DISABLE", "1")  # the template build's converter bars (as the test suite's conftest does)
 
 from bad_input_cases import CASES, build_template, snapshot  # noqa: E402
 
