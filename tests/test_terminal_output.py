@@ -74,18 +74,18 @@ def test_usage_errors_are_one_line(capsys):
 
 @pytest.mark.slow
 def test_library_noise_only_with_verbose(bad_input_template, tmp_path):
-    """coremltools logs "Failed to load …" at import on Linux: captured by default, shown with -v."""
+    """coremltools logs "Failed to load …" at import on Linux (no Core ML runtime), transformers and torch warn while
+    loading: a healthy `bench eval` prints none of it on stderr; with -v it all shows."""
     root = tmp_path / "ws"
     shutil.copytree(bad_input_template, root)
     variant = next((root / "models" / "variants").glob("tiny-*"))
-    (variant / "decoder.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\x00garbage")
     env = {**os.environ, "BENCH_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    argv = [sys.executable, "-m", "bench", "eval", str(variant), "--data", f"manifest:{root}/data/manifest.jsonl"]
-    quiet = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert quiet.returncode == 2
-    assert quiet.stderr.count("\n") == 1 and quiet.stderr.startswith("error: "), quiet.stderr
-    assert "corrupt model specification" in quiet.stderr
-    loud = subprocess.run([*argv[:3], "-v", *argv[3:]], env=env, capture_output=True, text=True, timeout=300)
-    assert loud.returncode == 2 and loud.stderr.rstrip().endswith(quiet.stderr.rstrip()[-40:])
+    argv = [sys.executable, "-m", "bench", "eval", str(variant), "--data", f"manifest:{root}/data/manifest.jsonl",
+            "--limit", "1", "--resamples", "100"]
+    quiet = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([*argv[:3], "-v", *argv[3:], "--overwrite"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert loud.returncode == 0, loud.stderr
     if sys.platform == "linux":  # no Core ML runtime here: coremltools says so at import, at WARNING level
         assert "WARNING coremltools" in loud.stderr and "Failed to load" in loud.stderr, loud.stderr
