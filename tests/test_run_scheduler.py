@@ -207,3 +207,24 @@ def test_resume_with_another_harness_is_refused_unless_forced(tmp_path):
     with pytest.raises(IncomparableError, match="torch 1.0.0 →"):
         resume_run(outcome.run_id, Workspace(tmp_path), **kwargs)
     assert resume_run(outcome.run_id, Workspace(tmp_path), force=True, **kwargs).status == "complete"
+
+
+def test_a_table_whose_bytes_changed_after_writing_is_refused_and_rebuilt_once_deleted(tmp_path):
+    """Parquet has no page checksums by default: a flipped bit can read back as other numbers without any error, so
+    run.json records each table's sha256 when it is written and every reader checks it."""
+    from bench.report.load import load_run as report_load_run
+
+    outcome = run(tmp_path, config(), [FakeTarget()], vs=variants("fp16"))
+    samples = outcome.run_dir / "samples.parquet"
+    assert set(load_run(outcome.run_dir).manifest["table_sha256"]) == {"samples.parquet", "jobs.parquet",
+                                                                       "compute_plans.parquet"}
+    expected = load_run(outcome.run_dir).samples["latency_ns"].tolist()
+    data = bytearray(samples.read_bytes())
+    data[len(data) // 3] ^= 0x01  # one bit, inside the column data
+    samples.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match="samples.parquet: damaged table.*delete samples.parquet"):
+        load_run(outcome.run_dir)
+    with pytest.raises(RecordError, match="samples.parquet: damaged table"):
+        report_load_run(outcome.run_dir)
+    samples.unlink()  # the job records are the truth: the readers rebuild the table from them
+    assert load_run(outcome.run_dir).samples["latency_ns"].tolist() == expected

@@ -155,6 +155,7 @@ def _read_run_dir(run_dir: Path):
     jobs = [{k: v for k, v in record.items() if k not in ("samples", "warmup")} for record in job_records.values()]
     parquet = run_dir / store.SAMPLES_FILE
     if manifest.get("tables_written") and parquet.is_file():
+        store.verify_tables(run_dir, manifest, (store.SAMPLES_FILE,))
         samples = _read_samples_parquet(parquet)  # only the columns the report needs: most of a big run's read time
     else:
         samples = store.build_tables(manifest, job_records)[0]  # unfinished run: derived from the job records

@@ -407,7 +407,7 @@ def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace
     deferred = status == "complete" and not settle
     manifest.update(status="measured" if deferred else status, finished_at=now_iso())
     data = run_store.write_tables(manifest.run_dir)
-    manifest.update(tables_written=True)
+    manifest.update(tables_written=True, table_sha256=run_store.table_digests(manifest.run_dir))
     data.manifest = manifest.data
     outcome = RunOutcome(manifest.run_id, manifest.run_dir, status, data, failures, quarantined)
     if not deferred:

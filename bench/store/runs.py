@@ -152,7 +152,8 @@ def _checked_manifest(manifest: dict[str, Any], path: Path | str) -> dict[str, A
 
 _MANIFEST_FIELDS = (("created_at", str, "a string"), ("finished_at", str, "a string"), ("status", str, "a string"),
                     ("seed", int, "an integer"), ("plan", dict, "an object"), ("environment", dict, "an object"),
-                    ("targets", dict, "an object"), ("attempts", list, "a list"), ("tables_written", bool, "true or false"))
+                    ("targets", dict, "an object"), ("attempts", list, "a list"), ("tables_written", bool, "true or false"),
+                    ("table_sha256", dict, "an object"))
 
 
 def _check_job_record(record: dict[str, Any], path: str) -> None:
@@ -224,6 +225,7 @@ def load_run(run_dir: Path | str) -> RunData:
     job_records = read_job_records(run_dir)
     tables = [run_dir / name for name in (SAMPLES_FILE, JOBS_FILE, PLANS_FILE)]
     if all(path.exists() for path in tables) and manifest.get("tables_written"):
+        verify_tables(run_dir, manifest)
         samples, jobs, plans = (read_table(path) for path in tables)
     else:
         samples, jobs, plans = build_tables(manifest, job_records)
@@ -265,6 +267,36 @@ def check_table(path: Path, columns: tuple[str, ...] | list[str] | None = None):
                                                           else pa.types.is_integer(found)):
             raise RecordError(f"{path}: damaged table, column {column} is {found}, expected {kind}; {advice}")
     return schema
+
+
+def table_digests(run_dir: Path | str) -> dict[str, str]:
+    """sha256 of each table as written, recorded in run.json (`table_sha256`): parquet has no page checksums by
+    default, so a flipped bit can read back as other numbers without any error (found by a hostile review)."""
+    run_dir = Path(run_dir)
+    return {name: _sha256(run_dir / name) for name in (SAMPLES_FILE, JOBS_FILE, PLANS_FILE)}
+
+
+def verify_tables(run_dir: Path | str, manifest: dict[str, Any], names: tuple[str, ...] | None = None) -> None:
+    """Refuse a table whose bytes differ from the digest run.json recorded when it was written. Runs stored before
+    digests were recorded have none and are read as before."""
+    run_dir = Path(run_dir)
+    recorded = manifest.get("table_sha256") or {}
+    for name in names or tuple(recorded):
+        expected = recorded.get(name)
+        path = run_dir / name
+        if expected is None or not path.is_file():
+            continue
+        if _sha256(path) != expected:
+            raise RecordError(f"{path}: damaged table, its bytes differ from the sha256 run.json recorded when it was "
+                              f"written; the job records in {run_dir / JOBS_DIR} are untouched; delete {name} to "
+                              f"rebuild it from them")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_table(path: Path, columns: list[str] | None = None, **options):
