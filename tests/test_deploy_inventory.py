@@ -53,6 +53,7 @@ def test_inventory_loads_and_selects(tmp_path):
     ("udid: 00008110-0000000000000009", "udid: not-a-udid", 8, "devices.1.udid: not a UDID"),
     ("model: iPhone15,2", "model: iPhone 14 Pro", 9, "expected a ProductType"),
     ("ios: \"17.5\"", "ios: seventeen", 10, "expected an iOS version"),
+    ("ios: \"17.5\"", "ios: 16.10", 10, 'write the version in quotes (ios: "16.1")'),
     ("enabled: false", "enabeld: false", 11, "devices.1.enabeld: unknown key"),
     ("name: lab9", "name: lab1", 1, "two devices share the name 'lab1'"),
 ])

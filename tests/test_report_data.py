@@ -216,3 +216,9 @@ def test_contract_reader_matches_the_store_reader(monkeypatch):
     monkeypatch.setattr(report_load, "_read_run_dir", report_load._read_contract)
     via_contract = merge_table(load_run(CURRENT))
     assert via_contract.equals(via_store)
+
+
+def test_a_run_is_not_its_own_baseline():
+    # Comparing a run with itself would print SAME everywhere: a verdict about nothing.
+    with pytest.raises(InputError, match="--baseline names the run being reported"):
+        build_report(CURRENT, baseline=CURRENT)

@@ -165,3 +165,17 @@ def test_damaged_checkpoint_is_one_line_on_resume(base, tmp_path):
     (out / "checkpoints" / "step-0000002" / "optimizer.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="cannot resume from this checkpoint"):
         finetune(base, "synthetic", out, config(steps=4), limit=16, progress=False)
+
+
+def test_out_dir_holding_other_files_is_refused_before_anything_loads(base, tmp_path):
+    from bench.train.finetune import finetune
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(InputError, match="not a training output.*new or empty --out"):
+        finetune(base, "synthetic", home, config(steps=1), limit=4, progress=False)
+    assert [p.name for p in home.iterdir()] == ["thesis.tex"]
+    out = tmp_path / "out"  # an earlier training output is resumed or replaced, as documented
+    finetune(base, "synthetic", out, config(steps=1), limit=4, progress=False)
+    finetune(base, "synthetic", out, config(steps=2), limit=4, progress=False)

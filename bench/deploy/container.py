@@ -100,7 +100,7 @@ async def open_container(lockdown, bundle_id: str, udid: str):
         return afc
     except AppNotInstalledError:
         raise RunnerNotInstalled(f"{bundle_id} is not installed", udid=udid,
-                                 action="run `bench devices install Runner.ipa`") from None
+                                 action="run `bench devices install runner/build/BenchRunner.ipa`") from None
     except PyMobileDevice3Exception as err:
         raise RunnerNotDebuggable(f"{bundle_id} is installed but its container cannot be opened "
                                   f"({vend_refusal(err)}): it is signed for distribution", udid=udid,

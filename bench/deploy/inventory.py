@@ -44,6 +44,8 @@ class InventoryDevice(BaseModel):
     @field_validator("ios", mode="before")
     @classmethod
     def _ios(cls, value) -> str:
+        if isinstance(value, float):  # YAML already turned 16.10 into 16.1: the text the user wrote is gone
+            raise ValueError(f'write the version in quotes (ios: "{value}"): unquoted, YAML reads 16.10 as the number 16.1')
         text = str(value)
         if not _IOS.match(text):
             raise ValueError("expected an iOS version such as 17 or 17.5")

@@ -131,7 +131,7 @@ class DeviceSession:
             report.problems.append(f"{failure} (`bench devices prepare` launches it again to check)")
         report.runner = await install.lookup(self.lockdown, self.bundle_id)
         if report.runner is None:
-            report.problems.append("runner not installed: run `bench devices install Runner.ipa`")
+            report.problems.append("runner not installed: run `bench devices install runner/build/BenchRunner.ipa -d <name>`")
         else:
             await self._check_container(report)
         return report

@@ -350,6 +350,8 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     baselines: list[RunData] = []
     if baseline is not None:
         baselines = [baseline if isinstance(baseline, RunData) else load_run(baseline, current.workspace)]
+        if baselines[0].run_dir.resolve() == current.run_dir.resolve():
+            raise InputError(f"--baseline names the run being reported ({current.run_id}): give an earlier run")
     elif history is not None:
         if history < 1:
             raise InputError(f"--history must be at least 1, got {history}")

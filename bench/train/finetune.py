@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.errors import InputError
-from bench.train.trainer import TrainConfig, TrainResult, train
+from bench.train.trainer import TrainConfig, TrainResult, refuse_foreign_out_dir, train
 
 
 def finetune(
@@ -32,6 +32,7 @@ def finetune(
     if out_dir.resolve() == checkpoint.resolve():
         raise InputError("--out must differ from the checkpoint being fine-tuned (the base is never overwritten)",
                          file=str(out_dir))
+    refuse_foreign_out_dir(out_dir)
     dataset = open_dataset(data_spec, split=split, limit=limit, seed=config.seed, skip_missing=skip_missing)
     captioner = load_captioner(checkpoint)
     base = {"kind": "checkpoint", "id": captioner.weights_sha256, "path": str(checkpoint),

@@ -292,6 +292,7 @@ def train(
 
     quiet_transformers()
     out_dir = Path(out_dir)
+    refuse_foreign_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = log or (lambda message: None)
     device = pick_device(config.device)
@@ -370,6 +371,18 @@ def train(
     if not config.keep_checkpoints:
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     return TrainResult(out_dir, config.steps, metadata["result"]["final_loss"], train_seconds, resumed_from, metadata)
+
+
+def refuse_foreign_out_dir(out_dir: Path) -> None:
+    """Training replaces weights and config files in `out_dir`: only ever in a new, empty or earlier training folder."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError("--out must be a directory, not a file", file=str(out_dir))
+    ours = (out_dir / METADATA_FILE).exists() or (out_dir / CHECKPOINTS).is_dir()
+    if not ours and any(out_dir.iterdir()):
+        raise InputError("holds files that are not a training output (training would overwrite them): "
+                         "give a new or empty --out directory", file=str(out_dir))
 
 
 def save_final(captioner: Captioner, out_dir: Path, metadata: dict[str, Any]) -> None:
