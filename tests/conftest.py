@@ -23,3 +23,11 @@ def bad_input_template(tmp_path_factory):
     from bad_input_cases import build_template
 
     return build_template(tmp_path_factory.mktemp("bad-input") / "ws")
+
+
+@pytest.fixture(scope="session")
+def byo_packages(tmp_path_factory):
+    """Tiny Core ML models made directly with coremltools (tests/byo_fixtures.py); built once per session."""
+    from byo_fixtures import make_packages
+
+    return make_packages(tmp_path_factory.mktemp("byo") / "packages")

@@ -234,15 +234,51 @@ def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None
     ws = as_workspace(workspace)
     started = time.perf_counter()
     planned = matrix.planned()
-    known = {p.name for p in planned}
+    imports = matrix.imports()
+    known = {p.name for p in planned} | {i.label for i in imports}
     for name in [*(only or []), *(force if isinstance(force, list) else [])]:
         if name not in known:
             raise did_you_mean("variant name", name, known)
     if only:
         planned = [p for p in planned if p.name in only]
+        imports = [i for i in imports if i.label in only]
     forced = {p.name for p in planned} if force is True else set(force or [])
     with _exclusive_build(ws.variants_dir):
-        return _build_planned(matrix, ws, planned, forced, verify, progress, trust_coremltools_pruner, started)
+        imported = _import_packages(matrix, imports, ws, progress)
+        if not planned:
+            return BuildReport(results=imported, seconds=time.perf_counter() - started)
+        report = _build_planned(matrix, ws, planned, forced, verify, progress, trust_coremltools_pruner, started)
+    report.results[:0] = imported
+    return report
+
+
+def _import_packages(matrix: Matrix, imports: list, ws: Workspace, progress: Progress | None) -> list[VariantResult]:
+    """The matrix's `package:` entries, imported (bench.build.imported); the same bytes already stored are reused.
+    Every package is checked before any is stored: a bad path is one line and nothing is imported."""
+    from bench.build.imported import Candidate, plan_imports, store_candidate
+
+    notify = progress or (lambda event: None)
+    candidates: list[Candidate] = []
+    for item in imports:
+        candidates += plan_imports([matrix.package_path(item, ws.root)], name=item.name, family=item.family,
+                                   reference=item.reference)
+    results = []
+    for index, candidate in enumerate(candidates):
+        notify(ProgressEvent("start", candidate.name, index, len(candidates)))
+        stored = store_candidate(candidate, ws)
+        result = VariantResult(candidate.name, stored.variant_id, stored.status, stored.seconds,
+                               manifest=_ImportedView(stored.manifest))
+        results.append(result)
+        notify(ProgressEvent("done", candidate.name, index, len(candidates), stored.status))
+    return results
+
+
+class _ImportedView:
+    """What the build report reads from a manifest (measured, target), for an imported variant."""
+
+    def __init__(self, manifest: dict[str, Any]):
+        self.measured = manifest["measured"]
+        self.target = f"spec v{manifest['interface']['specification_version']}"
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from bench.errors import InputError, did_you_mean
 
@@ -184,9 +184,54 @@ def unsupported_reason(recipe: Recipe) -> str | None:
 
 
 class Entry(Recipe):
-    """A matrix entry: a named recipe whose prune lists/schedules expand into several variants."""
+    """A matrix entry: a named recipe whose prune lists/schedules expand into several variants — or Core ML models
+    made elsewhere (`package: PATH` or `packages: [PATH, …]`, relative to the matrix file), imported as variants
+    (bench.build.imported) with an optional `name` (one package), `family` and `reference`."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=64)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=64)
+    package: str | None = Field(None, min_length=1)
+    packages: list[str] | None = Field(None, min_length=1)
+    family: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=64)
+    reference: bool = False
+
+    @model_validator(mode="after")
+    def _recipe_or_packages(self) -> "Entry":
+        if self.package is not None and self.packages is not None:
+            raise ValueError("give `package` or `packages`, not both")
+        if not self.is_import:
+            if self.name is None:
+                raise ValueError("name: required key is missing")
+            if self.family is not None or self.reference:
+                raise ValueError("`family` and `reference` belong to imported packages (`package:`/`packages:`)")
+            return self
+        recipe = [k for k in ("quantize", "palettize", "prune", "layers", "image_size", "decoder_length")
+                  if getattr(self, k) is not None]
+        if recipe:
+            raise ValueError(f"`{recipe[0]}` is a build recipe; an imported package is measured as it is")
+        if self.packages is not None and (self.name is not None or self.reference):
+            raise ValueError("`name` and `reference` name one package; use `package:` entries for them")
+        return self
+
+    @property
+    def is_import(self) -> bool:
+        return self.package is not None or self.packages is not None
+
+
+class PlannedImport(BaseModel):
+    """One package to import, as a matrix entry says (paths relative to the matrix file)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    name: str | None = None
+    family: str | None = None
+    reference: bool = False
+
+    @property
+    def label(self) -> str:
+        from bench.build.imported import default_name
+
+        return self.name or default_name(Path(self.path))
 
 
 class Defaults(_Strict):
@@ -207,6 +252,11 @@ class Matrix(_Strict):
     source: str = "builtin"
     defaults: Defaults = Defaults()
     variants: list[Entry] = Field(min_length=1)
+    _base_dir: Path | None = PrivateAttr(default=None)  # the matrix file's folder: package paths are relative to it
+
+    def package_path(self, planned: PlannedImport, workspace_root: Path) -> Path:
+        path = Path(planned.path).expanduser()
+        return path if path.is_absolute() else (self._base_dir or workspace_root) / path
 
     @model_validator(mode="before")
     @classmethod
@@ -216,21 +266,38 @@ class Matrix(_Strict):
             return data
         defaults = {k: v for k, v in (data.get("defaults") or {}).items() if k in Defaults.model_fields}
         variants = data.get("variants")
-        if isinstance(variants, list):
-            data = {**data, "variants": [{**defaults, **v} if isinstance(v, dict) else v for v in variants]}
+        if isinstance(variants, list):  # build defaults do not apply to imported packages
+            data = {**data, "variants": [{**defaults, **v} if isinstance(v, dict) and not _names_package(v) else v
+                                         for v in variants]}
         return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Matrix":
         seen: set[str] = set()
-        for planned in self.planned():
+        for planned in [*self.planned(), *self.imports()]:
+            if planned.name is None:
+                continue
             if planned.name in seen:
                 raise ValueError(f"duplicate variant name {planned.name!r} (after expanding sparsity lists)")
             seen.add(planned.name)
         return self
 
     def planned(self) -> list["PlannedVariant"]:
-        return [planned for entry in self.variants for planned in _expand(entry)]
+        """The variants to build (recipes)."""
+        return [planned for entry in self.variants if not entry.is_import for planned in _expand(entry)]
+
+    def imports(self) -> list[PlannedImport]:
+        """The packages to import, in the matrix's order."""
+        found = []
+        for entry in self.variants:
+            for path in ([entry.package] if entry.package is not None else entry.packages or []):
+                found.append(PlannedImport(path=path, name=entry.name, family=entry.family,
+                                           reference=entry.reference))
+        return found
+
+
+def _names_package(entry: dict) -> bool:
+    return "package" in entry or "packages" in entry
 
 
 class PlannedVariant(BaseModel):
@@ -241,7 +308,7 @@ class PlannedVariant(BaseModel):
 
 
 def _expand(entry: Entry) -> list[PlannedVariant]:
-    body = entry.model_dump(exclude={"name"})
+    body = entry.model_dump(exclude={"name", "package", "packages", "family", "reference"})
     if entry.prune is None or entry.prune.n_m is not None or entry.prune.sparsity is not None:
         return [PlannedVariant(name=entry.name, recipe=Recipe.model_validate(body))]
     variants = []
@@ -260,9 +327,11 @@ def load_matrix(path: Path | str) -> Matrix:
     from bench.yamlconf import load_yaml
 
     try:
-        return load_yaml(path, Matrix)
+        matrix = load_yaml(path, Matrix)
     except InputError as err:
         raise _with_suggestion(err) from None
+    matrix._base_dir = Path(path).resolve().parent
+    return matrix
 
 
 def _known_keys() -> set[str]:

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-models_app = typer.Typer(help="Build, list, inspect and compare compressed Core ML variants.", no_args_is_help=True)
+models_app = typer.Typer(help="Build, import, list, inspect and compare compressed Core ML variants.",
+                         no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,11 +54,12 @@ def build_command(
 
         torch.set_num_threads(threads)
     selected = [*(only or []), *names] or None
-    known = {p.name for p in loaded.planned()}
+    names_of = [p.name for p in loaded.planned()] + [i.label for i in loaded.imports()]
+    known = set(names_of)
     for name in selected or ():  # before the progress bar starts: a typo is one line, not a bar and then a line
         if name not in known:
             raise did_you_mean("variant name", name, known)
-    total = len(loaded.planned() if not selected else [p for p in loaded.planned() if p.name in selected])
+    total = len(names_of if not selected else [n for n in names_of if n in selected])
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console(), transient=False) as bar:
         task = bar.add_task("building", total=total)
@@ -75,6 +77,66 @@ def build_command(
     _print_report(report)
     if report.failed:
         raise typer.Exit(code=1)
+
+
+@models_app.command("import")
+def import_command(
+    paths: Annotated[list[Path], typer.Argument(help=".mlpackage folders or .mlmodel files made by any pipeline.")],
+    name: Annotated[str | None, typer.Option("--name", help="Variant name (default: the file's name; one PATH only).")] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Family grouping variants of one model (default: the "
+                                                               "name); drift is measured against its reference.")] = None,
+    reference: Annotated[bool, typer.Option("--reference", help="Make this the family's reference (default: the least "
+                                                               "compressed member).")] = False,
+) -> None:
+    """Register Core ML models made elsewhere as variants: stored by content hash, analysed like built ones."""
+    from bench.build.imported import families, import_models
+    from bench.cli._common import console, table
+    from bench.paths import Workspace
+
+    workspace = Workspace.current()
+    results = import_models(list(paths), workspace, name=name, family=family, reference=reference)
+    references = {f: info["reference"] for f, info in families(workspace).items()}
+    rows = []
+    for result in results:
+        m = result.manifest
+        measured = m["measured"]
+        rows.append([result.variant_id, result.status, m["family"],
+                     "yes" if references.get(m["family"]) == result.variant_id else "", _mb(measured["total_bytes"]),
+                     _pct(measured["sparsity"]), f"{measured['bits_per_weight']:.2f}", _functions(m)])
+    console().print(table("imported", ("variant", "status", "family", "reference", "size MB", "sparsity", "bits/w",
+                                       "functions · inputs"), rows, numeric=("size MB", "sparsity", "bits/w")))
+    _print_measuring_hint(workspace, console())
+
+
+def _functions(manifest: dict[str, Any]) -> str:
+    """`main: x float32[1,3,8,8]` per function, states marked; the shapes as the model declares them."""
+    interface = manifest["interface"]
+    parts = []
+    for function, io in interface["functions"].items():
+        inputs = ", ".join(_feature_text(f) for f in io["inputs"])
+        states = f" +state {', '.join(s['name'] for s in io['states'])}" if io["states"] else ""
+        parts.append(f"{function}: {inputs}{states}")
+    return "; ".join(parts)
+
+
+def _feature_text(feature: dict[str, Any]) -> str:
+    if feature["kind"] == "multiarray":
+        shape = "×".join(map(str, feature["shape"]))
+        flexible = " (enumerated)" if feature.get("enumerated_shapes") else " (range)" if feature.get("shape_range") else ""
+        return f"{feature['name']} {feature['dtype']}[{shape}]{flexible}"
+    if feature["kind"] == "image":
+        return f"{feature['name']} image {feature['width']}×{feature['height']} {feature['color_space']}"
+    return f"{feature['name']} {feature.get('dtype', feature['kind'])}"
+
+
+def _print_measuring_hint(workspace, out) -> None:
+    """Part of every import: what can be done here and what needs Core ML (one line)."""
+    from bench.build.imported import MEASURE_NEEDS
+    from bench.run.targets import can_run_core_ml
+
+    if not can_run_core_ml(workspace):
+        out.print(f"static analysis: `bench models inspect NAME`, `bench models diff A B`; {MEASURE_NEEDS} — none "
+                  "is available here", highlight=False, soft_wrap=True)
 
 
 def _matrix_and_names(arguments: list[str]) -> tuple[Path | None, list[str]]:
@@ -115,8 +177,10 @@ def ls_command() -> None:
 
     unreadable: dict[str, str] = {}
     variants = list_variants(Workspace.current(), unreadable=unreadable)
-    if not variants and not unreadable:
-        console().print("no variants yet; build some with `bench models build`")
+    imported = _list_imported(unreadable)
+    if not variants and not unreadable and not imported:
+        console().print("no variants yet; build some with `bench models build` or import your own with "
+                        "`bench models import PATH`")
         return
     columns = ("variant", "size MB", "weights MB", "sparsity", "pruned-layer sparsity", "bits/w", "target", "image",
                "decompression ops")
@@ -127,9 +191,38 @@ def ls_command() -> None:
                      _pct(m.get("selected_sparsity")) if v.recipe.get("prune") else "-",
                      f"{m['bits_per_weight']:.2f}", v.target, f"{v.image_size} {v.resize}",
                      ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in m["decompression_ops"].items()) or "-"])
-    console().print(table(None, columns, rows, numeric=columns[1:6]))
+    if rows:
+        console().print(table(None, columns, rows, numeric=columns[1:6]))
+    if imported:
+        console().print(_imported_table(imported))
     for problem in unreadable.values():
         console().print(f"[bold red]unreadable[/] {esc(problem)}", highlight=False, soft_wrap=True)
+
+
+def _list_imported(unreadable: dict[str, str]) -> list[dict[str, Any]]:
+    from bench.build.imported import list_imported
+    from bench.paths import Workspace
+
+    return list_imported(Workspace.current(), unreadable=unreadable)
+
+
+def _imported_table(imported: list[dict[str, Any]]):
+    from bench.build.imported import families
+    from bench.cli._common import table
+    from bench.paths import Workspace
+
+    references = {f: info["reference"] for f, info in families(Workspace.current()).items()}
+    columns = ("imported variant", "family", "reference", "size MB", "weights MB", "sparsity", "bits/w",
+               "decompression ops", "from")
+    rows = []
+    for m in imported:
+        measured = m["measured"]
+        rows.append([m["variant_id"], m["family"], "yes" if references.get(m["family"]) == m["variant_id"] else "",
+                     _mb(measured["total_bytes"]), _mb(measured["weight_bytes"]), _pct(measured["sparsity"]),
+                     f"{measured['bits_per_weight']:.2f}",
+                     ", ".join(f"{k.removeprefix('constexpr_')}×{n}" for k, n in measured["decompression_ops"].items())
+                     or "-", m["provenance"]["source_path"]])
+    return table(None, columns, rows, numeric=("size MB", "weights MB", "sparsity", "bits/w"))
 
 
 @models_app.command("verify")
@@ -165,15 +258,28 @@ def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
     """Analyse a variant (id, name, directory) or a single .mlpackage, straight from the stored bytes."""
     from bench.build.analyze import analyze_package
     from bench.build.integrity import check_variant
+    from bench.build.imported import check_imported, find_imported, stored_path
     from bench.build.variants import PACKAGES, load_variant
+    from bench.errors import InputError
     from bench.paths import Workspace
 
     path = Path(argument)
     if path.suffix == ".mlpackage" or (path.is_dir() and (path / "Manifest.json").is_file()):
         return str(path), {path.stem: analyze_package(path)}
-    manifest = load_variant(argument, Workspace.current())
-    check_variant(manifest)  # the stored bytes must still be the ones built
-    return manifest.variant_id, {p: analyze_package(manifest.package_path(p), package=p) for p in PACKAGES}
+    try:
+        manifest = load_variant(argument, Workspace.current())
+    except InputError:  # not a built variant: an imported one, else the built variants' did-you-mean
+        imported = find_imported(argument, Workspace.current())
+        if imported is None:
+            raise
+    else:
+        check_variant(manifest)  # the stored bytes must still be the ones built
+        return manifest.variant_id, {p: analyze_package(manifest.package_path(p), package=p) for p in PACKAGES}
+    check_imported(imported["directory"])  # the stored bytes must still be the ones imported
+    if imported["package"]["format"] != "mlpackage" or imported["interface"]["model_type"] != "mlProgram":
+        raise InputError(f"{imported['variant_id']}: a {imported['interface']['model_type']} model; only ML "
+                         "programs (.mlpackage) are analysed per tensor")
+    return imported["variant_id"], {"model": analyze_package(stored_path(imported), package="model")}
 
 
 @models_app.command("inspect")

@@ -455,6 +455,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)
+        _refuse_imported_without_core_ml(config, workspace)
         if config.variants:
             _check_variant_names(config.variants, variants, config.matrix)  # before minutes of building
         if not variants or config.matrix or not config.variants:
@@ -467,6 +468,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
                 log(f"matrix not built ({err}); measuring the {len(variants)} variants already built")
             variants = built_variants(workspace)
         outcome = start_run(config, workspace, variants=variants, observer=observer, hold_lock=True)
+        outcome.notes += _imported_not_measured(config, workspace)
     try:
         _evaluate_and_report(outcome, config, workspace, log)
         settle_run(outcome, workspace)
@@ -486,6 +488,49 @@ def _evaluate_and_report(outcome: RunOutcome, config: RunConfig, workspace: Work
         except Exception as err:  # noqa: BLE001 — the run is stored; a report problem is said, not fatal
             outcome.notes.append(f"report failed ({type(err).__name__}: {err}); the run is complete on disk — "
                                  f"retry with `bench report {outcome.run_id}`")
+
+
+def _core_ml_here(config: RunConfig, workspace: Workspace) -> bool:
+    """Whether the run's targets can include Core ML (an iPhone, a Mac, or a lab's phones)."""
+    from bench.run.targets import can_run_core_ml
+
+    if config.lab or any(t.strip().startswith(("iphone", "macos-coreml", "model:")) for t in config.targets):
+        return True
+    return "auto" in config.targets and can_run_core_ml(workspace)
+
+
+def _imported_named(config: RunConfig, workspace: Workspace) -> list[str]:
+    """Names of the run's variants that are imported models (not built captioners)."""
+    from bench.build.imported import find_imported
+
+    built = {v.name for v in built_variants(workspace)} | {v.variant_id for v in built_variants(workspace)}
+    return [name for name in config.variants if name not in built and find_imported(name, workspace) is not None]
+
+
+def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) -> None:
+    """Imported models run only on Core ML; without a phone or a Mac, one line says so and what works here."""
+    from bench.build.imported import MEASURE_NEEDS
+    from bench.errors import PlatformUnavailable
+
+    named = _imported_named(config, workspace)
+    if named and _core_ml_here(config, workspace):
+        raise PlatformUnavailable(f"{named[0]} is an imported model: the runner of this version measures built "
+                                  f"captioners only; static analysis: `bench models inspect {named[0]}`")
+    if named:
+        raise PlatformUnavailable(f"{named[0]} is an imported model: {MEASURE_NEEDS}, and none is available here; "
+                                  f"static analysis works anywhere: `bench models inspect {named[0]}`, "
+                                  f"`bench models diff {named[0]} OTHER`")
+
+
+def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]:
+    """A note when imported models exist but this run could not measure them (no phone, no Mac)."""
+    from bench.build.imported import MEASURE_NEEDS, list_imported
+
+    imported = list_imported(workspace)
+    if not imported or config.variants or _core_ml_here(config, workspace):
+        return []
+    return [f"{len(imported)} imported model{'s' if len(imported) > 1 else ''} not measured: {MEASURE_NEEDS} "
+            "(static analysis: `bench models inspect NAME`, `bench models diff A B`)"]
 
 
 def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str | None) -> None:

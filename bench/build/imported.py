@@ -1,0 +1,451 @@
+"""Bring your own model: Core ML packages made elsewhere, registered as variants (`bench models import`).
+
+An imported variant lives in `models/imported/<name>-<hash12>/` beside the built ones:
+    model.mlpackage (or model.mlmodel)   a byte-for-byte copy of what was imported
+    manifest.json                        record kind `bench.imported` v1 (below), sealed like a built variant's
+
+It is content-addressed: `<hash12>` is the start of `content_sha256`, the sha256 of the package's file digests
+(relative path + sha256 of every file), so importing the same bytes twice under one name stores them once. The copy
+is hashed after it is written (what is stored is what is measured) and checked by bench.build.integrity before every
+use, exactly like a built variant. The manifest records where it came from (`provenance`: source path, import time,
+the package's own metadata), how to call it (`interface`: functions, inputs with dtypes and fixed / enumerated /
+range shapes, images, states) and the same static analysis as built variants (`measured`, bench.build.analyze).
+
+A family groups variants of one model (`--family`, default: the variant's name); one of them is the reference that
+drift is measured against: the latest one imported with `--reference`, else the least compressed (most stored bits
+per weight, then most weight bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import DamagedError, InputError, RecordError, did_you_mean
+from bench.paths import Workspace
+from bench.store import records
+
+KIND = "bench.imported"
+VERSION = 1
+MANIFEST = "manifest.json"
+FOLDER = "imported"
+_NAME_OK = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-"
+MEASURE_NEEDS = ("measuring an imported model needs Core ML: an iPhone (`--targets iphone`, see `bench devices`) or "
+                 "a Mac (`--targets macos-coreml`)")
+
+
+def _check(record: dict[str, Any], source: str) -> None:
+    for key in ("variant_id", "name", "family", "content_sha256", "package", "interface", "measured", "provenance"):
+        if key not in record:
+            raise RecordError(f"{source}: {key}: missing from the imported-model manifest")
+
+
+records.register_kind(KIND, VERSION, _check)
+
+
+def imported_root(workspace: Workspace) -> Path:
+    return workspace.models_dir / FOLDER
+
+
+# --------------------------------------------------------------------------------------------------- reading packages
+
+
+def package_kind(path: Path) -> str:
+    """"mlpackage" or "mlmodel", or one line saying why `path` is not a Core ML model."""
+    if not os.path.lexists(path):
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if not (path / "Manifest.json").is_file() or not (path / "Data" / "com.apple.CoreML").is_dir():
+            raise InputError(f"{path}: not a Core ML package (an .mlpackage folder holds Manifest.json and "
+                             "Data/com.apple.CoreML/)")
+        return "mlpackage"
+    if path.suffix != ".mlmodel":
+        raise InputError(f"{path}: not a Core ML model (give an .mlpackage folder or an .mlmodel file)")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: cannot be read (permission denied)")
+    return "mlmodel"
+
+
+def read_spec(path: Path, kind: str):
+    """The model's protobuf specification (coremltools' generated modules only, no coremltools import)."""
+    from google.protobuf.message import Error as ProtobufError
+
+    from bench.build.analyze import load_program, package_files, proto_modules
+
+    if kind == "mlpackage":
+        package_files(path)  # Manifest.json and the spec file present and readable, else one line
+        try:
+            return load_program(path)
+        except InputError as err:
+            if "not an ML program" not in str(err):
+                raise
+        spec_file = path / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    else:
+        spec_file = path
+    Model_pb2, _ = proto_modules()
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(spec_file.read_bytes())
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except ProtobufError as err:
+        raise InputError(f"{path}: not a Core ML model specification ({type(err).__name__})") from None
+    if spec.WhichOneof("Type") is None or not spec.specificationVersion:
+        raise InputError(f"{path}: not a Core ML model specification (no model type)")
+    return spec
+
+
+_ARRAY_DTYPES = {65568: "float32", 65600: "float64", 65552: "float16", 131104: "int32", 131080: "int8"}
+
+
+def _feature(feature) -> dict[str, Any]:
+    """One input/output/state description as plain data: how to make a value for it, and what comes back."""
+    kind = feature.type.WhichOneof("Type")
+    described: dict[str, Any] = {"name": feature.name, "optional": bool(feature.type.isOptional)}
+    if kind == "stateType":
+        array = feature.type.stateType.arrayType
+        return {**described, "kind": "state", "dtype": _ARRAY_DTYPES.get(array.dataType, f"code{array.dataType}"),
+                "shape": [int(d) for d in array.shape]}
+    if kind == "multiArrayType":
+        array = feature.type.multiArrayType
+        shapes = None
+        ranges = None
+        flexible = array.WhichOneof("ShapeFlexibility")
+        if flexible == "enumeratedShapes":
+            shapes = [[int(d) for d in s.shape] for s in array.enumeratedShapes.shapes]
+        elif flexible == "shapeRange":
+            ranges = [[int(r.lowerBound), int(r.upperBound)] for r in array.shapeRange.sizeRanges]
+        return {**described, "kind": "multiarray", "dtype": _ARRAY_DTYPES.get(array.dataType, f"code{array.dataType}"),
+                "shape": [int(d) for d in array.shape], "enumerated_shapes": shapes, "shape_range": ranges}
+    if kind == "imageType":
+        image = feature.type.imageType
+        sizes = None
+        if image.WhichOneof("SizeFlexibility") == "enumeratedSizes":
+            sizes = [[int(s.width), int(s.height)] for s in image.enumeratedSizes.sizes]
+        colour = {10: "grayscale", 20: "RGB", 30: "BGR", 40: "grayscale_float16"}.get(image.colorSpace, "unknown")
+        return {**described, "kind": "image", "width": int(image.width), "height": int(image.height),
+                "color_space": colour, "enumerated_sizes": sizes}
+    scalar = {"int64Type": "int64", "doubleType": "float64", "stringType": "string"}.get(kind)
+    if scalar:
+        return {**described, "kind": "scalar", "dtype": scalar}
+    return {**described, "kind": kind or "unknown"}
+
+
+def describe_interface(spec) -> dict[str, Any]:
+    """{default_function, functions: {name: {inputs, outputs, states}}}; a single-function model's function is
+    "main". Multi-function packages (coremltools' save_multifunction) list every function."""
+    description = spec.description
+    functions = {}
+    for function in description.functions:
+        functions[function.name] = {"inputs": [_feature(f) for f in function.input],
+                                    "outputs": [_feature(f) for f in function.output],
+                                    "states": [_feature(f) for f in function.state]}
+    if not functions:
+        functions["main"] = {"inputs": [_feature(f) for f in description.input],
+                             "outputs": [_feature(f) for f in description.output],
+                             "states": [_feature(f) for f in description.state]}
+    default = description.defaultFunctionName or next(iter(functions))
+    return {"model_type": spec.WhichOneof("Type"), "specification_version": int(spec.specificationVersion),
+            "default_function": default, "functions": functions}
+
+
+def package_metadata(spec) -> dict[str, Any]:
+    """The model's own metadata as its author wrote it (author, description, version, license, user-defined keys)."""
+    metadata = spec.description.metadata
+    return {"author": metadata.author or None, "short_description": metadata.shortDescription or None,
+            "version": metadata.versionString or None, "license": metadata.license or None,
+            "user_defined": dict(sorted(metadata.userDefined.items()))}
+
+
+# --------------------------------------------------------------------------------------------------- importing
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One path checked and read, before anything is stored."""
+
+    source: Path
+    kind: str
+    name: str
+    family: str
+    reference: bool
+    interface: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+@dataclass
+class ImportResult:
+    name: str
+    variant_id: str
+    status: str  # imported | cached
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not name or len(name) > 64 or name[0] in "._+-" or any(ch not in _NAME_OK for ch in name):
+        raise InputError(f"{what} {name!r}: use 1-64 letters, digits and . _ + - (not first)")
+    return name
+
+
+def default_name(path: Path) -> str:
+    stem = "".join(ch if ch in _NAME_OK else "-" for ch in path.name.rsplit(".", 1)[0]).lstrip("._+-")
+    return stem[:64] or "model"
+
+
+def plan_imports(paths: list[Path | str], *, name: str | None = None, family: str | None = None,
+                 reference: bool = False) -> list[Candidate]:
+    """Every path checked (a Core ML model, readable, its interface understood) before anything is stored."""
+    if not paths:
+        raise InputError("give at least one .mlpackage or .mlmodel to import")
+    if name is not None and len(paths) > 1:
+        raise InputError(f"--name names one model; {len(paths)} paths were given (each is named after its file)")
+    if reference and len(paths) > 1:
+        raise InputError("--reference marks one model as its family's reference; import it on its own")
+    candidates = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        kind = package_kind(path)
+        spec = read_spec(path, kind)
+        chosen = check_name(name or default_name(path))
+        candidates.append(Candidate(path.resolve(), kind, chosen, check_name(family or chosen, "family"), reference,
+                                    describe_interface(spec), package_metadata(spec)))
+    return candidates
+
+
+def import_models(paths: list[Path | str], workspace: Workspace | None = None, *, name: str | None = None,
+                  family: str | None = None, reference: bool = False) -> list[ImportResult]:
+    """Register Core ML models as imported variants; returns one result per path, in order.
+
+    Every path is checked first, so a bad one stores nothing; each variant is then written in a temporary folder
+    and renamed into place (never half-stored)."""
+    ws = workspace or Workspace.current()
+    return [store_candidate(candidate, ws) for candidate in plan_imports(paths, name=name, family=family,
+                                                                       reference=reference)]
+
+
+def store_candidate(candidate: Candidate, workspace: Workspace) -> ImportResult:
+    """Copy, hash, analyse and seal one checked model; the bytes already stored under the same id are reused.
+
+    Written in a scratch folder (`.import-….tmp`) and renamed to its content address once sealed: a folder with a
+    manifest is always complete. Its name is known only once its bytes are hashed, hence no atomic.directory."""
+    import tempfile
+
+    from bench.build import integrity
+
+    started = time.perf_counter()
+    root = imported_root(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    stored_name = f"model.{candidate.kind}"
+    scratch = Path(tempfile.mkdtemp(prefix=".import-", suffix=".tmp", dir=root))
+    try:
+        files = _copy_hashed(candidate.source, scratch, stored_name)
+        content = content_sha256(files)
+        variant_id = f"{candidate.name}-{content[:12]}"
+        final = root / variant_id
+        if _intact(final):
+            return ImportResult(candidate.name, variant_id, "cached", read_imported(final), 0.0)
+        manifest = _manifest(candidate, scratch, stored_name, files, content, variant_id)
+        records.write(scratch / MANIFEST, KIND, integrity.seal(records.stamp(KIND, manifest), files))
+        if os.path.lexists(final):  # damaged or half-removed: replaced by this fresh, verified copy
+            shutil.rmtree(final)
+        os.replace(scratch, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ImportResult(candidate.name, variant_id, "imported", read_imported(final), time.perf_counter() - started)
+
+
+def _intact(directory: Path) -> bool:
+    if not (directory / MANIFEST).is_file():
+        return False
+    try:
+        check_imported(directory)
+    except (DamagedError, RecordError):
+        return False
+    return True
+
+
+def _copy_hashed(source: Path, folder: Path, stored_name: str) -> dict[str, dict[str, Any]]:
+    """Copy the model into `folder` as `stored_name` (kernel-side copies), then hash the copy: {relative path:
+    {bytes, sha256}} of what is stored, read once from the page cache (I/O bound: benchmarks/test_imported.py)."""
+    from bench.build.integrity import digest_file
+
+    target = folder / stored_name
+    try:
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=False)
+        else:
+            shutil.copyfile(source, target)
+    except (OSError, shutil.Error) as err:
+        raise InputError(f"{source}: cannot be read ({_reason(err)})") from None
+    files = {}
+    for path in sorted(p for p in target.rglob("*") if not p.is_dir()):
+        files[path.relative_to(folder).as_posix()] = digest_file(path)
+    return files
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        return str(err.args[0][0][-1])
+    return getattr(err, "strerror", None) or str(err)
+
+
+def content_sha256(files: dict[str, dict[str, Any]]) -> str:
+    """The variant's content hash: sha256 over its files' relative paths (below the model) and digests."""
+    listing = "".join(f"{rel.split('/', 1)[1] if '/' in rel else ''}\0{info['sha256']}\n"
+                      for rel, info in sorted(files.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _manifest(candidate: Candidate, folder: Path, stored_name: str, files: dict[str, dict[str, Any]],
+              content: str, variant_id: str) -> dict[str, Any]:
+    from bench.store.environment import host_environment, now_iso
+
+    started = time.perf_counter()
+    analysis, measured = analyse_stored(folder / stored_name, candidate.kind)
+    return {
+        "variant_id": variant_id, "name": candidate.name, "family": candidate.family,
+        "reference": candidate.reference, "origin": "imported", "variant_hash": content[:12],
+        "content_sha256": content,
+        "package": {"path": stored_name, "format": candidate.kind, "bytes": sum(f["bytes"] for f in files.values()),
+                    "weight_bytes": measured["weight_bytes"], "sha256": content},
+        "interface": candidate.interface,
+        "measured": measured,
+        "analysis": {"opset": analysis.get("opset"), "op_counts": measured["op_counts"],
+                     "seconds": round(time.perf_counter() - started, 3)},
+        "provenance": {"source_path": str(candidate.source), "imported_at": now_iso(),
+                       "package_metadata": candidate.metadata},
+        "environment": host_environment(),
+    }
+
+
+def analyse_stored(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(analysis facts, `measured` block) of a stored model: the built variants' analysis for ML programs; for a
+    neural-network .mlmodel only its bytes and layer types (its weights are not ML-program constants)."""
+    from bench.build.analyze import analyze_package
+    from bench.build.verify import measured_summary
+
+    if kind == "mlpackage":
+        try:
+            analysis = analyze_package(path, package="model")
+        except InputError as err:
+            if "not an ML program" not in str(err):
+                raise
+        else:
+            measured = measured_summary({"model": analysis}, {})
+            return {"opset": analysis.opset}, measured
+    spec = read_spec(path, kind)
+    model_type = spec.WhichOneof("Type")
+    layers: dict[str, int] = {}
+    network = getattr(spec, model_type, None)
+    for layer in getattr(network, "layers", []):
+        kind_name = layer.WhichOneof("layer")
+        layers[kind_name] = layers.get(kind_name, 0) + 1
+    size = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    measured = {"total_bytes": size, "weight_bytes": 0, "params": 0, "nonzero_params": 0, "sparsity": 0.0,
+                "bits_per_weight": 0.0, "op_counts": dict(sorted(layers.items())), "decompression_ops": {},
+                "tensors": [], "note": f"{model_type}: weights are not analysed (only ML programs' constants are)"}
+    return {"opset": None}, measured
+
+
+# --------------------------------------------------------------------------------------------------- reading back
+
+
+def read_imported(directory: Path) -> dict[str, Any]:
+    record = records.read(Path(directory) / MANIFEST, KIND)
+    record["directory"] = str(directory)
+    return record
+
+
+def check_imported(directory: Path | str, *, full: bool = False) -> Any:
+    """Refuse a damaged imported variant (DamagedError naming the file), like bench.build.integrity.check_variant."""
+    from bench.build import integrity
+
+    directory = Path(directory)
+    path = directory / MANIFEST
+    hint = "import it again with `bench models import`"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedError(f"{path}: missing — {hint}", path=str(path)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DamagedError(f"{path}: corrupt ({err}) — {hint}", path=str(path)) from None
+    sealed = stored.get("integrity") if isinstance(stored, dict) else None
+    if not isinstance(sealed, dict) or sealed.get("manifest_sha256") != integrity.canonical_sha256(stored) \
+            or not isinstance(sealed.get("files"), dict):
+        raise DamagedError(f"{path}: changed since it was imported (its own hash differs) — {hint}", path=str(path))
+    stored_name = (stored.get("package") or {}).get("path", "model.mlpackage")
+    return integrity.check_files(directory, sealed["files"], roots=(stored_name,), full=full, hint=hint)
+
+
+def list_imported(workspace: Workspace | None = None, *, unreadable: dict[str, str] | None = None) -> list[dict]:
+    """Every imported variant (manifest dicts with `directory`), sorted by family, name, id."""
+    root = imported_root(workspace or Workspace.current())
+    found = []
+    if not root.is_dir():
+        return found
+    for directory in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        try:
+            found.append(read_imported(directory))
+        except RecordError as err:
+            if unreadable is not None:
+                unreadable[directory.name] = str(err)
+    return sorted(found, key=lambda m: (m["family"], m["name"], m["variant_id"]))
+
+
+def find_imported(text: str, workspace: Workspace | None = None) -> dict[str, Any] | None:
+    """An imported variant by id, unique id prefix or name (the latest import of that name); None if none."""
+    variants = list_imported(workspace)
+    exact = [v for v in variants if v["variant_id"] == text]
+    by_prefix = [v for v in variants if v["variant_id"].startswith(text)]
+    by_name = [v for v in variants if v["name"] == text]
+    chosen = exact or (by_prefix if len(by_prefix) == 1 else []) or by_name
+    if not chosen:
+        return None
+    return max(chosen, key=lambda v: v["provenance"]["imported_at"])
+
+
+def load_imported(text: str, workspace: Workspace | None = None) -> dict[str, Any]:
+    found = find_imported(text, workspace)
+    if found is None:
+        names = [v["name"] for v in list_imported(workspace)]
+        raise did_you_mean("imported model", text, names)
+    return found
+
+
+def stored_path(manifest: dict[str, Any]) -> Path:
+    return Path(manifest["directory"]) / manifest["package"]["path"]
+
+
+# --------------------------------------------------------------------------------------------------- families
+
+
+def compression_rank(manifest: dict[str, Any]) -> tuple:
+    """Larger = less compressed: stored bits per weight, then weight bytes, then earlier import."""
+    measured = manifest.get("measured") or {}
+    return (measured.get("bits_per_weight", 0.0), measured.get("weight_bytes", 0),
+            [-ord(ch) for ch in manifest["provenance"]["imported_at"]])
+
+
+def family_reference(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reference of a family: the latest member imported with --reference, else the least compressed."""
+    marked = [m for m in members if m.get("reference")]
+    if marked:
+        return max(marked, key=lambda m: m["provenance"]["imported_at"])
+    return max(members, key=compression_rank)
+
+
+def families(workspace: Workspace | None = None) -> dict[str, dict[str, Any]]:
+    """{family: {"reference": variant_id, "members": [variant ids]}}."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for manifest in list_imported(workspace):
+        grouped.setdefault(manifest["family"], []).append(manifest)
+    return {family: {"reference": family_reference(members)["variant_id"],
+                     "members": [m["variant_id"] for m in members]}
+            for family, members in sorted(grouped.items())}

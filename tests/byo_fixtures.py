@@ -1,0 +1,91 @@
+"""Core ML models made directly with coremltools (no torch), as a user's own pipeline would: "bring your own model".
+
+Every model is tiny (KBs, ~0.1 s each) and built once per test session (`byo_packages` in conftest):
+    dense / pruned (60 %) / palettized (4-bit) / int8  a small conv net with a 10-way class-score output
+    two_inputs                                         float32 and int32 inputs
+    enumerated                                         input with enumerated shapes (default 8×8, also 16×16)
+    stateful                                           an fp16 accumulator held in an MLState (iOS18)
+    multifunction                                      two functions (the conv net, the adder), default "dense"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONV_FAMILY = ("dense", "pruned", "palettized", "int8")
+
+
+def make_packages(folder: Path) -> dict[str, Path]:
+    import logging
+    import warnings
+
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import get_new_symbol, types
+    from coremltools.optimize.coreml import (
+        OpLinearQuantizerConfig, OpMagnitudePrunerConfig, OpPalettizerConfig, OptimizationConfig,
+        linear_quantize_weights, palettize_weights, prune_weights,
+    )
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    conv_weight = (rng.standard_normal((16, 3, 3, 3)) * 0.2).astype(np.float32)
+    linear_weight = (rng.standard_normal((10, 16 * 8 * 8)) * 0.05).astype(np.float32)
+    paths: dict[str, Path] = {}
+
+    def save(model, name: str) -> None:
+        paths[name] = folder / f"{name}.mlpackage"
+        model.save(str(paths[name]))
+
+    def convert(program, target=ct.target.iOS17, **kwargs):
+        return ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target,
+                          compute_precision=ct.precision.FLOAT32, **kwargs)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))], opset_version=ct.target.iOS17)
+    def conv_net(x):
+        y = mb.relu(x=mb.conv(x=x, weight=conv_weight, pad_type="same"))
+        return mb.linear(x=mb.reshape(x=y, shape=[1, 16 * 8 * 8]), weight=linear_weight, name="scores")
+
+    dense = convert(conv_net)
+    save(dense, "dense")
+    save(prune_weights(dense, OptimizationConfig(global_config=OpMagnitudePrunerConfig(
+        target_sparsity=0.6, weight_threshold=256))), "pruned")
+    save(palettize_weights(dense, OptimizationConfig(global_config=OpPalettizerConfig(
+        nbits=4, mode="uniform", weight_threshold=256))), "palettized")
+    save(linear_quantize_weights(dense, OptimizationConfig(global_config=OpLinearQuantizerConfig(
+        weight_threshold=256))), "int8")
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4)), mb.TensorSpec(shape=(1, 4), dtype=types.int32)],
+                opset_version=ct.target.iOS17)
+    def two_inputs(a, b):
+        return mb.add(x=a, y=mb.cast(x=b, dtype="fp32"), name="sum")
+
+    save(convert(two_inputs), "two_inputs")
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, get_new_symbol(), get_new_symbol()))],
+                opset_version=ct.target.iOS17)
+    def pooled(x):
+        return mb.reduce_mean(x=x, axes=[2, 3], name="pooled")
+
+    save(convert(pooled, inputs=[ct.TensorType(name="x", shape=ct.EnumeratedShapes(
+        shapes=[(1, 3, 8, 8), (1, 3, 16, 16)], default=(1, 3, 8, 8)))]), "enumerated")
+
+    @mb.program(input_specs=[mb.StateTensorSpec((1, 4), dtype=types.fp16), mb.TensorSpec((1, 4), dtype=types.fp16)],
+                opset_version=ct.target.iOS18)
+    def accumulate(acc, x):
+        total = mb.add(x=mb.read_state(input=acc), y=x)
+        mb.coreml_update_state(state=acc, value=total)
+        return mb.identity(x=total, name="total")
+
+    save(ct.convert(accumulate, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18), "stateful")
+
+    descriptor = ct.utils.MultiFunctionDescriptor()
+    descriptor.add_function(str(paths["dense"]), src_function_name="main", target_function_name="dense")
+    descriptor.add_function(str(paths["two_inputs"]), src_function_name="main", target_function_name="adder")
+    descriptor.default_function_name = "dense"
+    paths["multifunction"] = folder / "multifunction.mlpackage"
+    ct.utils.save_multifunction(descriptor, str(paths["multifunction"]))
+    return paths
