@@ -256,3 +256,30 @@ def test_negative_warmup(job):
 def test_newer_job_version(job):
     job["schema_version"] = 3
     assert "newer than this bench (1); upgrade bench" in refused(contract.validate_job, job)
+
+
+# ----------------------------------------------------------------------------------------------- compile once
+
+
+def test_reused_compiled_model_has_no_compile_time(result):
+    result["compiles"][2]["compile_ns"] = 5
+    assert "compiles[2]: a reused compiled model has no compile time" in refused(contract.validate_result, result)
+
+
+def test_cold_load_may_be_missing_only_for_a_reused_package(result):
+    result["steps"][0]["cold_load_ns"]["decoder"] = None  # int8 was compiled by this job: its cold load is owed
+    assert "steps[0].cold_load_ns.decoder: missing" in refused(contract.validate_result, result)
+
+
+def test_reused_needs_a_compiled_path_in_the_job(result, job):
+    contract.validate_result(result, job=job)
+    del job["models"][1]["compiled"]
+    assert "fp32-a1b2c3d4e5f6/encoder says reused, but the job gave no compiled path" in refused(
+        contract.validate_result, result, job=job)
+
+
+@pytest.mark.parametrize("path", ["compiled/run/abc/decoder.mlmodelc", "models/run/abc/encoder.mlmodelc",
+                                  "compiled/run/encoder.mlmodelc", "compiled/run/../x/encoder.mlmodelc"])
+def test_compiled_paths_outside_the_layout(job, path):
+    job["models"][0]["compiled"]["encoder"] = path
+    assert "models[0].compiled.encoder" in refused(contract.validate_job, job)

@@ -49,6 +49,7 @@ JOB_STRUCTS = {
     "DecodeSettings": ("$defs", "model", "properties", "decode"),
     "FeatureNames": ("$defs", "model", "properties", "io"),
     "JobInput": ("$defs", "model", "properties", "inputs", "items"),
+    "CompiledPaths": ("$defs", "model", "properties", "compiled"),
     "JobStep": ("$defs", "step"),
 }
 # Job keys the runner deliberately does not read.
@@ -850,3 +851,28 @@ def test_every_measured_prediction_is_bracketed_by_foreground_checks():
     assert catch.index("requireForeground") < catch.index("record.error")
     written = text(the_function("finish", "JobRunner.swift")) + text(the_function("writePartial", "JobRunner.swift"))
     assert written.count("result.app_states = appState.history") == 2
+
+
+# -- compile once per device per run ------------------------------------------------------------------------------
+
+
+def test_compiled_models_are_reused_kept_atomically_and_only_temporaries_deleted():
+    """models[].compiled: reuse what an earlier job of the run kept (no compile, `reused`), keep what this job
+    compiles (moved beside its name, then rename(2)), delete only the compiled models no later job keeps."""
+    compile_ = text(the_function("compile", "JobRunner.swift"))
+    assert "CompiledStore.holds(" in compile_ and "record.reused = true" in compile_
+    assert compile_.index("CompiledStore.holds(") < compile_.index("MLModel.compileModel(at:")
+    assert "CompiledStore.keep(" in compile_ and "temporaryCompiled.append(" in compile_
+    keep = text(the_function("keep", "Storage.swift"))
+    assert keep.index("moveItem(at:") < keep.index("rename(temporary.path, url.path)")
+    remove = text(the_function("removeCompiledModels", "JobRunner.swift"))
+    assert "temporaryCompiled" in remove and "compiled.values" not in remove
+
+
+def test_a_reused_package_records_no_cold_load():
+    (step,) = [f for f in functions_named("run", "JobRunner.swift") if "cold_load_ns" in text(f)]
+    body = text(step)
+    for package in ("encoder", "decoder"):
+        guard = f'if !reusedPackages.contains("\\(model.variant_id)/{package}")'
+        assert guard in body, guard
+        assert body.index(guard) < body.index(f"record.cold_load_ns.{package} =")

@@ -89,6 +89,9 @@ class JobSpec:
     compute_plan: bool = False
     mode: str = "measure"  # or "status"
     job_id: str | None = None  # default: a fresh time-stamped id
+    # Compile once per device per run: the runner keeps each compiled package under compiled/<scope>/ and later
+    # jobs with the same scope (the run id) reuse it. None: compile in every job (and delete afterwards).
+    compile_scope: str | None = None
 
 
 # ---- what callers get back ----------------------------------------------------------------------------------------
@@ -315,7 +318,7 @@ def build_job(spec: JobSpec, job_id: str, packages: dict[str, dict[str, str]], i
             variant_id=model.variant_id, encoder_sha256=packages[model.variant_id]["encoder"],
             decoder_sha256=packages[model.variant_id]["decoder"], image_size=model.image_size, decode=model.decode,
             inputs=[(image_id, input_hashes[image_id]) for image_id in model.inputs], io=model.io,
-            decoder_length=model.decoder_length))
+            decoder_length=model.decoder_length, compile_scope=spec.compile_scope))
     return contract.build_job(job_id=job_id, models=models, steps=spec.steps, mode=spec.mode, warmup=spec.warmup,
                               repeats=spec.repeats, compute_plan=spec.compute_plan)
 
@@ -364,6 +367,8 @@ async def _deploy(udid, spec: JobSpec, variant_dirs, inputs, bundle_id) -> Deplo
             stats = await container.push_bytes(afc, inputs[image_id].data, f"{container.INPUTS}/{sha}.f32", udid)
             input_bytes += stats.bytes_sent
             inputs_skipped += stats.skipped
+        if spec.compile_scope is not None:  # one run's compiled models at a time: earlier runs' are dropped
+            await container.drop_compiled_except(afc, spec.compile_scope)
         # Written last, after every push above was size-checked and renamed into place.
         await container.push_bytes(afc, payload, f"{container.JOBS}/{job_id}/job.json", udid, overwrite=True)
     return DeployReport(job_id, model_bytes, input_bytes, models_skipped, inputs_skipped, job)

@@ -3,6 +3,7 @@
 Layout (docs/contracts.md §5), relative to the container root:
     Documents/bench/models/<sha256>/{encoder,decoder}.mlpackage
     Documents/bench/inputs/<sha256>.f32
+    Documents/bench/compiled/<run scope>/<sha256>/{encoder,decoder}.mlmodelc   the runner's, kept for one run
     Documents/bench/jobs/<job_id>/job.json          written last
     Documents/bench/results/<job_id>/{result.partial.json,result.json,DONE}
 
@@ -27,6 +28,7 @@ from bench.deploy.errors import DeviceNotFound, PushFailed, ResultInvalid, Runne
 ROOT = CONTAINER_ROOT  # "Documents/bench", defined once by the contract
 MODELS = f"{ROOT}/models"
 INPUTS = f"{ROOT}/inputs"
+COMPILED = f"{ROOT}/compiled"
 JOBS = f"{ROOT}/jobs"
 RESULTS = f"{ROOT}/results"
 TMP_PREFIX = ".tmp-"
@@ -257,6 +259,7 @@ class Held:
     jobs: tuple[str, ...]
     results: tuple[str, ...]
     leftovers: tuple[str, ...]  # interrupted pushes (.tmp-*)
+    compiled: tuple[str, ...] = ()  # compile scopes (run ids) under compiled/: models the runner compiled and kept
 
 
 async def _listdir(afc, path: str) -> list[str]:
@@ -279,6 +282,7 @@ async def list_held(afc) -> Held:
         jobs=tuple(jobs),
         results=tuple(results),
         leftovers=tuple(leftovers),
+        compiled=tuple(await _listdir(afc, COMPILED)),
     )
 
 
@@ -290,6 +294,16 @@ async def prune(afc, keep_models: set[str], keep_inputs: set[str], *, jobs: bool
     doomed += [f"{INPUTS}/{sha}.f32" for sha in held.inputs if sha not in keep_inputs]
     if jobs:
         doomed += [f"{JOBS}/{name}" for name in held.jobs] + [f"{RESULTS}/{name}" for name in held.results]
+    doomed += [f"{COMPILED}/{scope}" for scope in held.compiled]  # a cache: the next run compiles again
+    for path in doomed:
+        await afc.rm(path, force=True)
+    return doomed
+
+
+async def drop_compiled_except(afc, scope: str) -> list[str]:
+    """Remove the compiled models other runs left (compiled/<other scope>): a device keeps one run's at a time, so
+    its storage holds at most the packages of the run it is measuring, compiled."""
+    doomed = [f"{COMPILED}/{name}" for name in await _listdir(afc, COMPILED) if name != scope]
     for path in doomed:
         await afc.rm(path, force=True)
     return doomed

@@ -8,6 +8,7 @@ the file and the field.
 Container layout, relative to CONTAINER_ROOT inside the runner's data container (contracts.md §5):
     models/<sha256>/encoder.mlpackage, models/<sha256>/decoder.mlpackage
     inputs/<sha256>.f32
+    compiled/<run scope>/<sha256>/encoder.mlmodelc   compiled once per device per run, reused by later jobs
     jobs/<job_id>/job.json                      written last, after every push was verified
     results/<job_id>/result.partial.json        after each compile phase and each step
     results/<job_id>/result.json                atomic
@@ -48,6 +49,7 @@ PACKAGES = ("encoder", "decoder")
 CONTAINER_ROOT = "Documents/bench"
 MODELS_DIR = "models"
 INPUTS_DIR = "inputs"
+COMPILED_DIR = "compiled"
 JOBS_DIR = "jobs"
 RESULTS_DIR = "results"
 JOB_FILE = "job.json"
@@ -73,6 +75,8 @@ DEFAULT_IO = {
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A compile scope names the folder a run's compiled models live in on a device (one per run: its run id).
+_COMPILE_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 # --------------------------------------------------------------------------------------------------- paths
@@ -132,6 +136,21 @@ def model_package_path(sha256: str, package: str) -> str:
 def input_path(sha256: str) -> str:
     """`inputs/<sha256>.f32`, relative to CONTAINER_ROOT (sha256 of the little-endian float32 bytes)."""
     return f"{INPUTS_DIR}/{_checked_sha(sha256)}.f32"
+
+
+def checked_compile_scope(scope: str) -> str:
+    if not isinstance(scope, str) or not _COMPILE_SCOPE.match(scope):
+        raise ContractError(f"compile scope {scope!r} must match {_COMPILE_SCOPE.pattern} (it names a folder on the "
+                            "device)")
+    return scope
+
+
+def compiled_model_path(scope: str, sha256: str, package: str) -> str:
+    """`compiled/<scope>/<sha256>/<package>.mlmodelc`: where the runner keeps a package compiled once for the run
+    `scope` (keyed by the package's tree hash, so variants sharing a package share its compiled model too)."""
+    if package not in PACKAGES:
+        raise ContractError(f"package must be one of {PACKAGES}, got {package!r}")
+    return f"{COMPILED_DIR}/{checked_compile_scope(scope)}/{_checked_sha(sha256)}/{package}.mlmodelc"
 
 
 def job_dir(job_id: str) -> str:
@@ -329,6 +348,15 @@ def _check_model_paths(model: dict, where: str) -> None:
         parts = path.split("/")
         if parts[0] != MODELS_DIR or not path.endswith(".mlpackage"):
             raise ContractError(f"{where}.{package}: {path!r} must be {MODELS_DIR}/<sha256>/<name>.mlpackage")
+    for package, path in (model.get("compiled") or {}).items():
+        try:
+            safe_container_path(path)
+        except ContractError as err:
+            raise ContractError(f"{where}.compiled.{package}: {err}") from None
+        parts = path.split("/")
+        if len(parts) != 4 or parts[0] != COMPILED_DIR or parts[3] != f"{package}.mlmodelc":
+            raise ContractError(f"{where}.compiled.{package}: {path!r} must be "
+                                f"{COMPILED_DIR}/<run scope>/<sha256>/{package}.mlmodelc")
     for number, item in enumerate(model["inputs"]):
         path = item["path"]
         try:
@@ -393,8 +421,12 @@ def model_entry(
     inputs: Sequence[tuple[str, str]],
     io: Mapping[str, str] | None = None,
     decoder_length: int | None = None,
+    compile_scope: str | None = None,
 ) -> dict:
-    """One job model entry from content hashes; `inputs` are (image_id, sha256 of the .f32 bytes) pairs."""
+    """One job model entry from content hashes; `inputs` are (image_id, sha256 of the .f32 bytes) pairs.
+
+    `compile_scope` (a run id): the runner compiles each package once per device for that scope and reuses the
+    compiled model in later jobs of the same scope (`compiled`); None compiles in every job, as before."""
     entry: dict[str, Any] = {
         "variant_id": variant_id,
         "encoder": model_package_path(encoder_sha256, "encoder"),
@@ -410,6 +442,9 @@ def model_entry(
         entry["io"] = dict(io)
     if decoder_length is not None:
         entry["decoder_length"] = decoder_length
+    if compile_scope is not None:
+        entry["compiled"] = {"encoder": compiled_model_path(compile_scope, encoder_sha256, "encoder"),
+                             "decoder": compiled_model_path(compile_scope, decoder_sha256, "decoder")}
     return entry
 
 
@@ -454,12 +489,21 @@ def _check_result_semantics(result: dict, label: str) -> None:
         raise ContractError(f"{label}: error: a failed result must say why")
     if result["status"] == "complete" and result["finished_at"] is None:
         raise ContractError(f"{label}: finished_at: a complete result must say when it finished")
+    reused = set()
+    for index, item in enumerate(result["compiles"]):
+        if item.get("reused"):
+            if item["compile_ns"] is not None or item.get("error"):
+                raise ContractError(f"{label}: compiles[{index}]: a reused compiled model has no compile time or "
+                                    "compile error")
+            reused.add((item["variant_id"], item["package"]))
     for index, step in enumerate(result["steps"]):
         where = f"{label}: steps[{index}]"
         if step["error"] is None:
             for key in ("cold_load_ns", "warm_load_ns"):
                 for package in PACKAGES:
-                    if step[key][package] is None:
+                    # A package compiled by an earlier job of the run had its cold load measured there.
+                    if step[key][package] is None and not (key == "cold_load_ns"
+                                                           and (step["variant_id"], package) in reused):
                         raise ContractError(f"{where}.{key}.{package}: missing although the step has no error")
         for group in ("warmup", "samples"):
             for number, sample in enumerate(step[group]):
@@ -516,9 +560,13 @@ def _check_result_answers_job(result: dict, job: Mapping[str, Any], label: str) 
                     f"{label}: steps[{index}].warmup: {len(step['warmup'])} warm-up samples, the job asked for {job['warmup']}"
                 )
     compiled = {(item["variant_id"], item["package"]) for item in result["compiles"]}
+    keeps = {model["variant_id"]: bool(model.get("compiled")) for model in job["models"]}
     for item in result["compiles"]:
         if item["variant_id"] not in images:
             raise ContractError(f"{label}: compiles: {item['variant_id']!r} is not one of the job's models")
+        if item.get("reused") and not keeps[item["variant_id"]]:
+            raise ContractError(f"{label}: compiles: {item['variant_id']}/{item['package']} says reused, but the job "
+                                "gave no compiled path to reuse")
     if result["status"] == "complete" and job["mode"] == "measure":
         missing = sorted(f"{v}/{p}" for v in images for p in PACKAGES if (v, p) not in compiled)
         if missing:

@@ -251,7 +251,7 @@ class Scheduler:
             try:
                 gate = self._wait_until_cool(target)
                 request = RoundRequest(round_index, list(remaining.values()), self.images, self.settings.warmup,
-                                       self.settings.repeats, self.settings.compute_plan)
+                                       self.settings.repeats, self.settings.compute_plan, self.manifest.run_id)
                 self.observer.job_started(target.id, next(iter(remaining.values())), attempt)
                 for result in self.executor.run_round(target, request, self.stop_event.is_set):
                     step = remaining.pop(result.job_key, None)

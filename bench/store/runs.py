@@ -62,7 +62,7 @@ JOB_COLUMNS = (
     "cold_load_encoder_ns", "cold_load_decoder_ns", "warm_load_encoder_ns", "warm_load_decoder_ns",
     "first_prediction_ns", "charging", "battery_level", "battery_temperature_c", "low_power_mode",
     "thermal_state_start", "gate_wait_s", "gate_outcome", "coremltools", "torch", "bench_version", "git_commit",
-    "started_at", "finished_at", "elapsed_s",
+    "started_at", "finished_at", "elapsed_s", "compiles",
 )
 PLAN_COLUMNS = ("run_id", "variant_id", "target_id", "compute_unit", "package", "op_name", "op_type", "preferred",
                 "supported", "cost")
@@ -238,7 +238,7 @@ _TYPED_COLUMNS = {"is_warmup": "bool", "throttled": "bool", "unstable": "bool", 
 # The columns readers cannot do without. Later columns (appended, never renamed) may be absent from older tables.
 _REQUIRED_JOB_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in (
     "median_ns", "series_n", "series_median_ns", "series_ci_low_ns", "series_ci_high_ns", "series_ci_rel",
-    "battery_temperature_c", "gate_wait_s", "gate_outcome", "started_at", "finished_at", "elapsed_s"))
+    "battery_temperature_c", "gate_wait_s", "gate_outcome", "started_at", "finished_at", "elapsed_s", "compiles"))
 _TABLE_COLUMNS = {SAMPLES_FILE: SAMPLE_COLUMNS, JOBS_FILE: _REQUIRED_JOB_COLUMNS, PLANS_FILE: PLAN_COLUMNS}
 
 
@@ -402,6 +402,8 @@ def _job_row(run_id: str, record: dict) -> dict:
         "bench_version": conditions.get("bench_version"), "git_commit": conditions.get("git_commit"),
         "started_at": record.get("started_at"), "finished_at": record.get("finished_at"),
         "elapsed_s": record.get("elapsed_s"),
+        # packages compiled on the device for this job (iPhone: each once per device per run), None when not told
+        "compiles": load.get("compiles"),
     }
 
 

@@ -47,7 +47,16 @@ struct JobModel: Decodable {
     let decoder_length: Int?
     let decode: DecodeSettings
     let io: FeatureNames?
+    /// Where to keep the compiled packages for later jobs of the same run (compile once per device per run);
+    /// nil: compile in this job and delete the compiled models when it ends.
+    let compiled: CompiledPaths?
     let inputs: [JobInput]
+}
+
+/// compiled/<run scope>/<package sha256>/<name>.mlmodelc, relative to Documents/bench.
+struct CompiledPaths: Decodable {
+    let encoder: String
+    let decoder: String
 }
 
 struct DecodeSettings: Decodable {
@@ -154,6 +163,8 @@ struct CompileRecord: Encodable {
     var package: String
     @Nullable var compile_ns: UInt64? = nil
     @Nullable var error: String? = nil
+    /// Taken from the job's compiled path (an earlier job of the run compiled it): no compile, no cold load.
+    var reused: Bool = false
 }
 
 struct LoadPair: Encodable {

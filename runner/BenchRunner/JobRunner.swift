@@ -51,6 +51,10 @@ final class JobRunner {
     private var result: ResultFile
     private var compiled: [String: (encoder: URL, decoder: URL)] = [:]
     private var compileErrors: [String: String] = [:]
+    /// Compiled models this job made and keeps for no later job: deleted when it ends.
+    private var temporaryCompiled: [URL] = []
+    /// (variant, package) taken compiled from an earlier job: its first load here is not a cold load.
+    private var reusedPackages: Set<String> = []
 
     init(jobId: String, paths: ContainerPaths, device: DeviceConditions, appState: AppStateWatch,
          progress: @escaping @Sendable (String) -> Void) {
@@ -146,18 +150,35 @@ final class JobRunner {
 
     // MARK: - compile
 
-    /// Compiles both packages on the device, timed. The first load after this is the cold load.
+    /// Compiles both packages on the device, timed, unless the job names where an earlier job of the same run kept
+    /// them compiled (`models[].compiled`): then they are reused, and a package compiled here is kept there for
+    /// the jobs after this one. The first load after a compile is the cold load.
     private func compile(_ model: JobModel) async {
         var urls: [URL] = []
-        for (package, relative) in [("encoder", model.encoder), ("decoder", model.decoder)] {
+        let kept = [model.compiled?.encoder, model.compiled?.decoder]
+        for (index, (package, relative)) in [("encoder", model.encoder), ("decoder", model.decoder)].enumerated() {
             var record = CompileRecord(variant_id: model.variant_id, package: package, compile_ns: nil, error: nil)
             do {
-                let source = try paths.resolve(relative)
-                let start = Monotonic.now()
-                let compiledURL = try await MLModel.compileModel(at: source)
-                record.compile_ns = Monotonic.elapsed(since: start)
-                urls.append(compiledURL)
-                say("compiled \(model.variant_id) \(package) in \(record.compile_ns ?? 0) ns")
+                let keepAt = try kept[index].map { try paths.resolve($0) }
+                if let keepAt = keepAt, CompiledStore.holds(keepAt) {
+                    record.reused = true
+                    reusedPackages.insert("\(model.variant_id)/\(package)")
+                    urls.append(keepAt)
+                    say("reusing compiled \(model.variant_id) \(package)")
+                } else {
+                    let source = try paths.resolve(relative)
+                    let start = Monotonic.now()
+                    let compiledURL = try await MLModel.compileModel(at: source)
+                    record.compile_ns = Monotonic.elapsed(since: start)
+                    // Kept for the run's later jobs when the job says where; else (or when keeping failed:
+                    // those jobs then compile again) deleted when this job ends.
+                    let usable = keepAt.map { CompiledStore.keep(compiledURL, at: $0) } ?? compiledURL
+                    if usable != keepAt {
+                        temporaryCompiled.append(usable)
+                    }
+                    urls.append(usable)
+                    say("compiled \(model.variant_id) \(package) in \(record.compile_ns ?? 0) ns")
+                }
             } catch {
                 record.error = describe(error)
                 compileErrors[model.variant_id] = "compile \(package) failed: \(describe(error))"
@@ -167,16 +188,16 @@ final class JobRunner {
         }
         if urls.count == 2 {
             compiled[model.variant_id] = (encoder: urls[0], decoder: urls[1])
-        } else {
-            urls.forEach { try? FileManager.default.removeItem(at: $0) }
         }
     }
 
+    /// Deletes the compiled models no later job keeps; the run's kept ones (compiled/<scope>/) stay for its next
+    /// jobs, and the host removes them when another run starts on this phone.
     private func removeCompiledModels() {
-        for urls in compiled.values {
-            try? FileManager.default.removeItem(at: urls.encoder)
-            try? FileManager.default.removeItem(at: urls.decoder)
+        for url in temporaryCompiled {
+            try? FileManager.default.removeItem(at: url)
         }
+        temporaryCompiled.removeAll()
         compiled.removeAll()
     }
 
@@ -194,9 +215,17 @@ final class JobRunner {
         configuration.computeUnits = units
 
         // Cold: the first load with this configuration after compiling (Core ML specialises for the device
-        // here). Those instances are released at once so two copies of a large model never coexist.
-        record.cold_load_ns.encoder = try await timedLoad(urls.encoder, configuration).nanoseconds
-        record.cold_load_ns.decoder = try await timedLoad(urls.decoder, configuration).nanoseconds
+        // here). Those instances are released at once so two copies of a large model never coexist. A package
+        // an earlier job of the run compiled had its cold load measured there: here the same first load only
+        // makes the next one warm, and is not recorded (cold_load_ns stays null for it).
+        let encoderFirst = try await timedLoad(urls.encoder, configuration).nanoseconds
+        let decoderFirst = try await timedLoad(urls.decoder, configuration).nanoseconds
+        if !reusedPackages.contains("\(model.variant_id)/encoder") {
+            record.cold_load_ns.encoder = encoderFirst
+        }
+        if !reusedPackages.contains("\(model.variant_id)/decoder") {
+            record.cold_load_ns.decoder = decoderFirst
+        }
 
         // Warm: a second load, served from Core ML's cache; these instances are the ones measured.
         let (encoder, warmEncoderNs) = try await timedLoad(urls.encoder, configuration)

@@ -80,3 +80,33 @@ enum AtomicFile {
         }
     }
 }
+
+/// Compiled models kept for the later jobs of a run (compiled/<scope>/<sha256>/<name>.mlmodelc). A kept model is
+/// complete or absent: it is moved beside its final name first, then renamed into place in one step.
+enum CompiledStore {
+    static func holds(_ url: URL) -> Bool {
+        var isFolder: ObjCBool = false
+        return FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) && isFolder.boolValue
+    }
+
+    /// Moves a freshly compiled model (Core ML's temporary folder) to `url` and returns `url`; when that fails,
+    /// returns where the compiled model is now (still usable by this job, not kept for the next).
+    static func keep(_ compiled: URL, at url: URL) -> URL {
+        let folder = url.deletingLastPathComponent()
+        let temporary = folder.appendingPathComponent(".\(url.lastPathComponent).\(UUID().uuidString).tmp")
+        do {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            try FileManager.default.moveItem(at: compiled, to: temporary)
+        } catch {
+            return compiled
+        }
+        if rename(temporary.path, url.path) == 0 {
+            return url
+        }
+        guard holds(url) else {
+            return temporary
+        }
+        try? FileManager.default.removeItem(at: temporary)  // a copy already in place is as good as ours
+        return url
+    }
+}

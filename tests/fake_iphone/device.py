@@ -90,6 +90,9 @@ class FakeIPhone:
         self.uploaded_images: list[tuple[str, bytes]] = []  # (image type, bytes) received by mobile_image_mounter
         self.amfi_actions: list[int] = []  # com.apple.amfi.lockdown actions asked for
         self.measure_jobs = 0  # measuring (not status) jobs the runner has started
+        # Packages the runner stand-in compiled (container path of the .mlpackage), one entry per compile, as the
+        # Swift runner's MLModel.compileModel(at:) calls would be: what a compile-once test counts.
+        self.compiled_packages: list[str] = []
         self.syslog_subscribers: list[asyncio.Queue] = []
         self._ports: dict[int, str] = {LOCKDOWN_PORT: "lockdownd"}
         self._next_port = itertools.count(49200)

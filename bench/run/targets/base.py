@@ -72,6 +72,7 @@ class RoundRequest:
     warmup: int = 1
     repeats: int = 1
     compute_plan: bool = True
+    run_id: str | None = None  # the run measuring: devices keep what they compile for its later rounds
 
 
 @dataclass

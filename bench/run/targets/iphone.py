@@ -215,9 +215,11 @@ class IPhoneTarget:
                                                decode=dict(variant.decode), inputs=tuple(ids),
                                                decoder_length=getattr(variant.source, "decoder_length", None),
                                                io=_runner_io(getattr(variant.source, "io", None))))
+        # Compile once per device per run: the runner keeps what it compiles under the run's scope for the next
+        # rounds (docs/runner.md); a request outside a run compiles in its own job, as before.
         spec = deploy_api.JobSpec(warmup=request.warmup, repeats=request.repeats, compute_plan=request.compute_plan,
                                   steps=tuple((s.variant.variant_id, s.compute_unit) for s in request.steps),
-                                  models=tuple(models))
+                                  models=tuple(models), compile_scope=compile_scope(request.run_id))
         variant_dirs = {s.variant.variant_id: s.variant.path for s in request.steps}
         keys = {(s.variant.variant_id, s.compute_unit): s.job_key for s in request.steps}
         return spec, variant_dirs, inputs, keys
@@ -227,9 +229,8 @@ class IPhoneTarget:
         """One StepResult per step of the round from the runner's validated result; `log_note` (where the runner's
         log was kept) is added to every error."""
         device = result.get("device") or {}
-        compiles: dict[str, dict] = {}
-        for record in result.get("compiles") or []:
-            compiles.setdefault(record["variant_id"], {})[record["package"]] = record["compile_ns"]
+        compiles = _compiles_by_variant(result.get("compiles") or [])
+        charged: set[str] = set()  # variants whose compiles were already counted on a step of this job
         reported = set()
         for step in result.get("steps") or []:
             key = keys.get((step["variant_id"], step["compute_unit"]))
@@ -237,7 +238,13 @@ class IPhoneTarget:
                 continue
             reported.add(key)
             samples = [_strip_size(s) for s in step.get("samples") or []]
-            load = {"compile_ns": compiles.get(step["variant_id"]), "cold_load_ns": step.get("cold_load_ns"),
+            made = compiles.get(step["variant_id"], {"compile_ns": None, "compiled": 0, "reused": []})
+            # The compile is counted once, on the variant's first step in this job (the one whose cold load follows
+            # it): the sum of `compiles` over a run's job records is the number of compiles the devices did.
+            first = step["variant_id"] not in charged
+            charged.add(step["variant_id"])
+            load = {"compile_ns": made["compile_ns"], "compiles": made["compiled"] if first else 0,
+                    "reused_compiled": made["reused"], "cold_load_ns": step.get("cold_load_ns"),
                     "warm_load_ns": step.get("warm_load_ns"), "first_prediction_ns": step.get("first_prediction_ns")}
             error = _noted(step["error"], log_note) if step.get("error") else None
             yield StepResult(key, samples=samples, warmup=[_strip_size(s) for s in step.get("warmup") or []],
@@ -251,6 +258,33 @@ class IPhoneTarget:
             if key not in reported:
                 reason = result.get("error") or f"runner result status {result.get('status')!r} without this step"
                 yield StepResult(key, error=_noted(reason, log_note), started_at=started, finished_at=finished)
+
+
+def compile_scope(run_id: str | None) -> str | None:
+    """The folder name a run's compiled models live under on a phone: its id, or a hash of an id that cannot name a
+    folder there."""
+    if run_id is None:
+        return None
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
+        return run_id
+    return "run-" + hashlib.sha256(run_id.encode()).hexdigest()[:16]
+
+
+def _compiles_by_variant(records: list[dict]) -> dict[str, dict]:
+    """Per variant: compile_ns per package (None when reused or failed), how many packages this job compiled, and
+    which it reused compiled from an earlier job of the run (result `compiles[].reused`)."""
+    out: dict[str, dict] = {}
+    for record in records:
+        entry = out.setdefault(record["variant_id"], {"compile_ns": {}, "compiled": 0, "reused": []})
+        entry["compile_ns"][record["package"]] = record["compile_ns"]
+        if record.get("reused"):
+            entry["reused"].append(record["package"])
+        elif record["compile_ns"] is not None:
+            entry["compiled"] += 1
+    return out
 
 
 RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decoder_image_embeds",
