@@ -12,8 +12,8 @@ from typing import Any
 
 from bench.errors import BenchError, IncomparableError, InputError
 from bench.report import verdicts as stats
-from bench.report.facts import (HOST_EMULATION, KIND_ORDER, UNIT_ORDER, load_ns, target_label, variant_facts,
-                                variant_name)
+from bench.report.facts import (FACT_COLUMNS, HOST_EMULATION, KIND_ORDER, UNIT_ORDER, load_ns, target_label,
+                                variant_facts, variant_name)
 from bench.report.load import RunData, list_runs, load_run
 
 __all__ = ["HOST_EMULATION", "KIND_ORDER", "UNIT_ORDER", "ReportData", "build_report", "load_ns", "merge_table",
@@ -25,9 +25,8 @@ COLUMNS = [
     "variant", "variant_id", "variant_hash", "target_kind", "target", "target_id", "device_model", "os_build",
     "compute_unit", "emulated", "n", "tokens", "median_ms", "p90_ms", "p99_ms", "iqr_ms", "ci_lo_ms", "ci_hi_ms", "unstable",
     "throttled_fraction", "stop_reason", "compile_ms", "cold_load_ms", "warm_load_ms", "first_prediction_ms",
-    "total_bytes", "size_mb", "sparsity", "bits_per_weight", "precision", "prune_layers", "target_sparsity",
-    "image_size", "bleu", "bleu_lo", "bleu_hi", "bleu_signature", "cider", "cider_lo", "cider_hi", "cider_scorer",
-    "dataset",
+    "total_bytes", "size_mb", "sparsity", "bits_per_weight", *FACT_COLUMNS, "bleu", "bleu_lo", "bleu_hi",
+    "bleu_signature", "cider", "cider_lo", "cider_hi", "cider_scorer", "dataset",
 ]
 
 
@@ -42,6 +41,7 @@ class ReportData:
     explanations: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     utilisation: list[list[str]] = field(default_factory=list)  # bench.run.timing.utilisation_rows
+    seed: dict[str, Any] | None = None  # bench.report.seed.seed_comparison: the seed study's figures next to ours
 
     @property
     def regressions(self) -> list[stats.Verdict]:
@@ -59,6 +59,7 @@ class ReportData:
             "explanations": self.explanations,
             "notes": self.notes,
             "utilisation": self.utilisation,
+            "seed": self.seed,
         })
 
 
@@ -388,6 +389,9 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
         from bench.report.explain import sweep_explanations
 
         report.explanations = sweep_explanations(current, table)
+    from bench.report.seed import seed_comparison
+
+    report.seed = seed_comparison(report)
     if table["emulated"].any():
         report.notes.append(f"host-torch rows are {HOST_EMULATION}: decompressed weights in PyTorch on the host CPU")
     return report

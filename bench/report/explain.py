@@ -454,14 +454,16 @@ def _formats_line(formats: dict) -> str:
 
 
 def sweep_explanations(run: RunData, table) -> list[dict[str, Any]]:
-    """Explain every pruned variant against its dense twin (same precision and input size) where both were measured."""
+    """Explain every pruned variant against its dense twin (same captioner, precision, input size and resize mode)
+    where both were measured."""
     explanations = []
     rows = [r for _, r in table.iterrows()]
     for row in rows:
         if not row["target_sparsity"] or row["emulated"]:
             continue
         twins = [r for r in rows if not r["target_sparsity"] and r["precision"] == row["precision"]
-                 and r["image_size"] == row["image_size"] and r["target_id"] == row["target_id"]
+                 and (r["image_size"], r["resize"], r["model"]) == (row["image_size"], row["resize"], row["model"])
+                 and r["target_id"] == row["target_id"]
                  and r["compute_unit"] == row["compute_unit"]]
         if twins:
             explanations.append(explain(run, row["variant_id"], twins[0]["variant_id"], device=row["target_id"],

@@ -20,29 +20,53 @@ def variant_name(variant_id: str, manifest: dict | None) -> str:
     return head if head and len(tail) == 12 else variant_id
 
 
+FACT_COLUMNS = ["precision", "prune_layers", "target_sparsity", "image_size", "resize", "model", "model_params"]
+
+
 def variant_facts(manifest: dict | None) -> dict[str, Any]:
-    """What the seed's studies group by: precision, which layers were pruned, the input size (from the recipe)."""
+    """What the seed's studies group by: precision, which layers were pruned (`all`, `conv`, `embedding`, `n:m`…),
+    the input size and resize mode, and which captioner (name and parameter count: the base-vs-large axis)."""
     if not manifest:
-        return {"precision": None, "prune_layers": None, "target_sparsity": None, "image_size": None}
+        return dict.fromkeys(FACT_COLUMNS)
     recipe = manifest.get("recipe") or {}
+    prune = recipe.get("prune") or {}
+    # bench.build's recipe says `sparsity`; older/hand-written manifests say target_sparsity / amount.
+    sparsity = prune.get("target_sparsity", prune.get("amount", prune.get("sparsity"))) if prune else 0.0
+    n_m = prune.get("n_m") if prune else None
+    if n_m and sparsity is None:
+        sparsity = n_m[0] / n_m[1]
+    source = manifest.get("source") or {}
+    return {"precision": _precision(recipe), "prune_layers": _pruned_layers(recipe) if prune else None,
+            "target_sparsity": sparsity, "image_size": manifest.get("image_size"),
+            "resize": manifest.get("resize") or recipe.get("resize"),
+            "model": source.get("name") if isinstance(source, dict) else None,
+            "model_params": ((manifest.get("measured") or {}).get("params"))}
+
+
+def _precision(recipe: dict) -> str:
     quantize = recipe.get("quantize") or {}
     palettize = recipe.get("palettize") or {}
-    prune = recipe.get("prune") or {}
     if quantize:
         # bench.build's validated recipe says `bits`; older/hand-written manifests say dtype / nbits.
         bits = quantize.get("bits")
-        precision = str(quantize.get("dtype") or quantize.get("nbits") or (f"int{bits}" if bits else "quantized"))
-    elif palettize:
-        precision = f"palettized-{palettize.get('nbits', palettize.get('bits', '?'))}bit"
-    else:
-        precision = str(recipe.get("precision") or "fp32")
-    layers = prune.get("layers") if prune else None
-    if isinstance(layers, (list, tuple)):
-        layers = ",".join(map(str, layers))
-    # bench.build's recipe says `sparsity`; older/hand-written manifests say target_sparsity / amount.
-    sparsity = prune.get("target_sparsity", prune.get("amount", prune.get("sparsity"))) if prune else 0.0
-    return {"precision": precision, "prune_layers": layers if prune else None, "target_sparsity": sparsity,
-            "image_size": manifest.get("image_size")}
+        return str(quantize.get("dtype") or quantize.get("nbits") or (f"int{bits}" if bits else "quantized"))
+    if palettize:
+        return f"palettized-{palettize.get('nbits', palettize.get('bits', '?'))}bit"
+    return str(recipe.get("precision") or "fp32")
+
+
+def _pruned_layers(recipe: dict) -> str:
+    """`all` for unstructured pruning of every eligible weight; the selection (bench.build: recipe.layers.select, or
+    a pattern) when only some layers were pruned; `n:m` for structured n:m sparsity."""
+    prune = recipe.get("prune") or {}
+    if prune.get("n_m"):
+        n, m = prune["n_m"]
+        return f"{n}:{m}"
+    selection = recipe.get("layers") or {}
+    if selection.get("select") == "pattern":
+        return f"pattern {selection.get('pattern')}"
+    layers = selection.get("select") or prune.get("layers") or "all"
+    return ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else str(layers)
 
 
 def target_label(kind: str | None, model: str | None, name: str | None) -> str:

@@ -16,6 +16,8 @@ from bench.report.data import HOST_EMULATION, ReportData
 from bench.report.escape import json_for_script
 from bench.report.terminal import explanation_tables
 
+# The seed study's figures (bench.report.figures), drawn from any run that holds their axes.
+SEED_FIGURES = ("sparsity-size", "sparsity-latency", "sparsity-bleu", "precision", "layers", "input-size", "model-size")
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
 
 
@@ -55,8 +57,15 @@ def view_model(report: ReportData) -> dict[str, Any]:
 
     add("quality-speed", "Latency vs BLEU", ["pareto"],
         [f"Crosses are host-torch points: {HOST_EMULATION}."])
-    add("studies", "The seed's studies", ["sparsity-size", "sparsity-latency", "sparsity-bleu", "precision", "layers",
-                                          "input-size"])
+    add("studies", "The seed's studies", list(SEED_FIGURES),
+        ["Sizes, sparsity and BLEU belong to the variant and are exact on any target; latency panels name where they "
+         f"were measured (host-torch: {HOST_EMULATION})."])
+    if report.seed:
+        seed = report.seed
+        sections.append({"id": "seed", "title": seed["title"], "notes": [seed["source"], seed["summary"], seed["legend"]],
+                         "tables": [{"title": "The seed's figures and ours, as ratios to each side's fp32",
+                                     "columns": seed["columns"], "rows": seed["rows"]}],
+                         "footnotes": seed["conditions"]})
     add("compute-units", "Compute-unit comparison", ["compute-units"])
     add("trends", "Nightly trend", ["trends"])
     if report.explanations:

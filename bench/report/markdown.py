@@ -42,6 +42,8 @@ def render_report(report: ReportData) -> str:
         for explanation in report.explanations:
             lines += [f"- **{esc(cells.explanation_summary(explanation))}**: " + esc(explanation["answer"][0])]
         lines += [""]
+    if report.seed:
+        lines += render_seed(report.seed).splitlines() + [""]
     signatures = cells.signatures(report)
     if signatures:
         lines += ["Signatures: " + "; ".join(f"`{s.replace('`', '')}`" for s in signatures), ""]
@@ -55,4 +57,12 @@ def render_explanation(explanation: dict[str, Any]) -> str:
     lines += [f"- {esc(line)}" for line in explanation["answer"]] + [""]
     for title, columns, rows in explanation_tables(explanation):
         lines += [f"**{esc(title)}**", ""] + _table(columns, rows) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_seed(seed: dict[str, Any]) -> str:
+    """The side-by-side with the seed study (bench.report.seed): its table and the numbered conditions it cites."""
+    lines = [f"### {esc(seed['title'])}", "", esc(seed["source"]), "", f"**{esc(seed['summary'])}** {esc(seed['legend'])}", ""]
+    lines += _table(seed["columns"], seed["rows"]) + [""]
+    lines += [f"- {esc(condition)}" for condition in seed["conditions"]]
     return "\n".join(lines).rstrip() + "\n"
