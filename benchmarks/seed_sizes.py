@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The seed's published figures (MB as printed; Living on the Edge, quantization and pruning tables).
-SEED_MB = {
-    "fp32": 989.9, "fp16": 448.3, "int8": 226.2,
-    "prune-0.2": 823.21, "prune-0.36": 665.55, "prune-0.488": 539.44, "prune-0.59": 438.01, "prune-0.672": 357.29,
-    "conv-prune-0.2": 972.83, "conv-prune-0.4": 953.18, "embedding-prune-0.2": 972.83, "embedding-prune-0.4": 953.18,
-}
+# The seed's published figures (MB as printed; Living on the Edge, quantization and pruning tables), kept once as data
+# with their sources in bench/report/seed_published.json (the report's side-by-side section reads the same file).
+from bench.report.seed import load_published  # noqa: E402  (after the sys.path line above)
+
+SEED_MB = {row["variant"]: row["size_mb"] for row in load_published()["rows"]}
 MATRIX = {
     "defaults": {"target": "iOS17"},
     "variants": [

@@ -7,6 +7,7 @@ written by tests/fixtures/make_report_fixture.py and committed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,13 @@ def make_evil(root: Path) -> Path:
 
     edit_jobs(run_dir, edit)
     return run_dir
+
+
+def check_golden(name: str, text: str) -> None:
+    """`text` must equal tests/golden/NAME; BENCH_UPDATE_GOLDEN=1 rewrites it (then review the diff)."""
+    path = GOLDEN / name
+    if os.environ.get("BENCH_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"{path} missing: run with BENCH_UPDATE_GOLDEN=1 once"
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from the golden file"

@@ -6,7 +6,6 @@ Regenerate the golden files after an intended change with BENCH_UPDATE_GOLDEN=1 
 from __future__ import annotations
 
 import io
-import os
 import xml.etree.ElementTree as ET
 
 import pandas as pd
@@ -19,7 +18,7 @@ from bench.report.data import HOST_EMULATION, build_report
 from bench.report.escape import json_for_script, markdown as md_escape
 from bench.report.html import render_html
 from bench.report.junit import junit_xml
-from report_fixtures import BASELINE, CURRENT, EVIL_OP, GOLDEN, copy_fixture, make_evil
+from report_fixtures import BASELINE, CURRENT, EVIL_OP, check_golden, copy_fixture, make_evil
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +30,6 @@ def terminal_text(render) -> str:
     console = Console(record=True, width=220, file=io.StringIO(), color_system=None, force_terminal=False)
     render(console)
     return console.export_text()
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("BENCH_UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.is_file(), f"{path} missing: run with BENCH_UPDATE_GOLDEN=1 once"
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from the golden file"
 
 
 def test_markdown_golden(report):

@@ -1,0 +1,119 @@
+"""The side-by-side with the seed study (bench/report/seed.py): golden sections and the conditions behind them.
+
+Two scenarios of the committed report fixture (tests/fixtures/report_run, a BLIP-base-sized captioner on an
+iPhone14,2): as stored (a phone present: latency ratios compared, absolute sizes compared), and the same variants as if
+measured by host-torch only on a 1.45 M-parameter captioner (the default `make run` situation: latency not comparable,
+model size different). The seed's figures are the shipped data (bench/report/seed_published.json). Regenerate the
+golden files after an intended change with BENCH_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from bench.errors import RecordError
+from bench.report import seed as seed_module
+from bench.report.data import build_report
+from bench.report.markdown import render_seed
+from report_fixtures import CURRENT, check_golden
+
+BUILTIN_PARAMS = 1_447_784  # the built-in captioner's parameter count (models/builtin-captioner)
+
+
+@pytest.fixture(scope="module")
+def phone_report():
+    return build_report(CURRENT, explain=False)
+
+
+@pytest.fixture(scope="module")
+def host_report():
+    """The fixture's iPhone rows relabelled as host-torch rows of the small built-in captioner (a scenario: what a
+    host-only run of the default matrix looks like to the comparison)."""
+    report = build_report(CURRENT, explain=False)
+    table = report.table[report.table["target_kind"] == "iphone"].copy()
+    table["target_kind"], table["emulated"], table["device_model"] = "host-torch", True, None
+    table["target_id"], table["model"] = "host-cpu", "builtin-captioner"
+    scale = BUILTIN_PARAMS / table["model_params"].iloc[0]  # same ratios, the small captioner's bytes
+    table["model_params"], table["size_mb"] = BUILTIN_PARAMS, table["size_mb"] * scale
+    report.table = table.reset_index(drop=True)
+    report.seed = seed_module.seed_comparison(report)
+    return report
+
+
+def cells(section: dict, variant: str, metric: str) -> list[str]:
+    return next(r for r in section["rows"] if r[0] == variant and r[2] == metric)
+
+
+def test_golden_section_with_a_phone(phone_report):
+    check_golden("report_seed_iphone.md", render_seed(phone_report.seed))
+
+
+def test_golden_section_host_only(host_report):
+    check_golden("report_seed_host.md", render_seed(host_report.seed))
+
+
+def test_the_report_carries_the_section(phone_report):
+    from bench.report.html import view_model
+    from bench.report.markdown import render_report
+
+    assert render_seed(phone_report.seed) in render_report(phone_report)
+    assert any(s["id"] == "seed" for s in view_model(phone_report)["sections"])
+
+
+def test_phone_latency_ratios_are_compared_host_ones_are_not(phone_report, host_report):
+    assert cells(phone_report.seed, "prune-0.2", "latency ÷ fp32")[5].startswith("agree")
+    host = cells(host_report.seed, "prune-0.2", "latency ÷ fp32")
+    assert host[5] == "not comparable" and host[6]
+    assert any("host emulation (not Core ML)" in c for c in host_report.seed["conditions"])
+
+
+def test_absolute_sizes_only_for_the_same_model_size(phone_report, host_report):
+    assert cells(phone_report.seed, "fp16", "size")[5].startswith("agree")  # BLIP-base-sized fixture
+    assert [r for r in host_report.seed["rows"] if r[2] == "size"] == [cells(host_report.seed, "fp32", "size")]
+    assert cells(host_report.seed, "fp32", "size")[5] == "not comparable"
+    assert any("different model size" in c and "1.45 M parameters" in c for c in host_report.seed["conditions"])
+
+
+def test_seed_duplicate_embedding_is_found_from_its_numbers():
+    published = seed_module.load_published()
+    found = seed_module.duplicate_embedding(published)
+    assert found.holds and "93.3 MB" in found.text and "93.8 MB" in found.text
+    rows = {r["variant"]: r for r in published["rows"]}
+    healthy = copy.deepcopy(published)
+    next(r for r in healthy["rows"] if r["variant"] == "fp32")["size_mb"] = 2 * rows["fp16"]["size_mb"]
+    assert not seed_module.duplicate_embedding(healthy).holds
+
+
+def test_seed_conv_rows_copying_embedding_rows_is_found_from_its_numbers():
+    published = seed_module.load_published()
+    assert seed_module.conv_rows_copy_embedding(published).holds
+    honest = copy.deepcopy(published)
+    for row in honest["rows"]:
+        if row["layers"] == "conv":
+            row["size_mb"] = 989.9 - 0.4 * row["sparsity"]  # what pruning a 0.59 M-weight conv could save
+    assert not seed_module.conv_rows_copy_embedding(honest).holds
+
+
+def test_fp16_ratio_agrees_once_the_duplicate_is_removed(host_report):
+    seed, ours, agreement = cells(host_report.seed, "fp16", "size ÷ fp32")[3:6]
+    assert seed == "0.453 → 0.500"  # 448.3 / 989.9, then 448.3 / (989.9 - 93.8)
+    assert ours == "0.453" and agreement.startswith("differ")  # the fixture copies the seed's sizes, duplicate and all
+
+
+def test_the_seed_figures_are_cited_data():
+    published = seed_module.load_published()
+    assert all(row["cite"] for row in published["rows"]) and published["source"]["title"]
+    assert {r["variant"]: r["size_mb"] for r in published["rows"]}["prune-0.672"] == 357.29
+
+
+def test_a_damaged_published_file_is_refused(tmp_path):
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps({"schema": "something else"}), encoding="utf-8")
+    with pytest.raises(RecordError, match="not a bench.seed_published v1 file"):
+        seed_module.load_published(path)
+    path.write_text("{", encoding="utf-8")
+    with pytest.raises(RecordError, match="cannot read"):
+        seed_module.load_published(path)
