@@ -89,3 +89,72 @@ def make_packages(folder: Path) -> dict[str, Path]:
     paths["multifunction"] = folder / "multifunction.mlpackage"
     ct.utils.save_multifunction(descriptor, str(paths["multifunction"]))
     return paths
+
+
+# ------------------------------------------------------------------------------------------ a stand-in for Core ML
+DRIFT_SCENARIO = {"cpuOnly": 0.0, "cpuAndGPU": 0.001, "cpuAndNeuralEngine": 0.02, "all": 0.02}
+
+
+class FakeCoreML:
+    """The Core ML runtime's part on a Mac, which cannot exist on Linux (a test double, a SCENARIO the test sets).
+
+    It reads each package's own output description (names, shapes, dtypes of the chosen function) and answers every
+    prediction with `truth(input) + drift[unit] · ‖truth‖-scaled noise`: `truth` depends only on the input values and
+    the output name, so every variant of a family computes "the same function", exactly on cpuOnly and with the
+    scenario's relative drift elsewhere. The host is never told the scenario; it must measure it from the outputs."""
+
+    def __init__(self, drift: dict[str, float] | None = None, *, output_scale: int = 1):
+        self.drift = dict(DRIFT_SCENARIO if drift is None else drift)
+        self.output_scale = output_scale  # >1 makes outputs that many times longer (over-the-cap scenario)
+        self.compiled: list[str] = []
+
+    def compile(self, package: Path) -> Path:
+        self.compiled.append(str(package))
+        return Path(package)
+
+    def load(self, compiled: Path, compute_unit: str, function: str) -> "FakeModel":
+        from coremltools.proto import Model_pb2
+
+        spec = Model_pb2.Model()
+        spec.ParseFromString((Path(compiled) / "Data" / "com.apple.CoreML" / "model.mlmodel").read_bytes())
+        described = {f.name: f for f in spec.description.functions}
+        outputs = described[function].output if described else spec.description.output
+        return FakeModel([(o.name, list(o.type.multiArrayType.shape), o.type.multiArrayType.dataType)
+                          for o in outputs], self.drift[compute_unit], compute_unit, self.output_scale)
+
+    def features(self, model, arrays: dict) -> dict:
+        return arrays
+
+    def thermal_state(self) -> str:
+        return "nominal"
+
+    def compute_plan(self, compiled: Path, compute_unit: str, function: str) -> list[dict]:
+        device = {"cpuOnly": "cpu", "cpuAndGPU": "gpu"}.get(compute_unit, "neuralEngine")
+        return [{"name": "op0", "type": "conv", "preferred": device, "supported": ["cpu", device], "cost": 1.0}]
+
+
+class FakeModel:
+    def __init__(self, outputs, drift: float, unit: str, scale: int):
+        self.outputs, self.drift, self.unit, self.scale = outputs, drift, unit, scale
+
+    def make_state(self) -> object:
+        return object()
+
+    def predict(self, features: dict, state=None) -> dict:
+        import hashlib
+
+        import numpy as np
+
+        key = hashlib.sha256(b"".join(np.ascontiguousarray(features[n]).tobytes() for n in sorted(features))).digest()
+        produced = {}
+        for name, shape, data_type in self.outputs:
+            shape = [max(int(d), 1) for d in shape]
+            shape[-1] *= self.scale
+            truth_rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key + name.encode()).digest()[:8], "little"))
+            truth = truth_rng.standard_normal(shape)
+            noise_rng = np.random.default_rng(int.from_bytes(
+                hashlib.sha256(key + name.encode() + self.unit.encode()).digest()[:8], "little"))
+            noise = noise_rng.standard_normal(shape)
+            value = truth + self.drift * noise * np.linalg.norm(truth) / max(np.linalg.norm(noise), 1e-12)
+            produced[name] = value.astype(np.float16 if data_type == 65552 else np.float32)
+        return produced

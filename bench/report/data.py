@@ -42,6 +42,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     utilisation: list[list[str]] = field(default_factory=list)  # bench.run.timing.utilisation_rows
     seed: dict[str, Any] | None = None  # bench.report.seed.seed_comparison: the seed study's figures next to ours
+    drift: list[dict[str, Any]] = field(default_factory=list)  # imported models' output drift (bench.report.drift)
 
     @property
     def regressions(self) -> list[stats.Verdict]:
@@ -60,6 +61,7 @@ class ReportData:
             "notes": self.notes,
             "utilisation": self.utilisation,
             "seed": self.seed,
+            "drift": self.drift,
         })
 
 
@@ -344,6 +346,10 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     report = ReportData(current.run_id, current.created_at, table)
     report.notes.extend(current.notes)
     report.utilisation = _utilisation(current)
+    from bench.report.drift import drift_rows
+
+    report.drift, drift_notes = drift_rows(current)
+    report.notes.extend(drift_notes)
     earlier = [p for p in list_runs(current.workspace.results_dir) if p != current.run_dir.resolve()]
     earlier = [p for p in earlier if _created(p) <= current.created_at]
     if baseline is not None and history is not None:

@@ -28,6 +28,11 @@ def variant_facts(manifest: dict | None) -> dict[str, Any]:
     the input size and resize mode, and which captioner (name and parameter count: the base-vs-large axis)."""
     if not manifest:
         return dict.fromkeys(FACT_COLUMNS)
+    if manifest.get("origin") == "imported":  # no recipe: its storage is what the analysis measured
+        ops = sorted((manifest.get("measured") or {}).get("decompression_ops") or {})
+        return {**dict.fromkeys(FACT_COLUMNS), "model": manifest.get("family"),
+                "precision": "imported: " + (", ".join(op.removeprefix("constexpr_") for op in ops) or "dense"),
+                "model_params": (manifest.get("measured") or {}).get("params")}
     recipe = manifest.get("recipe") or {}
     prune = recipe.get("prune") or {}
     # bench.build's recipe says `sparsity`; older/hand-written manifests say target_sparsity / amount.

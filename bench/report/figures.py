@@ -293,7 +293,26 @@ def explanation_figure(index: int, explanation: dict[str, Any]) -> dict[str, Any
                            "package: variant", "estimated ms", barmode="stack"))
 
 
+def drift_figure(report: ReportData) -> dict[str, Any] | None:
+    """Imported models: relative L2 drift of each output per compute unit, against the family's reference on cpuOnly
+    (bench.report.drift)."""
+    shown = [r for r in report.drift if r.get("rel_l2") is not None]
+    if not shown:
+        return None
+    labels = list(dict.fromkeys(f"{r['variant']} · {r['output']}" for r in shown))
+    data = []
+    for unit in dict.fromkeys(r["compute_unit"] for r in shown):
+        by_label = {f"{r['variant']} · {r['output']}": r["rel_l2"] for r in shown if r["compute_unit"] == unit}
+        data.append({"type": "bar", "name": esc(unit), "x": [esc(label) for label in labels],
+                     "y": [by_label.get(label) for label in labels],
+                     "marker": {"color": UNIT_COLORS.get(unit, "#17becf")}})
+    return _figure("drift", "Output drift per compute unit", data,
+                   _layout("Output drift vs the family reference on cpuOnly", "variant · output", "relative L2",
+                           barmode="group"))
+
+
 def all_figures(report: ReportData) -> list[dict[str, Any]]:
     figures = [latency_vs_bleu(report), *sparsity_study(report), precision_study(report), layer_study(report),
-               input_size_study(report), model_size_study(report), compute_unit_comparison(report), trends(report)]
+               input_size_study(report), model_size_study(report), compute_unit_comparison(report), trends(report),
+               drift_figure(report)]
     return [f for f in figures if f]

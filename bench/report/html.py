@@ -38,6 +38,16 @@ def view_model(report: ReportData) -> dict[str, Any]:
                                    "deploying to the phone and in the runner: where a lab's bottleneck is."],
                          "tables": [{"title": "Device utilisation", "columns": UTILISATION_COLUMNS,
                                      "rows": report.utilisation}]})
+    if report.drift:
+        from bench.report.drift import DRIFT_COLUMNS, drift_cells
+
+        sections.append({"id": "drift", "title": "Output drift (imported models)",
+                         "notes": ["Each output over the fixed seeded input set, against the family's reference on "
+                                   "cpuOnly on the same device: max abs error, relative L2, cosine similarity, and "
+                                   "top-1 agreement where the output looks like class scores."],
+                         "tables": [{"title": "Output drift vs the family reference on cpuOnly",
+                                     "columns": DRIFT_COLUMNS, "rows": [drift_cells(r) for r in report.drift]}],
+                         "figures": ["drift"] if "drift" in figs else []})
     if report.baseline:
         regressions = report.regressions
         sections.append({"id": "verdicts", "title": f"Verdicts vs {report.baseline['kind']} "

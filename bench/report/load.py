@@ -214,8 +214,14 @@ def _samples_from_jobs(inline: list) -> Any:
 
 
 def load_manifest(workspace: Workspace, variant_id: str) -> dict[str, Any] | None:
+    """A built variant's manifest, else an imported one's (bench.build.imported), else None."""
     path = workspace.variants_dir / variant_id / "manifest.json"
-    return _read_record(path, "bench.variant") if path.is_file() else None
+    if path.is_file():
+        return _read_record(path, "bench.variant")
+    from bench.build import imported
+
+    path = imported.imported_root(workspace) / variant_id / "manifest.json"
+    return _read_record(path, imported.KIND) if path.is_file() else None
 
 
 def load_eval(workspace: Workspace, variant_id: str) -> dict[str, Any] | None:

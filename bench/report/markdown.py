@@ -28,6 +28,11 @@ def render_report(report: ReportData) -> str:
 
         lines += ["### Device utilisation (share of the run's wall time spent measuring)", ""]
         lines += _table(UTILISATION_COLUMNS, report.utilisation) + [""]
+    if report.drift:
+        from bench.report.drift import DRIFT_COLUMNS, drift_cells
+
+        lines += ["### Output drift vs the family reference on cpuOnly (imported models)", ""]
+        lines += _table(DRIFT_COLUMNS, [drift_cells(row) for row in report.drift]) + [""]
     if report.baseline:
         lines += [f"### Verdicts vs {esc(report.baseline['kind'])} {esc(', '.join(report.baseline['run_ids']))}", ""]
         regressions = report.regressions

@@ -35,6 +35,11 @@ def render_report(report: ReportData, console) -> None:
     for group in cells.result_groups(report):
         caption = "host emulation (not Core ML): decompressed weights in PyTorch on the host CPU" if group["emulated"] else None
         console.print(_table(group["title"], cells.RESULT_COLUMNS, group["rows"], caption=caption))
+    if report.drift:
+        from bench.report.drift import DRIFT_COLUMNS, drift_cells
+
+        console.print(_table("Output drift vs the family reference on cpuOnly (imported models)", DRIFT_COLUMNS,
+                             [drift_cells(row) for row in report.drift]))
     if report.baseline:
         title = f"Verdicts vs {report.baseline['kind']} {', '.join(report.baseline['run_ids'])}"
         rows = [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]

@@ -70,6 +70,31 @@ def built_variants(workspace: Workspace) -> list[VariantRef]:
     return refs
 
 
+def imported_variants(workspace: Workspace, names: list[str]) -> list[VariantRef]:
+    """The imported models (bench.build.imported) among `names`, as variants a run can measure."""
+    from bench.build.imported import find_imported
+
+    refs = {}
+    for name in names:
+        manifest = find_imported(name, workspace)
+        if manifest is not None:
+            refs[manifest["variant_id"]] = variant_ref(manifest, Path(manifest["directory"]))
+    return list(refs.values())
+
+
+def _imported_plan(variants: list[VariantRef], workspace: Workspace) -> dict[str, Any]:
+    """For run.json: each imported variant's family and the reference its drift is measured against, fixed now."""
+    from bench.build.imported import families
+    from bench.run.generic import is_imported
+
+    chosen = [v for v in variants if is_imported(v)]
+    if not chosen:
+        return {}
+    references = {family: info["reference"] for family, info in families(workspace).items()}
+    return {v.variant_id: {"name": v.name, "family": v.source["family"], "reference": references[v.source["family"]],
+                           "content_sha256": v.source["content_sha256"]} for v in chosen}
+
+
 def _leave_out_unreadable(wanted: list[str], available: list[VariantRef],
                           workspace: Workspace) -> tuple[list[str], list[str]]:
     """(names still wanted, notes): built variants whose manifest cannot be read are left out and said, never taking
@@ -134,8 +159,14 @@ def _settings(config: RunConfig) -> MeasureSettings:
     adaptive = config.adaptive
     rule = StopRule(ci_width=adaptive.ci_width, min_rounds=config.rounds, min_samples=adaptive.min_samples,
                     max_samples=adaptive.max_samples, max_seconds=adaptive.max_seconds, confidence=adaptive.confidence)
+    from bench.run.generic import GenericSettings
+
+    generic = config.generic
     return MeasureSettings(rule=rule, thermal=config.thermal, retry=config.retry, warmup=config.warmup,
-                           repeats=config.repeats, compute_plan=config.compute_plan)
+                           repeats=config.repeats, compute_plan=config.compute_plan,
+                           generic=GenericSettings(inputs=generic.inputs, source=generic.inputs_from,
+                                                   function=generic.function, shapes=dict(generic.shapes),
+                                                   output_cap_bytes=generic.output_cap_bytes))
 
 
 def _base_conditions() -> dict[str, Any]:
@@ -159,9 +190,12 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
 
     if variants is None:
         variants = built_variants(workspace)
-        if not variants:
+        if not variants and not imported_variants(workspace, config.variants):
             raise InputError(f"no built variants under {workspace.variants_dir}; run `bench models build` first, "
                              "or `bench run` with no arguments to build the default matrix")
+    extra = [v for v in imported_variants(workspace, config.variants) if v.variant_id not in
+             {known.variant_id for known in variants}]
+    variants = [*variants, *extra]
     wanted, left_out = _leave_out_unreadable(config.variants, variants, workspace)
     variants = select_variants(variants, wanted)
     if targets is None:
@@ -185,6 +219,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         "rounds": config.rounds,
         "adaptive": config.adaptive.model_dump(mode="json"),
         "order": "interleaved, randomised per (seed, target, round)",
+        "imported": _imported_plan(variants, workspace),
     }
     run_dir = workspace.results_dir / run_id
     workspace.results_dir.mkdir(parents=True, exist_ok=True)
@@ -456,9 +491,11 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
     else:
         variants = built_variants(workspace)
         _refuse_imported_without_core_ml(config, workspace)
+        named_imported = _imported_named(config, workspace)
         if config.variants:
-            _check_variant_names(config.variants, variants, config.matrix)  # before minutes of building
-        if not variants or config.matrix or not config.variants:
+            _check_variant_names([n for n in config.variants if n not in named_imported], variants, config.matrix)
+        only_imported = bool(config.variants) and len(named_imported) == len(config.variants)
+        if not only_imported and (not variants or config.matrix or not config.variants):
             # The whole matrix is measured unless variants are named; building reuses every cached variant.
             try:
                 build_default_matrix(workspace, config.matrix, log=log)
@@ -490,13 +527,9 @@ def _evaluate_and_report(outcome: RunOutcome, config: RunConfig, workspace: Work
                                  f"retry with `bench report {outcome.run_id}`")
 
 
-def _core_ml_here(config: RunConfig, workspace: Workspace) -> bool:
-    """Whether the run's targets can include Core ML (an iPhone, a Mac, or a lab's phones)."""
-    from bench.run.targets import can_run_core_ml
-
-    if config.lab or any(t.strip().startswith(("iphone", "macos-coreml", "model:")) for t in config.targets):
-        return True
-    return "auto" in config.targets and can_run_core_ml(workspace)
+def _mac_here(config: RunConfig) -> bool:
+    """Whether the run measures on this Mac's Core ML (where imported models run their generic jobs)."""
+    return any(t.strip() == "macos-coreml" for t in config.targets)
 
 
 def _imported_named(config: RunConfig, workspace: Workspace) -> list[str]:
@@ -508,26 +541,26 @@ def _imported_named(config: RunConfig, workspace: Workspace) -> list[str]:
 
 
 def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) -> None:
-    """Imported models run only on Core ML; without a phone or a Mac, one line says so and what works here."""
+    """Imported models run on a Mac's Core ML; elsewhere one line says so and what works here."""
+    import platform
+
     from bench.build.imported import MEASURE_NEEDS
     from bench.errors import PlatformUnavailable
 
     named = _imported_named(config, workspace)
-    if named and _core_ml_here(config, workspace):
-        raise PlatformUnavailable(f"{named[0]} is an imported model: the runner of this version measures built "
-                                  f"captioners only; static analysis: `bench models inspect {named[0]}`")
-    if named:
-        raise PlatformUnavailable(f"{named[0]} is an imported model: {MEASURE_NEEDS}, and none is available here; "
-                                  f"static analysis works anywhere: `bench models inspect {named[0]}`, "
-                                  f"`bench models diff {named[0]} OTHER`")
+    if not named or _mac_here(config):
+        return
+    where = "this run's targets have none" if platform.system() == "Darwin" else "this machine has none"
+    raise PlatformUnavailable(f"{named[0]} is an imported model: {MEASURE_NEEDS}, and {where}; static analysis "
+                              f"works anywhere: `bench models inspect {named[0]}`, `bench models diff {named[0]} OTHER`")
 
 
 def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]:
-    """A note when imported models exist but this run could not measure them (no phone, no Mac)."""
+    """A note when imported models exist but this run did not measure them (no Mac target)."""
     from bench.build.imported import MEASURE_NEEDS, list_imported
 
     imported = list_imported(workspace)
-    if not imported or config.variants or _core_ml_here(config, workspace):
+    if not imported or config.variants or _mac_here(config):
         return []
     return [f"{len(imported)} imported model{'s' if len(imported) > 1 else ''} not measured: {MEASURE_NEEDS} "
             "(static analysis: `bench models inspect NAME`, `bench models diff A B`)"]
@@ -557,7 +590,10 @@ def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspa
     dataset = open_dataset(config.dataset, split=config.split, limit=config.eval_images, seed=0, skip_missing=False)
     options = EvalOptions(threads=config.host_threads, batch_size=8)
     records: dict[str, Any] = {}
+    imported = outcome.data.manifest["plan"].get("imported") or {}
     for entry in outcome.data.manifest["plan"]["variant_details"]:
+        if entry["variant_id"] in imported:
+            continue  # not a captioner: its quality is its output drift (bench.report.drift)
         directory = entry["path"] or workspace.variants_dir / entry["variant_id"]
         try:
             captioner, subject = open_subject(str(directory), workspace)

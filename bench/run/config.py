@@ -44,6 +44,18 @@ class RetryConfig(_Strict):
     quarantine_after: int = Field(2, ge=1)  # consecutive failed jobs before a device is quarantined for the run
 
 
+class GenericConfig(_Strict):
+    """How imported models are fed (bench.run.generic): a fixed seeded input set made from each model's description,
+    or the user's own (`inputs_from`: an .npz named like the inputs, or an image folder); the outputs of that set are
+    kept per compute unit (at most `output_cap_bytes` per job) for drift against the family's reference."""
+
+    inputs: int = Field(8, ge=1, le=1024)
+    inputs_from: Optional[str] = None
+    function: Optional[str] = None  # multi-function packages: which function (default: the package's default)
+    shapes: dict[str, list[int]] = Field(default_factory=dict)  # input name -> an enumerated / in-range shape
+    output_cap_bytes: int = Field(1 << 20, ge=0)
+
+
 class RunConfig(_Strict):
     variants: list[str] = Field(default_factory=list)  # names or ids; empty = every built variant (or the matrix)
     matrix: Optional[str] = None  # a matrix YAML to build first; default: models/matrix.yaml when nothing is built
@@ -70,6 +82,7 @@ class RunConfig(_Strict):
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    generic: GenericConfig = Field(default_factory=GenericConfig)
 
     @field_validator("targets")
     @classmethod

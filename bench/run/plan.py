@@ -50,10 +50,14 @@ def plan_series(variants: list[VariantRef], targets: list, compute_units: list[s
         if unusable:
             names = ", ".join(f"{t.id} ({', '.join(t.compute_units)})" for t in targets)
             raise InputError(f"compute unit {unusable[0]!r} is not available on any chosen target: {names}")
+    from bench.run.generic import is_imported
+
     series = []
     for target in targets:
         units = [u for u in (wanted or target.compute_units) if u in target.compute_units]
         for variant in variants:
+            if is_imported(variant) and target.kind != "macos-coreml":
+                continue  # imported models run generic jobs, on a Mac's Core ML (bench.run.generic)
             for unit in units:
                 series.append(Series(variant, target.id, unit))
     if not series:

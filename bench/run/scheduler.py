@@ -47,6 +47,7 @@ class MeasureSettings:
     warmup: int = 1
     repeats: int = 1
     compute_plan: bool = True
+    generic: Any = None  # bench.run.generic.GenericSettings for imported models
 
 
 @dataclass
@@ -251,7 +252,8 @@ class Scheduler:
             try:
                 gate = self._wait_until_cool(target)
                 request = RoundRequest(round_index, list(remaining.values()), self.images, self.settings.warmup,
-                                       self.settings.repeats, self.settings.compute_plan, self.manifest.run_id)
+                                       self.settings.repeats, self.settings.compute_plan, self.manifest.run_id,
+                                       generic=self.settings.generic)
                 self.observer.job_started(target.id, next(iter(remaining.values())), attempt)
                 for result in self.executor.run_round(target, request, self.stop_event.is_set):
                     step = remaining.pop(result.job_key, None)
@@ -396,6 +398,7 @@ class Scheduler:
                        "coverage": series_ci.coverage, "rounds": len(state.rounds_done),
                        "seconds": round(state.seconds, 3)},
             "compute_plan": result.compute_plan, "quality": result.quality,
+            **self._outputs(step, result),
             "started_at": result.started_at, "finished_at": result.finished_at,
             "elapsed_s": round(result.elapsed_s, 6),
         }
@@ -413,6 +416,19 @@ class Scheduler:
         self.writer.submit(self.run_dir / JOBS_DIR / f"{step.job_key}.json", record, written, failed)
 
 
+    def _outputs(self, step: Step, result: StepResult) -> dict:
+        """An imported model's outputs of the fixed input set, written under outputs/<job_key>/ (each .npy sized and
+        hashed) before the job record that lists them; or why none was kept."""
+        if result.outputs_error:
+            return {"outputs": {"error": result.outputs_error, "files": []}}
+        if not result.outputs:
+            return {}
+        from bench.run.generic import write_outputs
+
+        files = write_outputs(self.run_dir / "outputs" / step.job_key, result.outputs)
+        return {"outputs": {"error": None, "files": files}}
+
+
 def _is_cool(conditions: Conditions, max_battery_c: float) -> bool:
     thermal_ok = conditions.thermal_state in (None, "nominal")
     battery_ok = conditions.battery_temperature_c is None or conditions.battery_temperature_c <= max_battery_c
@@ -426,9 +442,15 @@ def _damage(variant) -> str | None:
         return None
     from bench.build.integrity import check_variant
     from bench.errors import DamagedError
+    from bench.run.generic import is_imported
 
     try:
-        check_variant(variant.path)
+        if is_imported(variant):
+            from bench.build.imported import check_imported
+
+            check_imported(variant.path)
+        else:
+            check_variant(variant.path)
     except DamagedError as err:
         return f"DamagedError: {err}"
     return None

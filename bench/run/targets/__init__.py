@@ -36,13 +36,6 @@ def connected_iphones(workspace=None, api: Any = None) -> list[dict]:
              "os_build": device.os_build} for device in devices if device.connected]
 
 
-def can_run_core_ml(workspace=None, api: Any = None) -> bool:
-    """Whether this machine can measure with Core ML at all: a Mac, or an iPhone connected here."""
-    import platform
-
-    return platform.system() == "Darwin" or bool(connected_iphones(workspace, api))
-
-
 def _inventory(workspace):
     if workspace is None or not workspace.devices_file.exists():
         return None

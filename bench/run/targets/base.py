@@ -73,6 +73,7 @@ class RoundRequest:
     repeats: int = 1
     compute_plan: bool = True
     run_id: str | None = None  # the run measuring: devices keep what they compile for its later rounds
+    generic: Any = None  # bench.run.generic.GenericSettings: how imported models are fed (None: defaults)
 
 
 @dataclass
@@ -88,6 +89,10 @@ class StepResult:
     finished_at: str | None = None
     elapsed_s: float = 0.0
     extra_conditions: dict[str, Any] = field(default_factory=dict)
+    # Imported models: {(input_id, output name): numpy array} of the fixed input set (stored by the scheduler under
+    # outputs/<job_key>/), or why they were not kept (over the cap).
+    outputs: dict | None = None
+    outputs_error: str | None = None
 
 
 class Interrupted(Exception):

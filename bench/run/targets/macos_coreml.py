@@ -11,9 +11,13 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
+
+from pathlib import Path
 
 from bench.errors import BenchError, PlatformUnavailable
-from bench.run.targets.base import Conditions, Interrupted, RoundRequest, StepResult
+from bench.run.generic import GenericSettings, InputSet, capped, function_of, is_imported, make_inputs
+from bench.run.targets.base import Conditions, Interrupted, RoundRequest, Step, StepResult
 from bench.store.environment import now_iso
 
 _COMPUTE_UNIT_NAMES = {"cpuOnly": "CPU_ONLY", "cpuAndGPU": "CPU_AND_GPU", "cpuAndNeuralEngine": "CPU_AND_NE",
@@ -33,10 +37,14 @@ class MacCoreMLTarget:
     compute_units = tuple(_COMPUTE_UNIT_NAMES)
     parallel_safe = False
 
-    def __init__(self) -> None:
-        require_macos()
+    def __init__(self, core_ml: Any = None) -> None:
+        """`core_ml`: what loads, compiles and predicts (default: coremltools on this Mac, CoreMLTools below).
+        Tests on Linux give a stand-in for the Core ML runtime, the one thing that cannot exist there."""
+        if core_ml is None:
+            require_macos()
+        self.core_ml = core_ml or CoreMLTools()
         self.id = "macos-coreml"
-        self.name = f"{platform.node()} (Core ML, macOS {platform.mac_ver()[0]})"
+        self.name = f"{platform.node()} (Core ML, macOS {platform.mac_ver()[0] or '?'})"
 
     def conditions(self) -> Conditions:
         return Conditions(device_model=platform.machine(), os_version=platform.mac_ver()[0])
@@ -45,11 +53,17 @@ class MacCoreMLTarget:
         pass
 
     def run_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
-        import coremltools as ct
+        if all(is_imported(step.variant) for step in request.steps):
+            ct = None  # generic steps go through self.core_ml only
+        else:
+            import coremltools as ct
 
         for step in request.steps:
             if should_stop():
                 raise Interrupted()
+            if is_imported(step.variant):
+                yield self._generic_step(step, request, should_stop)
+                continue
             started, clock = now_iso(), time.perf_counter()
             try:
                 units = getattr(ct.ComputeUnit, _COMPUTE_UNIT_NAMES[step.compute_unit])
@@ -114,3 +128,133 @@ class MacCoreMLTarget:
             ids[0, step + 1], mask[0, step + 1] = token, 1
         return {"image_id": image_id, "repeat": repeat, "encoder_ns": encoder_ns, "decoder_ns": decoder_ns,
                 "total_ns": encoder_ns + sum(decoder_ns), "thermal_state": None, "t_ns": t_start, "tokens": tokens}
+
+    # --- imported models (generic jobs) --------------------------------------------------------------------------
+    def _generic_step(self, step: Step, request: RoundRequest, should_stop: Callable[[], bool]) -> StepResult:
+        """One imported model on one compute unit: compile, cold and warm load, warm-up, then `repeats` passes over
+        the fixed input set, one timed prediction each (a fresh state per prediction for stateful models); the
+        outputs of the first pass are kept in round 0 (bench.run.generic)."""
+        settings = request.generic or GenericSettings()
+        manifest = step.variant.source
+        started, clock = now_iso(), time.perf_counter()
+        try:
+            function, io = function_of(manifest["interface"], settings.function)
+            inputs = make_inputs(manifest["interface"], settings)
+            package = Path(step.variant.path) / manifest["package"]["path"]
+            stateful = bool(io["states"])
+            begin = time.perf_counter_ns()
+            compiled = self.core_ml.compile(package)
+            compile_ns = time.perf_counter_ns() - begin
+            begin = time.perf_counter_ns()
+            model = self.core_ml.load(compiled, step.compute_unit, function)
+            cold_ns = time.perf_counter_ns() - begin
+            begin = time.perf_counter_ns()
+            model = self.core_ml.load(compiled, step.compute_unit, function)
+            warm_ns = time.perf_counter_ns() - begin
+            warmup = [self._timed(model, inputs[0], 0, stateful)[0] for _ in range(request.warmup)]
+            samples, outputs = [], {}
+            for repeat in range(request.repeats):
+                for item in inputs:
+                    if should_stop():
+                        raise Interrupted()
+                    sample, produced = self._timed(model, item, repeat, stateful)
+                    samples.append(sample)
+                    if repeat == 0 and step.round == 0:
+                        outputs.update({(item.input_id, name): value for name, value in produced.items()})
+            plan, plan_error = None, None
+            if request.compute_plan:
+                plan, plan_error = self._compute_plan(compiled, step.compute_unit, function)
+        except (BenchError, RuntimeError, OSError, ValueError, KeyError) as err:
+            return StepResult(step.job_key, error=f"{type(err).__name__}: {err}", started_at=started,
+                              finished_at=now_iso(), elapsed_s=time.perf_counter() - clock)
+        kept, why = None, None
+        if outputs:
+            try:
+                kept = capped(outputs, settings.output_cap_bytes)
+            except BenchError as err:
+                why = str(err)
+        return StepResult(step.job_key, samples=samples, warmup=warmup,
+                          load={"compile_ns": {"model": compile_ns}, "cold_load_ns": {"model": cold_ns},
+                                "warm_load_ns": {"model": warm_ns},
+                                "first_prediction_ns": warmup[0]["total_ns"] if warmup else None},
+                          compute_plan=plan, started_at=started, finished_at=now_iso(),
+                          elapsed_s=time.perf_counter() - clock, outputs=kept, outputs_error=why,
+                          extra_conditions={"function": function, "compute_plan_error": plan_error,
+                                            "inputs": {"count": len(inputs), "seed": settings.seed,
+                                                       "source": settings.source}})
+
+    def _timed(self, model, item: InputSet, repeat: int, stateful: bool) -> tuple[dict, dict]:
+        """One prediction: (the runner's sample shape, its outputs as numpy arrays)."""
+        features = self.core_ml.features(model, item.features)
+        state = model.make_state() if stateful else None
+        t_start = time.perf_counter_ns()
+        produced = model.predict(features, state=state) if stateful else model.predict(features)
+        elapsed = time.perf_counter_ns() - t_start
+        sample = {"image_id": item.input_id, "repeat": repeat, "encoder_ns": None, "decoder_ns": [],
+                  "total_ns": elapsed, "thermal_state": self.core_ml.thermal_state(), "t_ns": t_start, "tokens": []}
+        return sample, {name: _as_array(value) for name, value in produced.items()}
+
+    def _compute_plan(self, compiled, compute_unit: str, function: str) -> tuple[dict | None, str | None]:
+        try:
+            return {"cost_kind": "estimate", "model": self.core_ml.compute_plan(compiled, compute_unit, function)}, None
+        except (RuntimeError, OSError, ValueError, AttributeError, ImportError) as err:
+            return None, f"MLComputePlan failed: {type(err).__name__}: {err}"
+
+
+def _as_array(value):
+    import numpy as np
+
+    return np.asarray(value)
+
+
+_DEVICE_NAMES = {"MLCPUComputeDevice": "cpu", "MLGPUComputeDevice": "gpu", "MLNeuralEngineComputeDevice": "neuralEngine"}
+
+
+class CoreMLTools:
+    """Core ML on this Mac through coremltools 9 (compile, load per compute unit and function, predict, compute
+    plan). NOT verified from this project's CI (Linux): it follows coremltools' documented API."""
+
+    def compile(self, package: Path):
+        import coremltools as ct
+
+        return Path(ct.utils.compile_model(str(package)))
+
+    def load(self, compiled: Path, compute_unit: str, function: str):
+        import coremltools as ct
+
+        units = getattr(ct.ComputeUnit, _COMPUTE_UNIT_NAMES[compute_unit])
+        return ct.models.CompiledMLModel(str(compiled), compute_units=units, function_name=function)
+
+    def features(self, model, arrays: dict) -> dict:
+        """Images (uint8 [H, W, 3]) become PIL images, as coremltools feeds image inputs; arrays pass as they are."""
+        from PIL import Image
+
+        return {name: Image.fromarray(value) if value.dtype.kind == "u" and value.ndim == 3 and value.shape[-1] == 3
+                else value for name, value in arrays.items()}
+
+    def thermal_state(self) -> str | None:
+        return None  # macOS exposes no per-process thermal state to Python; the runner records it on iPhones
+
+    def compute_plan(self, compiled: Path, compute_unit: str, function: str) -> list[dict]:
+        import coremltools as ct
+        from coremltools.models.compute_plan import MLComputePlan
+
+        units = getattr(ct.ComputeUnit, _COMPUTE_UNIT_NAMES[compute_unit])
+        plan = MLComputePlan.load_from_path(path=str(compiled), compute_units=units)
+        program = plan.model_structure.program
+        if program is None:
+            raise ValueError("not an ML program")
+        ops = []
+        for operation in program.functions[function].block.operations:
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
+            cost = plan.get_estimated_cost_for_mlprogram_operation(operation)
+            ops.append({"name": operation.outputs[0].name if operation.outputs else "",
+                        "type": operation.operator_name,
+                        "preferred": _device(usage.preferred_compute_device) if usage else None,
+                        "supported": [_device(d) for d in usage.supported_compute_devices] if usage else [],
+                        "cost": float(cost.weight) if cost is not None else None})
+        return ops
+
+
+def _device(device) -> str:
+    return _DEVICE_NAMES.get(type(device).__name__, "unknown")
