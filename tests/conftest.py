@@ -31,3 +31,24 @@ def byo_packages(tmp_path_factory):
     from byo_fixtures import make_packages
 
     return make_packages(tmp_path_factory.mktemp("byo") / "packages")
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """`bench run` with no argument — what `make run` does — in a fresh workspace, built once per session: the default
+    matrix (models/matrix.yaml) of the shipped built-in captioner, built for real, measured on host-torch (the target
+    every machine has), evaluated and reported (results/<run>/report.html). Only the sample counts are smaller than
+    `make run`'s (2 images, 1 round, 20 evaluation images): the report draws the same figures from the same variants.
+    Returns the run's outcome (run_dir, data, report)."""
+    import torch
+
+    from bench.paths import Workspace
+    from bench.run.api import run_pipeline
+    from bench.run.config import RunConfig
+
+    torch.set_num_threads(1)
+    config = RunConfig.model_validate({"targets": ["host-torch"], "images": 2, "rounds": 1, "warmup": 0, "seed": 13,
+                                       "eval_images": 20, "adaptive": {"ci_width": None}})
+    outcome = run_pipeline(config, Workspace(tmp_path_factory.mktemp("default-run")), log=lambda *_: None)
+    assert outcome.status == "complete", outcome.failures
+    return outcome

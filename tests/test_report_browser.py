@@ -77,3 +77,52 @@ def test_screenshot_is_kept(page):
     assert result.returncode == 0 and shot.stat().st_size > 50_000, result.stderr[-2000:]
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / "report.png")
+
+
+# ----------------------------------------------------------------------------------------------- the default run
+# The seed study's figures the default run's report must draw (bench.report.figures; the issue 13 must-hold), and the
+# side-by-side section with the seed's published figures.
+DEFAULT_RUN_FIGURES = ["pareto", "sparsity-size", "sparsity-latency", "sparsity-bleu", "precision", "layers"]
+
+
+def drawn_figures(dom: str) -> dict[str, bool]:
+    """Each figure box of the page (id fig-NAME) and whether Plotly drew an svg into it."""
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r'<div class="figure[^"]*" id="fig-([\w-]+)"', dom)]
+    ends = [start for start, _ in starts[1:]] + [len(dom)]
+    return {name: 'class="main-svg"' in dom[start:end] for (start, name), end in zip(starts, ends)}
+
+
+@pytest.fixture(scope="module")
+def default_page(default_run, tmp_path_factory):
+    """The report.html the default run wrote (not re-rendered), opened in Chromium; a screenshot kept in
+    artifacts/default-run-report.png."""
+    tmp = tmp_path_factory.mktemp("browser-default")
+    html = default_run.run_dir / "report.html"
+    dump = chromium(tmp / "profile-dom", "--enable-logging=stderr", "--v=0", "--dump-dom", html.as_uri())
+    shot = tmp / "default-run-report.png"
+    screenshot = chromium(tmp / "profile-shot", "--window-size=1400,7000", f"--screenshot={shot}", html.as_uri())
+    return {"dom": dump.stdout, "log": dump.stderr, "code": dump.returncode, "shot": shot, "screenshot": screenshot}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # the session's default run builds the whole matrix once
+def test_default_run_report_draws_every_seed_figure(default_page):
+    dom = default_page["dom"]
+    assert default_page["code"] == 0, default_page["log"][-2000:]
+    boxes = drawn_figures(dom)
+    missing = [fig_id for fig_id in DEFAULT_RUN_FIGURES if not boxes.get(fig_id)]
+    assert missing == [], f"figures not drawn: {missing} (drawn: {sorted(k for k, v in boxes.items() if v)})"
+    ready = re.search(r'data-report-ready="(\d+)"', dom)
+    assert ready and int(ready.group(1)) == len(boxes) and all(boxes.values())
+    assert 'data-report-errors="0"' in dom
+    assert [line for line in default_page["log"].splitlines() if ":CONSOLE" in line] == []
+    assert '<section id="seed">' in dom and "host emulation (not Core ML)" in dom
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_default_run_report_screenshot_is_kept(default_page):
+    result, shot = default_page["screenshot"], default_page["shot"]
+    assert result.returncode == 0 and shot.stat().st_size > 50_000, result.stderr[-2000:]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "default-run-report.png")
