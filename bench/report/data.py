@@ -43,6 +43,7 @@ class ReportData:
     utilisation: list[list[str]] = field(default_factory=list)  # bench.run.timing.utilisation_rows
     seed: dict[str, Any] | None = None  # bench.report.seed.seed_comparison: the seed study's figures next to ours
     drift: list[dict[str, Any]] = field(default_factory=list)  # imported models' output drift (bench.report.drift)
+    device_quality: list[dict[str, Any]] = field(default_factory=list)  # bench.report.device_quality.rows
 
     @property
     def regressions(self) -> list[stats.Verdict]:
@@ -62,6 +63,7 @@ class ReportData:
             "utilisation": self.utilisation,
             "seed": self.seed,
             "drift": self.drift,
+            "device_quality": [{k: v for k, v in row.items() if k != "per_image"} for row in self.device_quality],
         })
 
 
@@ -247,6 +249,9 @@ def compute_verdicts(current: RunData, current_table, baselines: list[RunData], 
         for metric in ("bleu", "cider"):
             results.append(stats.compare_quality(evals_by_variant.get(base["variant_id"]),
                                                  current.evals.get(row["variant_id"]), metric, key=vkey))
+    from bench.report.device_quality import nightly_verdicts
+
+    results.extend(nightly_verdicts(current, baselines))
     return results
 
 
@@ -344,6 +349,7 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     current = run if isinstance(run, RunData) else load_run(run)
     table = merge_table(current)
     report = ReportData(current.run_id, current.created_at, table)
+    report.device_quality = _device_quality(current, table)
     report.notes.extend(current.notes)
     report.utilisation = _utilisation(current)
     from bench.report.drift import drift_rows
@@ -401,6 +407,17 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     if table["emulated"].any():
         report.notes.append(f"host-torch rows are {HOST_EMULATION}: decompressed weights in PyTorch on the host CPU")
     return report
+
+
+def _device_quality(run: RunData, table) -> list[dict[str, Any]]:
+    """Scored device captions (bench.report.device_quality); a run that measured only host-torch says that device
+    quality needs a phone or a Mac (its BLEU / CIDEr are the host reference)."""
+    from bench.report import device_quality
+
+    found = device_quality.rows(run)
+    if not found and len(table) and set(table["target_kind"]) == {"host-torch"} and run.evals:
+        run.notes.append(device_quality.NEEDS_A_DEVICE)
+    return found
 
 
 def _created(path) -> str:

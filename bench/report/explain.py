@@ -293,6 +293,7 @@ def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_
         "target": target_label(target.get("kind"), target.get("model"), target.get("name")),
         "target_kind": target.get("kind"), "compute_unit": job_a["compute_unit"],
         "measured": measured, "static": static, "compute_plan": plan,
+        "device_quality": device_quality_findings(run, (a_id, b_id), target.get("id"), job_a["compute_unit"]),
     }
     result["answer"] = summarize(result)
     return result
@@ -314,7 +315,25 @@ def summarize(result: dict[str, Any]) -> list[str]:
     if not on_host:
         lines += _plan_sentences(result)
     lines.append(_cause_sentence(result))
+    lines += [finding["sentence"] for finding in result.get("device_quality") or []]
     return [line for line in lines if line]
+
+
+def device_quality_findings(run: RunData, variant_ids: tuple[str, ...], target_id: str | None,
+                            compute_unit: str) -> list[dict[str, Any]]:
+    """What the device decoded for each variant on this target and unit, against the host reference
+    (bench.report.device_quality): changed captions and the BLEU delta with its CI and outcome."""
+    from bench.report import device_quality
+
+    found = []
+    for row in device_quality.rows(run):
+        if row["variant_id"] in variant_ids and row["target_id"] == target_id and row["compute_unit"] == compute_unit:
+            found.append({"variant": row["variant"], "changed": row["changed"], "changed_share": row["changed_share"],
+                          "n_images": row["n_images"], "bleu_delta": row["delta"]["bleu"],
+                          "sentence": device_quality.sentence(row)})
+    order = {vid: i for i, vid in enumerate(variant_ids)}
+    names = {row["variant"]: row["variant_id"] for row in device_quality.rows(run)}
+    return sorted(found, key=lambda f: order.get(names.get(f["variant"]), 9))
 
 
 def _latency_sentence(result: dict[str, Any]) -> str:

@@ -29,6 +29,12 @@ def view_model(report: ReportData) -> dict[str, Any]:
                            *("Signature — " + s for s in cells.signatures(report))],
                  "tables": [{"title": g["title"], "emulated": g["emulated"], "columns": cells.RESULT_COLUMNS,
                              "rows": g["rows"]} for g in cells.result_groups(report)]}]
+    if report.device_quality:
+        from bench.report import device_quality
+
+        sections.append({"id": "device-quality", "title": device_quality.TITLE, "notes": device_quality.NOTES,
+                         "tables": [{"title": device_quality.TITLE, "columns": device_quality.COLUMNS,
+                                     "rows": device_quality.table_cells(report.device_quality)}]})
     if report.utilisation:
         from bench.run.timing import UTILISATION_COLUMNS
 

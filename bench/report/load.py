@@ -15,7 +15,7 @@ from bench.errors import InputError
 from bench.paths import Workspace
 from bench.store import records
 
-KINDS = {"bench.run": 2, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
+KINDS = {"bench.run": 3, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
 SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
                   "compute_unit", "image_id", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns", "thermal_state",
                   "throttled", "decoder_steps"]
@@ -44,6 +44,7 @@ class RunData:
     workspace: Workspace
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant_id -> manifest
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant_id -> eval record
+    device_quality: dict[str, dict[str, Any]] = field(default_factory=dict)  # series key -> bench.devicequality record
     notes: list[str] = field(default_factory=list)  # what the report must say about this run's inputs
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # derived tables, computed once per run
 
@@ -111,6 +112,8 @@ def load_run(run: str | Path, workspace: Workspace | None = None, *, with_artifa
         ids = {job["variant_id"] for job in jobs}
         data.variants = {vid: m for vid in sorted(ids) if (m := load_manifest(workspace, vid)) is not None}
         data.evals, data.notes = run_evals(run_record, workspace, sorted(ids))
+        data.device_quality, notes = _device_quality(run_dir, run_record)
+        data.notes.extend(notes)
     return data
 
 
@@ -138,6 +141,13 @@ def run_evals(run_record: dict[str, Any], workspace: Workspace, variant_ids: lis
         except RecordError as err:
             notes.append(f"quality of {variant_id} not shown: {err}")
     return evals, notes
+
+
+def _device_quality(run_dir: Path, run_record: dict[str, Any]):
+    """The captions each device decoded (bench/store/device_quality.py), exactly the records run.json binds."""
+    from bench.store.device_quality import load_bound
+
+    return load_bound(run_dir, run_record)
 
 
 def _read_run_dir(run_dir: Path):

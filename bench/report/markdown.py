@@ -23,6 +23,11 @@ def render_report(report: ReportData) -> str:
         if group["emulated"]:
             lines += ["*Host emulation (not Core ML): decompressed weights in PyTorch on the host CPU.*", ""]
         lines += _table(cells.RESULT_COLUMNS, group["rows"]) + [""]
+    if report.device_quality:
+        from bench.report import device_quality
+
+        lines += [f"### {esc(device_quality.TITLE)}", ""] + [f"*{esc(n)}*" for n in device_quality.NOTES] + [""]
+        lines += _table(device_quality.COLUMNS, device_quality.table_cells(report.device_quality)) + [""]
     if report.utilisation:
         from bench.run.timing import UTILISATION_COLUMNS
 

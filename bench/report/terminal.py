@@ -9,7 +9,7 @@ from bench.report.data import ReportData
 from bench.report.escape import rich as esc
 
 
-TEXT_COLUMNS = {"variant", "unit", "flags", "metric", "what", "verdict", "note", "op", "type", "unit(s)", "package",
+TEXT_COLUMNS = {"variant", "unit", "device", "captions changed", "flags", "metric", "what", "verdict", "note", "op", "type", "unit(s)", "package",
                 "preferred unit(s)"}
 
 
@@ -40,6 +40,11 @@ def render_report(report: ReportData, console) -> None:
 
         console.print(_table("Output drift vs the family reference on cpuOnly (imported models)", DRIFT_COLUMNS,
                              [drift_cells(row) for row in report.drift]))
+    if report.device_quality:
+        from bench.report import device_quality
+
+        console.print(_table(device_quality.TITLE, device_quality.COLUMNS,
+                             device_quality.table_cells(report.device_quality), caption=device_quality.NOTES[0]))
     if report.baseline:
         title = f"Verdicts vs {report.baseline['kind']} {', '.join(report.baseline['run_ids'])}"
         rows = [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]

@@ -143,11 +143,13 @@ def build_default_matrix(workspace: Workspace, matrix: str | None = None, *, log
         log(f"  {failed.name} failed: {failed.error}")
 
 
-def open_images(config: RunConfig) -> tuple[list[ImageItem], dict[str, Any]]:
-    """The images every job measures: a deterministic subset (dataset seed 0) so runs are comparable."""
+def open_images(config: RunConfig, *, limit: int | None = None) -> tuple[list[ImageItem], dict[str, Any]]:
+    """The images every job measures: a deterministic subset (dataset seed 0) so runs are comparable. `limit`: another
+    size (the evaluation subset, `eval_images`: the images the host eval record captions)."""
     from bench.data.base import open_dataset
 
-    dataset = open_dataset(config.dataset, split=config.split, limit=config.images, seed=0, skip_missing=False)
+    dataset = open_dataset(config.dataset, split=config.split, limit=limit or config.images, seed=0,
+                           skip_missing=False)
     items = [ImageItem(str(sample.image_id), sample.load_image, tuple(sample.captions)) for sample in dataset]
     if not items:
         raise InputError(f"dataset {config.dataset!r} has no images in split {config.split!r}")
@@ -182,11 +184,12 @@ def _base_conditions() -> dict[str, Any]:
 def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None = None,
               variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
               observer: RunObserver | None = None, sleep=None, run_id: str | None = None,
-              executor=None, hold_lock: bool = False) -> RunOutcome:
+              executor=None, hold_lock: bool = False, device_quality: bool = False) -> RunOutcome:
     """Plan, measure and store a run under results/<run_id>/ (results/ is created when missing).
 
     The run is locked (bench/run/lock.py) from its creation. With `hold_lock` (the pipeline, which evaluates and
-    reports next) the outcome keeps the lock and a fully measured run stays `measured` until `settle_run`."""
+    reports next) the outcome keeps the lock and a fully measured run stays `measured` until `settle_run`.
+    `device_quality` (the pipeline, when it evaluates): each device also captions the evaluation subset."""
 
     if variants is None:
         variants = built_variants(workspace)
@@ -230,9 +233,10 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     lock = RunLock.acquire(run_dir)  # before run.json exists: no resume can slip in while it is being measured
     with _holding(lock, hold_lock):
         manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed,
-                                                "plan": plan, "environment": host_environment(), "evals": {}})
+                                                "plan": plan, "environment": host_environment(), "evals": {},
+                                                "device_quality": {}})
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
-                           settle=not hold_lock)
+                           settle=not hold_lock, device_quality=device_quality)
     outcome.lock = lock if hold_lock else None
     outcome.notes[:0] = left_out
     return outcome
@@ -288,16 +292,19 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
                variants: list[VariantRef] | None = None, images: list[ImageItem] | None = None,
                observer: RunObserver | None = None, sleep=None, force: bool = False, executor=None,
                lab: str | None = None, hold_lock: bool = False,
-               runner_timeout_s: float | None = None) -> RunOutcome:
+               runner_timeout_s: float | None = None, device_quality: bool | None = False) -> RunOutcome:
     """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series.
     `lab`: the lab head's address now (a lab run resumes on the lab it was planned on unless told otherwise).
     `runner_timeout_s` (e.g. `--runner-timeout` after a timeout) replaces the run's own for this resume.
+    `device_quality`: also redo missing quality jobs (None: as the run planned — the pipeline's resume).
 
     Every refusal (a complete run, another workspace's run, a run another process is measuring, a damaged or
     irreproducible plan) happens before anything in the run directory is changed."""
     run_dir = resolve_run_dir(run, workspace, own=True)
     manifest = RunManifest.open(run_dir)  # a corrupt run.json stops here, before anything is touched
     plan, config = _resumable_plan(manifest)
+    if device_quality is None:
+        device_quality = config.evaluate and config.device_quality
     _refuse_complete(manifest)
     _check_same_harness(manifest, force)
     lock = RunLock.acquire(run_dir)
@@ -332,7 +339,7 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
         manifest.update(status="running", tables_written=False,
                         resumed_at=[*manifest.data.get("resumed_at", []), now_iso()])
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
-                           settle=not hold_lock)
+                           settle=not hold_lock, device_quality=device_quality)
     outcome.lock = lock if hold_lock else None
     return outcome
 
@@ -416,14 +423,32 @@ def _planned_variants(plan: dict, workspace: Workspace) -> list[VariantRef]:
 # --- measuring and storing -----------------------------------------------------------------------------------------
 
 def _measure(manifest: RunManifest, config: RunConfig, series: list[Series], targets: list, images, observer,
-             sleep, workspace: Workspace, executor=None, *, settle: bool = True) -> RunOutcome:
+             sleep, workspace: Workspace, executor=None, *, settle: bool = True,
+             device_quality: bool = False) -> RunOutcome:
     for target in targets:  # device targets keep each job's runner log beside its records (jobs/<job id>.log)
         if hasattr(target, "keep_logs_in"):
             target.keep_logs_in(manifest.run_dir / run_store.JOBS_DIR)
     scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, _settings(config), manifest.data["seed"],
                           observer=observer, base_conditions=_base_conditions(), sleep=sleep, executor=executor)
     scheduler.execute()  # Ctrl-C propagates after the manifest says "interrupted"
+    if device_quality:
+        _collect_device_quality(manifest, config, series, targets, executor, observer)
     return finish_run(manifest, scheduler, workspace, settle=settle)
+
+
+def _collect_device_quality(manifest: RunManifest, config: RunConfig, series: list[Series], targets: list, executor,
+                            observer) -> None:
+    """The untimed quality jobs on each device (bench/run/device_quality.py), after every timed round."""
+    from bench.run import device_quality
+    from bench.run.executor import LocalExecutor
+
+    log = getattr(observer, "note", None) or (lambda message: None)
+    try:
+        device_quality.collect(manifest, series, targets, executor or LocalExecutor(),
+                               lambda: open_images(config, limit=config.eval_images), log=log)
+    except KeyboardInterrupt:
+        manifest.update(status="interrupted")
+        raise
 
 
 def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace, *,
@@ -435,6 +460,10 @@ def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace
     jobs = manifest.jobs()
     failures = [(key, entry.get("error") or entry["state"]) for key, entry in sorted(jobs.items())
                 if entry["state"] in REDO_STATES]
+    # A failed quality job leaves the run incomplete, so `--resume` asks the device again (bench/run/device_quality)
+    failures += [(f"{key} (quality job)", str(binding["error"]))
+                 for key, binding in sorted((manifest.data.get("device_quality") or {}).items())
+                 if isinstance(binding, dict) and binding.get("error")]
     unfinished = [s.series.key for states in scheduler.states.values() for s in states if s.stopped is None]
     status = "complete" if not failures and not unfinished else "incomplete"
     quarantined = {tid: info.get("reason") for tid, info in manifest.data.get("targets", {}).items()
@@ -486,7 +515,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
             resolve_targets(lab_only)  # refuses them (they need a lab) before anything is built
     if resume:
         outcome = resume_run(resume, workspace, observer=observer, force=force, lab=config.lab, hold_lock=True,
-                             runner_timeout_s=config.runner_timeout_s)
+                             runner_timeout_s=config.runner_timeout_s, device_quality=None)
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)
@@ -504,7 +533,8 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
                     raise
                 log(f"matrix not built ({err}); measuring the {len(variants)} variants already built")
             variants = built_variants(workspace)
-        outcome = start_run(config, workspace, variants=variants, observer=observer, hold_lock=True)
+        outcome = start_run(config, workspace, variants=variants, observer=observer, hold_lock=True,
+                            device_quality=config.evaluate and config.device_quality)
         outcome.notes += _imported_not_measured(config, workspace)
     try:
         _evaluate_and_report(outcome, config, workspace, log)

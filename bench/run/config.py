@@ -77,6 +77,9 @@ class RunConfig(_Strict):
     runner_timeout_s: Optional[float] = Field(None, gt=0, le=7 * 24 * 3600, allow_inf_nan=False)
     evaluate: bool = True  # caption quality of every variant (bench.eval) after measuring
     eval_images: int = Field(100, ge=1)  # BLEU on fewer images has CIs too wide to rank variants
+    # With `evaluate`: each device (iPhone, Mac) also captions the evaluation subset, untimed, per variant and compute
+    # unit; those captions are scored against the host reference (bench/run/device_quality.py)
+    device_quality: bool = True
     report: bool = True
     lab: Optional[str] = None  # HOST[:PORT] of a lab head (bench lab up): the phones of every lab host, via Ray
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)

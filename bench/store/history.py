@@ -1,7 +1,8 @@
 """results/history.duckdb: every run appended, for nightly trends. Versioned schema with step-wise migrations.
 
 Tables: `runs` (one row per run), `jobs` (one row per job, the jobs.parquet columns), `samples` (one row per
-sample, the samples.parquet columns), and `schema_version(version)`. Opening an older database migrates it in
+sample, the samples.parquet columns), `device_captions` (v3: one row per image of each device quality record — the
+ids a device decoded and their caption, bench/store/device_quality.py), and `schema_version(version)`. Opening an older database migrates it in
 place, one step at a time, inside a transaction; a database newer than this code is refused.
 Appending the same run again replaces its rows (idempotent), so re-publishing a resumed run is safe.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from bench.errors import InputError, RecordError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SAMPLES_V1_DDL = """CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR, job_key VARCHAR, variant_id VARCHAR, variant_hash VARCHAR, target_kind VARCHAR,
@@ -44,7 +45,15 @@ def _v2(con) -> None:
         con.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
-MIGRATIONS: dict[int, Callable] = {1: _v1, 2: _v2}
+def _v3(con) -> None:
+    """v3: the captions each device decoded (raw ids + text) per run, variant, device and compute unit."""
+    con.execute("""CREATE TABLE IF NOT EXISTS device_captions (run_id VARCHAR, series_key VARCHAR,
+                   variant_id VARCHAR, variant_hash VARCHAR, target_kind VARCHAR, target_id VARCHAR,
+                   device_model VARCHAR, os_build VARCHAR, compute_unit VARCHAR, dataset VARCHAR, image_id VARCHAR,
+                   tokens JSON, caption VARCHAR)""")
+
+
+MIGRATIONS: dict[int, Callable] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def connect(path: Path | str, *, read_only: bool = False):
@@ -80,7 +89,7 @@ def connect(path: Path | str, *, read_only: bool = False):
     return con
 
 
-_TABLES = {"runs", "jobs", "samples", "schema_version"}
+_TABLES = {"runs", "jobs", "samples", "device_captions", "schema_version"}
 
 
 def _tables(con) -> set[str]:
@@ -151,9 +160,10 @@ def append_run(db_path: Path | str, run) -> None:
         jobs = run.jobs[["run_id", "job_key", "variant_id", "target_id", "compute_unit", "round", "stop_reason",
                          "unstable", "device_model", "os_build", "variant_hash"]].copy()
         jobs["record"] = [json.dumps(row, default=str) for row in run.jobs.to_dict(orient="records")]
+        captions = _device_captions(run)
         con.execute("BEGIN TRANSACTION")
         try:
-            for table in ("runs", "jobs", "samples"):
+            for table in ("runs", "jobs", "samples", "device_captions"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run.run_id])
             con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
                 run.run_id, manifest.get("created_at"), manifest.get("seed"), manifest.get("status"),
@@ -166,6 +176,8 @@ def append_run(db_path: Path | str, run) -> None:
                 con.register("incoming_samples", samples)
                 con.execute("INSERT INTO samples BY NAME SELECT * FROM incoming_samples")
                 con.unregister("incoming_samples")
+            if captions:
+                con.executemany("INSERT INTO device_captions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", captions)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -174,6 +186,30 @@ def append_run(db_path: Path | str, run) -> None:
         raise RecordError(f"{db_path}: run {run.run_id} not added to the history ({err})") from None
     finally:
         con.close()
+
+
+def _device_captions(run) -> list[list]:
+    """Rows of `device_captions` from the run's bound device quality records (unreadable ones are left out: the
+    report says why)."""
+    from bench.store.device_quality import load_bound
+
+    found, _ = load_bound(run.run_dir, run.manifest)
+    rows = []
+    for key, record in found.items():
+        target = record["target"]
+        signature = (record.get("dataset") or {}).get("signature")
+        for item in record["per_image"]:
+            rows.append([run.run_id, key, record["variant_id"], record.get("variant_hash"), target["kind"],
+                         target["id"], target.get("model"), target.get("os_build"), record["compute_unit"],
+                         signature, item["image_id"], json.dumps(item["tokens"]), item["caption"]])
+    return rows
+
+
+def device_captions(db_path: Path | str, *, run_id: str | None = None) -> Any:
+    """The captions devices decoded, per run (oldest first), as stored by append_run."""
+    where, params = ("WHERE d.run_id = ?", [run_id]) if run_id else ("", [])
+    return _query(db_path, f"""SELECT r.created_at, d.* FROM device_captions d JOIN runs r USING (run_id) {where}
+                               ORDER BY r.created_at, d.run_id, d.series_key, d.image_id""", params)
 
 
 def trend(db_path: Path | str, *, variant: str | None = None, target: str | None = None,

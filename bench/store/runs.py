@@ -33,7 +33,7 @@ from bench import atomic
 from bench.errors import RecordError
 from bench.store import records
 
-RUN_KIND, RUN_VERSION = "bench.run", 2
+RUN_KIND, RUN_VERSION = "bench.run", 3
 JOB_KIND, JOB_VERSION = "bench.jobresult", 1
 
 
@@ -43,6 +43,14 @@ def _run_v1_to_v2(run: dict[str, Any]) -> dict[str, Any]:
     every quarantine with its reason (`targets.<id>.quarantines`). A v1 run never recorded which evals it used:
     `evals: null` says so (the report then falls back to the workspace's records and says that it did)."""
     run.setdefault("evals", None)
+    return run
+
+
+@records.migration(RUN_KIND, 2)
+def _run_v2_to_v3(run: dict[str, Any]) -> dict[str, Any]:
+    """v3 binds the captions decoded on each device (`device_quality`: series_key → {record, sha256} or {error};
+    bench/store/device_quality.py). A v2 run never asked a device for its captions: `device_quality: null`."""
+    run.setdefault("device_quality", None)
     return run
 
 MANIFEST_NAME = "run.json"
@@ -153,7 +161,7 @@ def _checked_manifest(manifest: dict[str, Any], path: Path | str) -> dict[str, A
 _MANIFEST_FIELDS = (("created_at", str, "a string"), ("finished_at", str, "a string"), ("status", str, "a string"),
                     ("seed", int, "an integer"), ("plan", dict, "an object"), ("environment", dict, "an object"),
                     ("targets", dict, "an object"), ("attempts", list, "a list"), ("tables_written", bool, "true or false"),
-                    ("table_sha256", dict, "an object"))
+                    ("table_sha256", dict, "an object"), ("device_quality", dict, "an object"))
 
 
 def _check_job_record(record: dict[str, Any], path: str) -> None:

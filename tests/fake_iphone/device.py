@@ -8,6 +8,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .captions import CaptionScenario
 from .coreml_model import SPARSE_SLOWER, CoreMLRules
 from .wire import close, read_plist, write_plist
 
@@ -71,6 +72,7 @@ class FakeIPhone:
     low_power_mode: bool = False
     faults: Faults = field(default_factory=Faults)
     coreml: CoreMLRules = SPARSE_SLOWER  # the Core ML stand-in's placement and timing scenario (coreml_model.py)
+    captions: CaptionScenario | None = None  # what the stand-in decodes per image and unit (captions.py); None: seeded
     apps: dict[str, App] = field(default_factory=dict)
     runner_bundle_id: str = "org.bench.runner"
 
