@@ -234,7 +234,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     with _holding(lock, hold_lock):
         manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed,
                                                 "plan": plan, "environment": host_environment(), "evals": {},
-                                                "device_quality": {}})
+                                                # {}: quality jobs asked (bound as they finish); null: not asked
+                                                "device_quality": {} if device_quality else None})
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
                            settle=not hold_lock, device_quality=device_quality)
     outcome.lock = lock if hold_lock else None
@@ -296,15 +297,16 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
     """Measure only what a run is missing: pending, interrupted, failed and quarantined jobs, and unfinished series.
     `lab`: the lab head's address now (a lab run resumes on the lab it was planned on unless told otherwise).
     `runner_timeout_s` (e.g. `--runner-timeout` after a timeout) replaces the run's own for this resume.
-    `device_quality`: also redo missing quality jobs (None: as the run planned — the pipeline's resume).
+    `device_quality`: also run missing or failed quality jobs (None: if the run asked for them when it started —
+    the pipeline's resume).
 
     Every refusal (a complete run, another workspace's run, a run another process is measuring, a damaged or
     irreproducible plan) happens before anything in the run directory is changed."""
     run_dir = resolve_run_dir(run, workspace, own=True)
     manifest = RunManifest.open(run_dir)  # a corrupt run.json stops here, before anything is touched
     plan, config = _resumable_plan(manifest)
-    if device_quality is None:
-        device_quality = config.evaluate and config.device_quality
+    if device_quality is None:  # as planned: the run asked for quality jobs when it started
+        device_quality = manifest.data.get("device_quality") is not None
     _refuse_complete(manifest)
     _check_same_harness(manifest, force)
     lock = RunLock.acquire(run_dir)
