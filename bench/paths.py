@@ -10,6 +10,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 # The trained built-in captioner ships with the project (weights + the seeded script that made them).
 BUILTIN_CAPTIONER_DIR = PROJECT_DIR / "models" / "builtin-captioner"
+# Matrix `source:` names of the shipped captioners (base and the seed's base-vs-large axis), each with its folder.
+BUILTIN_SOURCES = {"builtin": "base", "builtin-large": "large"}
+
+
+def builtin_captioner_dir(size: str = "base") -> Path:
+    return BUILTIN_CAPTIONER_DIR if size == "base" else PROJECT_DIR / "models" / f"builtin-captioner-{size}"
 DEFAULT_MATRIX = PROJECT_DIR / "models" / "matrix.yaml"
 RUNNER_DIR = PROJECT_DIR / "runner"
 

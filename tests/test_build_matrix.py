@@ -23,7 +23,8 @@ def test_seed_iterative_schedule_expands_to_the_published_sparsities():
 
 def test_default_matrix_loads_and_covers_the_seed_study():
     names = [p.name for p in load_matrix(DEFAULT_MATRIX).planned()]
-    for expected in ("fp32", "fp16", "int8", "prune-0.2", "prune-0.672", "conv-prune-0.2", "embedding-prune-0.4"):
+    for expected in ("fp32", "fp16", "int8", "prune-0.2", "prune-0.672", "conv-prune-0.2", "embedding-prune-0.4",
+                     "input-48-resize", "input-48-crop", "input-64-crop", "input-80-crop", "int8-input-80"):
         assert expected in names
 
 
@@ -86,3 +87,41 @@ def test_unsupported_combination_in_yaml_points_at_the_entry(tmp_path):
 def test_duplicate_names_after_expansion_are_rejected():
     with pytest.raises(InputError, match="duplicate variant name 'p-0.2'"):
         matrix_from_dict({"variants": [{"name": "p", "prune": {"sparsities": [0.2, 0.2]}}]})
+
+
+def test_input_axes_expand_into_one_variant_per_size_and_mode(tmp_path):
+    matrix = load_matrix(write(tmp_path, "defaults: {image_size: 64}\nvariants:\n  - name: in\n"
+                                         "    image_sizes: [48, 80]\n    resizes: [resize, center_crop]\n"
+                                         "    crop_fraction: 0.875\n  - {name: plain}\n"))
+    planned = {p.name: p.recipe for p in matrix.planned()}
+    assert list(planned) == ["in-48-resize", "in-48-crop", "in-80-resize", "in-80-crop", "plain"]
+    assert (planned["in-80-crop"].image_size, planned["in-80-crop"].resize) == (80, "center_crop")
+    # the crop fraction belongs to the crops; resized variants keep the default (and their cache key)
+    assert planned["in-48-crop"].crop_fraction == 0.875 and planned["in-48-resize"].crop_fraction == 1.0
+    assert "crop_fraction" not in planned["in-48-resize"].key_fields()
+    assert planned["in-48-crop"].key_fields()["crop_fraction"] == 0.875
+    assert planned["plain"].image_size == 64  # the default applies where the entry lists no sizes
+
+
+def test_input_axes_cross_with_a_sparsity_schedule_and_a_source():
+    matrix = matrix_from_dict({"variants": [{"name": "p", "source": "builtin-large", "image_sizes": [48],
+                                             "prune": {"sparsities": [0.2, 0.4]}}]})
+    assert [(p.name, p.source, p.recipe.image_size) for p in matrix.planned()] == [
+        ("p-48-0.2", "builtin-large", 48), ("p-48-0.4", "builtin-large", 48)]
+
+
+@pytest.mark.parametrize("entry, line, message", [
+    ("    resize: crop\n", 3, "unknown resize mode 'crop'; did you mean 'center_crop'"),
+    ("    resizes: [resize, centre]\n", 3, "did you mean 'center_crop'"),
+    ("    image_sizes: [48, 4000]\n", 3, "input size 4000 is outside 16..1024"),
+    ("    image_size: 8\n", 3, "greater than or equal to 16"),
+    ("    image_size: 48\n    image_sizes: [64]\n", 2, "give either image_size or image_sizes"),
+    ("    crop_fraction: 0.9\n", 2, "crop_fraction applies to resize: center_crop only"),
+    ("    source: builtin-larg\n", 3, "unknown built-in captioner 'builtin-larg'; did you mean 'builtin-large'"),
+])
+def test_bad_input_axis_values_are_one_line_with_file_and_line(tmp_path, entry, line, message):
+    path = write(tmp_path, "variants:\n  - name: a\n" + entry)
+    with pytest.raises(InputError) as err:
+        load_matrix(path)
+    assert str(err.value).startswith(f"{path}:{line}:") and message in str(err.value)
+    assert "\n" not in str(err.value)

@@ -222,3 +222,24 @@ def test_a_run_is_not_its_own_baseline():
     # Comparing a run with itself would print SAME everywhere: a verdict about nothing.
     with pytest.raises(InputError, match="--baseline names the run being reported"):
         build_report(CURRENT, baseline=CURRENT)
+
+
+def test_variant_axes_reach_the_rows_as_named_columns():
+    """The seed's axes (input size, resize vs crop, model size) and the layer selection come from the manifest a
+    matrix build writes (bench.build.builder: recipe, image_size, resize, source)."""
+    from bench.report.data import COLUMNS
+    from bench.report.facts import FACT_COLUMNS, variant_facts
+
+    assert set(FACT_COLUMNS) <= set(COLUMNS)
+    manifest = {"recipe": {"precision": "fp32", "prune": {"sparsity": 0.2}, "layers": {"select": "conv"},
+                           "resize": "center_crop", "crop_fraction": 0.875},
+                "image_size": 80, "resize": "center_crop",
+                "source": {"name": "builtin-captioner-large", "model_size": "large", "params": 2698728}}
+    assert variant_facts(manifest) == {
+        "precision": "fp32", "prune_layers": "conv", "target_sparsity": 0.2, "image_size": 80,
+        "resize": "center_crop", "crop_fraction": 0.875, "model": "builtin-captioner-large", "model_size": "large",
+        "model_params": 2698728}
+    dense = variant_facts({"recipe": {"precision": "fp16"}, "image_size": 64, "resize": "resize", "source": {}})
+    assert (dense["prune_layers"], dense["crop_fraction"], dense["model_size"]) == (None, None, None)
+    everything = variant_facts({"recipe": {"prune": {"sparsity": 0.5}}, "image_size": 64, "resize": "resize"})
+    assert everything["prune_layers"] == "all"  # no `layers` selection: every layer was pruned

@@ -24,7 +24,7 @@ from typing import Any
 from bench.build.matrix import Matrix, PlannedVariant, Recipe
 from bench.build.variants import as_workspace, read_manifest
 from bench.errors import BenchError, BuildError, DamagedError, InputError, did_you_mean
-from bench.paths import BUILTIN_CAPTIONER_DIR, Workspace
+from bench.paths import BUILTIN_SOURCES, Workspace, builtin_captioner_dir
 
 # Bump when the exported graphs or the compression code change in a way that changes the bytes.
 EXPORTER_VERSION = 2
@@ -72,8 +72,9 @@ Progress = Callable[[ProgressEvent], None]
 
 
 def resolve_source(source: str, workspace: Workspace) -> Path:
-    if source == "builtin":
-        return BUILTIN_CAPTIONER_DIR
+    """A matrix `source`: a shipped captioner by name (`builtin`, `builtin-large`) or a checkpoint directory."""
+    if source in BUILTIN_SOURCES:
+        return builtin_captioner_dir(BUILTIN_SOURCES[source])
     path = Path(source).expanduser()
     return path if path.is_absolute() else (workspace.root / path)
 
@@ -95,7 +96,7 @@ def cache_key(recipe: Recipe, weights_sha256: str, image_size: int, decoder_leng
               versions: dict[str, str | None]) -> dict[str, Any]:
     return {
         "base_weights_sha256": weights_sha256,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recipe.key_fields(),
         "target": recipe.target,
         "image_size": image_size,
         "resize": recipe.resize,
@@ -159,6 +160,8 @@ class _Session:
 
     def __init__(self, checkpoint: Path, weights_sha256: str):
         self.checkpoint, self.weights_sha256 = checkpoint, weights_sha256
+        self.defaults: dict[str, int] = {}
+        self.params: int | None = None  # the source model's parameter count, known once it is loaded
         self._exports: dict[tuple, _Export] = {}
         self._about = None  # the source captioner's name, decoding and preprocessing (no model)
         self._folder = tempfile.TemporaryDirectory(prefix="bench-export-")
@@ -182,6 +185,7 @@ class _Session:
         captioner = load_captioner(self.checkpoint) if model is None else \
             captioner_around(model, self.checkpoint, weights_sha256=self.weights_sha256)
         self._about = dataclasses.replace(captioner, model=None)
+        self.params = sum(parameter.numel() for parameter in captioner.model.parameters())
         return captioner.model
 
     def exported(self, recipe: Recipe, image_size: int, decoder_length: int) -> tuple[_Export, float]:
@@ -315,17 +319,16 @@ def _why_build(final: Path, *, forced: bool, full: bool) -> str | None:
 
 def _build_planned(matrix: Matrix, ws: Workspace, planned: list[PlannedVariant], forced: set[str], verify: bool,
                    progress: Progress | None, trust_coremltools_pruner: bool, started: float) -> BuildReport:
-    checkpoint = resolve_source(matrix.source, ws)
-    weights_sha256 = base_weights_sha256(checkpoint)
-    defaults = _captioner_defaults(checkpoint)
     versions = tool_versions()
-    session = _Session(checkpoint, weights_sha256)
+    sessions = _Sessions(ws)
     report = BuildReport()
     notify = progress or (lambda event: None)
     try:
         for index, item in enumerate(planned):
             notify(ProgressEvent("start", item.name, index, len(planned)))
             t0 = time.perf_counter()
+            session = sessions.of(item.source or matrix.source)
+            weights_sha256, defaults = session.weights_sha256, session.defaults
             image_size = item.recipe.image_size or defaults["image_size"]
             decoder_length = item.recipe.decoder_length or defaults["max_length"]
             key = cache_key(item.recipe, weights_sha256, image_size, decoder_length, versions)
@@ -351,9 +354,30 @@ def _build_planned(matrix: Matrix, ws: Workspace, planned: list[PlannedVariant],
             report.results.append(result)
             notify(ProgressEvent("done", item.name, index, len(planned), result.status))
     finally:
-        session.close()
+        sessions.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+class _Sessions:
+    """One _Session per source captioner of the matrix (the base-vs-large axis), opened on first use: a source
+    that cannot be read fails at its first variant, with the reason."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self._open: dict[str, _Session] = {}
+
+    def of(self, source: str) -> "_Session":
+        if source not in self._open:
+            checkpoint = resolve_source(source, self.workspace)
+            session = _Session(checkpoint, base_weights_sha256(checkpoint))
+            session.defaults = _captioner_defaults(checkpoint)
+            self._open[source] = session
+        return self._open[source]
+
+    def close(self) -> None:
+        for session in self._open.values():
+            session.close()
 
 
 def _captioner_defaults(checkpoint: Path) -> dict[str, int]:
@@ -368,6 +392,12 @@ def _captioner_defaults(checkpoint: Path) -> dict[str, int]:
     metadata = read_metadata(checkpoint)
     return {"image_size": int(vision.get("image_size", 384)),
             "max_length": int(metadata.get("decode", {}).get("max_length", DEFAULT_MAX_LENGTH))}
+
+
+def _model_size(checkpoint: Path) -> str | None:
+    from bench.train.captioner import model_size_label
+
+    return model_size_label(json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
 
 
 def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], variant_id: str, final: Path,
@@ -421,7 +451,8 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
             resize=recipe.resize, decoder_length=decoder_length,
             decode={**captioner.decode.to_dict()},
             source={"path": str(session.checkpoint), "name": captioner.name,
-                    "weights_sha256": session.weights_sha256},
+                    "weights_sha256": session.weights_sha256, "params": session.params,
+                    "model_size": _model_size(session.checkpoint)},
             io={"encoder": {"inputs": analyses["encoder"].inputs, "outputs": analyses["encoder"].outputs,
                             "input": ENCODER_INPUT, "output": ENCODER_OUTPUT},
                 "decoder": {"inputs": analyses["decoder"].inputs, "outputs": analyses["decoder"].outputs,
@@ -429,7 +460,7 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
                             "usage": "step t: input_ids[0..t] filled (ids[0]=bos), attention_mask 1 up to t, "
                                      "read logits[0, t]"},
                 "preprocessing": {**captioner.preprocessing.to_dict(), "image_size": image_size,
-                                  "resize": recipe.resize}},
+                                  "resize": recipe.resize, "crop_fraction": recipe.crop_fraction}},
             packages=packages, measured=measured_summary(analyses, plans), verification=verification,
             build={"convert_seconds": round(convert_seconds, 3), "compress_seconds": round(compress_seconds, 3),
                    "analyze_seconds": round(analyze_seconds, 3),

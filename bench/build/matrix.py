@@ -8,10 +8,16 @@ variants:
   - {name: int8, quantize: {bits: 8}}
   - {name: prune, prune: {schedule: {step: 0.2, iterations: 5}}}     # the seed's 20 %-of-remaining schedule
   - {name: conv-prune, prune: {sparsities: [0.2, 0.4]}, layers: {select: conv}}
+  - {name: input, image_sizes: [48, 64, 80], resizes: [resize, center_crop], crop_fraction: 0.875}
+  - {name: large-fp32, source: builtin-large}  # another captioner: the seed's base-vs-large axis
 ```
 
 Axes combine within one entry; lists of sparsities and schedules expand into one variant each (named
-`<name>-<sparsity>`). Unsupported combinations are rejected here, before any conversion, with the reason.
+`<name>-<sparsity>`), lists of input sizes and resize modes into one variant per combination (named
+`<name>-<size>-<resize|crop>`). Unsupported combinations are rejected here, before any conversion, with the reason;
+input sizes outside 16..1024 px and unknown resize modes are named with the file and line. A size that is not a
+multiple of the patch size is allowed, as the seed's 348 px on BLIP's 16-px patches was: the encoder sees 21 x 21
+patches (336 px) and the last 12 px of each row and column are never read.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from bench.errors import InputError, did_you_mean
 TARGET_ORDER = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
 LAYER_SELECTIONS = ("all", "conv", "embedding", "linear", "all_but_embedding", "pattern")
 PALETTE_MODES = ("kmeans", "uniform")
+RESIZE_MODES = ("resize", "center_crop")
+RESIZE_SUFFIX = {"resize": "resize", "center_crop": "crop"}
+# Recipe fields added after variants were first built, with their default: left out of the cache key at that default,
+# so every variant built before keeps its id (and cache) — a new axis only adds variants.
+ADDED_FIELDS = {"crop_fraction": 1.0}
 
 
 class _Strict(BaseModel):
@@ -36,6 +47,10 @@ def _choice(kind: str, value: Any, choices: tuple[str, ...]) -> Any:
     if isinstance(value, str) and value not in choices:
         raise ValueError(str(did_you_mean(kind, value, choices)))
     return value
+
+
+def _resize_mode(value: Any) -> Any:
+    return _choice("resize mode", value, RESIZE_MODES)
 
 
 class Quantize(_Strict):
@@ -135,7 +150,8 @@ class Recipe(_Strict):
     precision: Literal["fp32", "fp16"] = "fp32"
     target: str = "iOS17"
     image_size: int | None = Field(None, ge=16, le=1024)
-    resize: Literal["resize", "center_crop"] = "resize"
+    resize: str = "resize"
+    crop_fraction: float = Field(1.0, gt=0.25, le=1.0)  # centre crop only (bench.train.captioner.Preprocessing)
     decoder_length: int | None = Field(None, ge=2, le=512)
     quantize: Quantize | None = None
     palettize: Palettize | None = None
@@ -148,6 +164,11 @@ class Recipe(_Strict):
     def _target(cls, value: str) -> str:
         return _choice("deployment target", value, tuple(TARGET_ORDER))
 
+    @field_validator("resize")
+    @classmethod
+    def _resize(cls, value: str) -> str:
+        return _resize_mode(value)
+
     @model_validator(mode="after")
     def _supported(self) -> "Recipe":
         reason = unsupported_reason(self)
@@ -158,6 +179,14 @@ class Recipe(_Strict):
     @property
     def compressions(self) -> list[str]:
         return [k for k in ("prune", "palettize", "quantize") if getattr(self, k) is not None]
+
+    def crops(self) -> bool:
+        return self.resize == "center_crop"
+
+    def key_fields(self) -> dict[str, Any]:
+        """The recipe as the cache key hashes it (fields added later are left out at their default: ADDED_FIELDS)."""
+        dumped = self.model_dump(mode="json")
+        return {k: v for k, v in dumped.items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 
 
 def unsupported_reason(recipe: Recipe) -> str | None:
@@ -180,12 +209,15 @@ def unsupported_reason(recipe: Recipe) -> str | None:
         return f"joint pruning + {'quantization' if q else 'palettization'} needs target iOS18, not {recipe.target}"
     if recipe.layers and not recipe.compressions:
         return "`layers` selects weights to compress, but no prune/quantize/palettize is given"
+    if recipe.crop_fraction != 1.0 and not recipe.crops():
+        return f"crop_fraction applies to resize: center_crop only (this entry resizes with {recipe.resize!r})"
     return None
 
 
 class Entry(Recipe):
-    """A matrix entry: a named recipe whose prune lists/schedules expand into several variants — or Core ML models
-    made elsewhere (`package: PATH` or `packages: [PATH, …]`, relative to the matrix file), imported as variants
+    """A matrix entry: a named recipe whose prune lists/schedules and input-size / resize-mode lists expand into
+    several variants, `source` (default: the matrix's) the captioner it compresses — or Core ML models made elsewhere
+    (`package: PATH` or `packages: [PATH, …]`, relative to the matrix file), imported as variants
     (bench.build.imported) with an optional `name` (one package), `family` and `reference`."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=64)
@@ -193,6 +225,45 @@ class Entry(Recipe):
     packages: list[str] | None = Field(None, min_length=1)
     family: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=64)
     reference: bool = False
+    source: str | None = Field(None, min_length=1)
+    image_sizes: list[int] | None = Field(None, min_length=1)
+    resizes: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("image_sizes")
+    @classmethod
+    def _sizes(cls, values: list[int] | None) -> list[int] | None:
+        for value in values or ():
+            if not 16 <= value <= 1024:
+                raise ValueError(f"input size {value} is outside 16..1024 pixels")
+        if values and len(set(values)) != len(values):
+            raise ValueError("an input size is listed twice")
+        return values
+
+    @field_validator("resizes")
+    @classmethod
+    def _modes(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or ():
+            _resize_mode(value)
+        if values and len(set(values)) != len(values):
+            raise ValueError("a resize mode is listed twice")
+        return values
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        return None if value is None else _builtin_source(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_list(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for single, many in LIST_FORMS.items():
+                if data.get(many) is not None and data.get(single) is not None:
+                    raise ValueError(f"give either {single} or {many}, not both")
+        return data
+
+    def crops(self) -> bool:
+        return "center_crop" in (self.resizes or [self.resize])
 
     @model_validator(mode="after")
     def _recipe_or_packages(self) -> "Entry":
@@ -204,8 +275,8 @@ class Entry(Recipe):
             if self.family is not None or self.reference:
                 raise ValueError("`family` and `reference` belong to imported packages (`package:`/`packages:`)")
             return self
-        recipe = [k for k in ("quantize", "palettize", "prune", "layers", "image_size", "decoder_length")
-                  if getattr(self, k) is not None]
+        recipe = [k for k in ("quantize", "palettize", "prune", "layers", "image_size", "decoder_length", "source",
+                              "image_sizes", "resizes") if getattr(self, k) is not None]
         if recipe:
             raise ValueError(f"`{recipe[0]}` is a build recipe; an imported package is measured as it is")
         if self.packages is not None and (self.name is not None or self.reference):
@@ -238,7 +309,7 @@ class Defaults(_Strict):
     precision: Literal["fp32", "fp16"] | None = None
     target: str | None = None
     image_size: int | None = Field(None, ge=16, le=1024)
-    resize: Literal["resize", "center_crop"] | None = None
+    resize: str | None = None
     decoder_length: int | None = Field(None, ge=2, le=512)
     min_elements: int | None = Field(None, ge=0)
 
@@ -246,6 +317,28 @@ class Defaults(_Strict):
     @classmethod
     def _target(cls, value: str | None) -> str | None:
         return None if value is None else _choice("deployment target", value, tuple(TARGET_ORDER))
+
+    @field_validator("resize")
+    @classmethod
+    def _resize(cls, value: str | None) -> str | None:
+        return None if value is None else _resize_mode(value)
+
+
+LIST_FORMS = {"image_size": "image_sizes", "resize": "resizes"}
+
+
+def _defaults_for(entry: dict, defaults: dict) -> dict:
+    """The defaults an entry takes: not a single image_size/resize where the entry lists its own."""
+    return {k: v for k, v in defaults.items() if LIST_FORMS.get(k) not in entry}
+
+
+def _builtin_source(value: str) -> str:
+    """`builtin…` names a shipped captioner (bench.paths.BUILTIN_SOURCES); anything else is a checkpoint path."""
+    from bench.paths import BUILTIN_SOURCES
+
+    if value.startswith("builtin") and value not in BUILTIN_SOURCES:
+        raise ValueError(str(did_you_mean("built-in captioner", value, BUILTIN_SOURCES)))
+    return value
 
 
 class Matrix(_Strict):
@@ -258,6 +351,11 @@ class Matrix(_Strict):
         path = Path(planned.path).expanduser()
         return path if path.is_absolute() else (self._base_dir or workspace_root) / path
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return _builtin_source(value)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_defaults(cls, data: Any) -> Any:
@@ -267,8 +365,8 @@ class Matrix(_Strict):
         defaults = {k: v for k, v in (data.get("defaults") or {}).items() if k in Defaults.model_fields}
         variants = data.get("variants")
         if isinstance(variants, list):  # build defaults do not apply to imported packages
-            data = {**data, "variants": [{**defaults, **v} if isinstance(v, dict) and not _names_package(v) else v
-                                         for v in variants]}
+            data = {**data, "variants": [{**_defaults_for(v, defaults), **v}
+                                         if isinstance(v, dict) and not _names_package(v) else v for v in variants]}
         return data
 
     @model_validator(mode="after")
@@ -296,6 +394,10 @@ class Matrix(_Strict):
         return found
 
 
+    def source_of(self, entry: "Entry") -> str:
+        return entry.source or self.source
+
+
 def _names_package(entry: dict) -> bool:
     return "package" in entry or "packages" in entry
 
@@ -305,16 +407,28 @@ class PlannedVariant(BaseModel):
 
     name: str
     recipe: Recipe
+    source: str | None = None  # the entry's own source; None = the matrix's
 
 
 def _expand(entry: Entry) -> list[PlannedVariant]:
-    body = entry.model_dump(exclude={"name", "package", "packages", "family", "reference"})
-    if entry.prune is None or entry.prune.n_m is not None or entry.prune.sparsity is not None:
-        return [PlannedVariant(name=entry.name, recipe=Recipe.model_validate(body))]
+    """One variant per input size × resize mode × sparsity of the entry (only axes given as lists add a suffix)."""
+    body = entry.model_dump(exclude={"name", "package", "packages", "family", "reference", "source", "image_sizes",
+                                     "resizes"})
+    sizes = [(f"-{size}", {"image_size": size}) for size in entry.image_sizes] if entry.image_sizes else [("", {})]
+    modes = [(f"-{RESIZE_SUFFIX[mode]}", {"resize": mode, "crop_fraction": entry.crop_fraction if mode == "center_crop"
+                                          else 1.0}) for mode in entry.resizes] if entry.resizes else [("", {})]
+    prune = entry.prune
+    if prune is None or prune.n_m is not None or prune.sparsity is not None:
+        sparsities = [("", {})]
+    else:
+        sparsities = [(f"-{_short(s)}", {"prune": {"sparsity": s}}) for s in prune.expand()]
     variants = []
-    for sparsity in entry.prune.expand():
-        single = {**body, "prune": {"sparsity": sparsity}}
-        variants.append(PlannedVariant(name=f"{entry.name}-{_short(sparsity)}", recipe=Recipe.model_validate(single)))
+    for size_suffix, size in sizes:
+        for mode_suffix, mode in modes:
+            for sparsity_suffix, sparsity in sparsities:
+                recipe = Recipe.model_validate({**body, **size, **mode, **sparsity})
+                variants.append(PlannedVariant(name=f"{entry.name}{size_suffix}{mode_suffix}{sparsity_suffix}",
+                                               recipe=recipe, source=entry.source))
     return variants
 
 

@@ -147,7 +147,8 @@ def captioner_from_host_weights(manifest, directory: Path, weights):
     source = Path(manifest.source["path"])
     model = host_weights.load_model(weights, source, manifest.image_size)
     base = captioner_around(model, source, weights_sha256=manifest.variant_hash)
-    preprocessing = dataclasses.replace(base.preprocessing, image_size=manifest.image_size)
+    crop_fraction = float((manifest.recipe or {}).get("crop_fraction", 1.0))
+    preprocessing = dataclasses.replace(base.preprocessing, image_size=manifest.image_size, crop_fraction=crop_fraction)
     return dataclasses.replace(
         base, image_size=manifest.image_size, name=manifest.variant_id, preprocessing=preprocessing,
         path=directory, metadata={**base.metadata, "variant": manifest.variant_id, "resize": manifest.resize},

@@ -26,7 +26,7 @@ def eval_command(
     beams: Annotated[int, typer.Option(help="1 = greedy; more = beam search.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per generate call.")] = 16,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Input size in pixels (default: the model's; the seed found 348 best for BLIP-base).")] = None,
-    resize: Annotated[str, typer.Option(help="resize | center_crop")] = "resize",
+    resize: Annotated[str | None, typer.Option(help="resize | center_crop (default: a variant's own, else resize)")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Max tokens incl. BOS (default: the captioner's).")] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95 % intervals.")] = 1000,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,

@@ -37,7 +37,9 @@ def finetune(
 
 
 def train_builtin(
-    out: Path = typer.Option(None, "--out", help="Output directory (default: the shipped models/builtin-captioner)."),
+    out: Path = typer.Option(None, "--out", help="Output directory (default: the shipped models/builtin-captioner[-SIZE])."),
+    size: str = typer.Option("base", "--size", help="Architecture: base (the default model) or large (the seed's "
+                             "base-vs-large axis; models/builtin-captioner-large)."),
     steps: int = typer.Option(None, help="Override the number of steps (default: the shipped recipe)."),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="CPU threads (the shipped model was trained with 2)."),
@@ -45,14 +47,16 @@ def train_builtin(
     eval_limit: int = typer.Option(None, help="Test images for the final BLEU check (default: the whole split)."),
 ) -> None:
     """Train the built-in captioner from scratch on the synthetic set (seeded) and record its held-out BLEU."""
-    from bench.paths import BUILTIN_CAPTIONER_DIR
-    from bench.train.builtin import DEFAULT_CONFIG, train_builtin as run
+    from bench.paths import builtin_captioner_dir
+    from bench.train.builtin import DEFAULT_CONFIG, builtin_architecture, builtin_name, train_builtin as run
     from bench.train.trainer import TrainConfig
 
+    arch = builtin_architecture(size)
     settings = {**DEFAULT_CONFIG, "seed": seed, "threads": threads, "device": device, "keep_checkpoints": False}
     if steps:
         settings["steps"] = steps
-    result = run(out or BUILTIN_CAPTIONER_DIR, TrainConfig(**settings), eval_limit=eval_limit, log=console().log)
+    result = run(out or builtin_captioner_dir(size), TrainConfig(**settings), arch=arch, name=builtin_name(size),
+                 eval_limit=eval_limit, log=console().log)
     evaluation = result.metadata["evaluation"]
     console().print(f"saved {result.out_dir}: sacreBLEU {evaluation['bleu']} on {evaluation['n']} test images, "
                     f"trained {result.train_seconds:.0f} s")

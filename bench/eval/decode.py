@@ -42,12 +42,13 @@ class CaptionerLike(Protocol):
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How captions are produced. `image_size` None = the size the captioner was trained at."""
+    """How captions are produced. `image_size` None = the size the captioner is used at (a variant's build size),
+    `resize` None = the captioner's own mode (a variant's recipe: resize or centre crop)."""
 
     beams: int = 1
     batch_size: int = 16
     image_size: int | None = None
-    resize: str = "resize"
+    resize: str | None = None
     max_length: int | None = None  # transformers semantics: total length incl. the BOS prompt; None = captioner's
 
     def validate(self) -> "DecodeOptions":
@@ -58,7 +59,7 @@ class DecodeOptions:
         if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
             # Past a few thousand pixels the ViT's attention alone needs terabytes: refuse instead of crashing.
             raise InputError(f"image size must be 8 to {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
-        if self.resize not in RESIZE_MODES:
+        if self.resize is not None and self.resize not in RESIZE_MODES:
             raise did_you_mean("resize mode", self.resize, RESIZE_MODES)
         if self.max_length is not None and self.max_length < 2:
             raise InputError(f"max length must be at least 2 (BOS + one token), got {self.max_length}")
@@ -93,6 +94,12 @@ class DecodeRun:
 def default_image_size(captioner: CaptionerLike) -> int:
     """The input size the captioner is used at unless told otherwise (a variant's is its build size)."""
     return int(captioner.image_size)
+
+
+def default_resize(captioner: CaptionerLike) -> str:
+    """How the captioner's images are fitted unless told otherwise: a variant's recipe says (resize or centre crop),
+    a checkpoint resizes (as BLIP's processor does)."""
+    return str((getattr(captioner, "metadata", None) or {}).get("resize") or "resize")
 
 
 def native_image_size(captioner: CaptionerLike) -> int:
@@ -175,7 +182,7 @@ def decode_images(
     for indices in _batches(range(total), options.batch_size):
         batch = [load(i) for i in indices]
         started = time.perf_counter()
-        pixel_values = captioner.preprocess(batch, size=size, mode=options.resize)
+        pixel_values = captioner.preprocess(batch, size=size, mode=options.resize or default_resize(captioner))
         prepared = time.perf_counter()
         sequences = generate_batch(captioner, pixel_values, beams=options.beams, max_length=max_length, interpolate=interpolate)
         generate_seconds += time.perf_counter() - prepared

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, IncomparableError, InputError, RecordError, check_seed, did_you_mean
-from bench.eval.decode import CaptionerLike, DecodeOptions, decode_images, default_image_size, resolve_max_length
+from bench.eval.decode import (CaptionerLike, DecodeOptions, decode_images, default_image_size, default_resize,
+                               resolve_max_length)
 from bench.eval.metrics import DEFAULT_RESAMPLES, METRICS, check_corpus, paired_bootstrap_scores, score_corpus
 from bench.eval.records import (
     DatasetInfo,
@@ -41,7 +42,7 @@ class EvalOptions:
     beams: int = 1
     batch_size: int = 16
     image_size: int | None = None
-    resize: str = "resize"
+    resize: str | None = None  # None: the subject's own (a variant's recipe), else resize
     max_length: int | None = None
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
@@ -214,7 +215,8 @@ def evaluate(
             # Checked before the (long) decoding so that a repeated command fails at once.
             raise RecordError(f"{existing}: this evaluation already exists (records are immutable); pass --overwrite to redo it")
 
-    decode_options = replace(options.decode_options(), image_size=decoding.image_size, max_length=decoding.max_length)
+    decode_options = replace(options.decode_options(), image_size=decoding.image_size, resize=decoding.resize,
+                             max_length=decoding.max_length)
     with _torch_threads(options.threads) as threads:
         run = decode_images(captioner, lambda i: samples[i].load_image(), decode_options, count=len(samples))
     captions = [out.caption for out in run.outputs]
@@ -255,7 +257,7 @@ def planned_decoding(captioner: CaptionerLike, options: EvalOptions) -> Decoding
         max_length=resolve_max_length(captioner, decode_options),
         batch_size=options.batch_size,
         image_size=options.image_size or default_image_size(captioner),
-        resize=options.resize,  # type: ignore[arg-type]
+        resize=options.resize or default_resize(captioner),  # type: ignore[arg-type]
     )
 
 

@@ -20,12 +20,14 @@ def variant_name(variant_id: str, manifest: dict | None) -> str:
     return head if head and len(tail) == 12 else variant_id
 
 
-FACT_COLUMNS = ["precision", "prune_layers", "target_sparsity", "image_size", "resize", "model", "model_params"]
+FACT_COLUMNS = ["precision", "prune_layers", "target_sparsity", "image_size", "resize", "crop_fraction", "model",
+                "model_size", "model_params"]
 
 
 def variant_facts(manifest: dict | None) -> dict[str, Any]:
     """What the seed's studies group by: precision, which layers were pruned (`all`, `conv`, `embedding`, `n:m`…),
-    the input size and resize mode, and which captioner (name and parameter count: the base-vs-large axis)."""
+    the input size, resize mode and (centre crop) crop fraction, and which captioner (name, `base`/`large` read from
+    its config by bench.train.captioner.model_size_label, parameter count: the base-vs-large axis)."""
     if not manifest:
         return dict.fromkeys(FACT_COLUMNS)
     if manifest.get("origin") == "imported":  # no recipe: its storage is what the analysis measured
@@ -40,12 +42,14 @@ def variant_facts(manifest: dict | None) -> dict[str, Any]:
     n_m = prune.get("n_m") if prune else None
     if n_m and sparsity is None:
         sparsity = n_m[0] / n_m[1]
-    source = manifest.get("source") or {}
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    resize = manifest.get("resize") or recipe.get("resize")
     return {"precision": _precision(recipe), "prune_layers": _pruned_layers(recipe) if prune else None,
-            "target_sparsity": sparsity, "image_size": manifest.get("image_size"),
-            "resize": manifest.get("resize") or recipe.get("resize"),
-            "model": source.get("name") if isinstance(source, dict) else None,
-            "model_params": ((manifest.get("measured") or {}).get("params"))}
+            "target_sparsity": sparsity, "image_size": manifest.get("image_size"), "resize": resize,
+            "crop_fraction": float(recipe.get("crop_fraction", 1.0)) if resize == "center_crop" else None,
+            "model": source.get("name"), "model_size": source.get("model_size"),
+            # the source captioner's parameters (bench.build records them), else what the packages hold
+            "model_params": source.get("params") or (manifest.get("measured") or {}).get("params")}
 
 
 def _precision(recipe: dict) -> str:

@@ -130,11 +130,14 @@ def build_default_matrix(workspace: Workspace, matrix: str | None = None, *, log
 
     path = Path(matrix) if matrix else DEFAULT_MATRIX
     loaded = load_matrix(path)
-    from bench.paths import BUILTIN_CAPTIONER_DIR
+    from bench.paths import BUILTIN_SOURCES, builtin_captioner_dir
 
-    if loaded.source == "builtin" and not (BUILTIN_CAPTIONER_DIR / "config.json").exists():
-        raise InputError(f"the built-in captioner is not in {BUILTIN_CAPTIONER_DIR} yet; train it with "
-                         "`bench train-builtin` (see its reproduce.sh), then run again")
+    for source in sorted({loaded.source, *(entry.source for entry in loaded.variants if entry.source)}):
+        size = BUILTIN_SOURCES.get(source)
+        if size and not (builtin_captioner_dir(size) / "config.json").exists():
+            option = "" if size == "base" else f" --size {size}"
+            raise InputError(f"the built-in captioner is not in {builtin_captioner_dir(size)} yet; train it with "
+                             f"`bench train-builtin{option}` (see its reproduce.sh), then run again")
     log(f"building the variant matrix {path} (cached variants are reused)…")
     report = build_matrix(loaded, workspace,
                           progress=lambda event: log(f"  {event.name}: {event.detail or event.kind}")

@@ -7,12 +7,12 @@ confidence intervals and records is `bench eval` (bench/eval).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.errors import InputError
+from bench.errors import InputError, did_you_mean
 from bench.train.captioner import (
+    BUILTIN_ARCHITECTURES,
     BuiltinArchitecture,
     Captioner,
     DecodeConfig,
@@ -30,14 +30,26 @@ DEFAULT_CONFIG = dict(steps=800, batch_size=64, lr=1e-3, warmup_steps=100, weigh
 TRAIN_LIMIT = 20_000
 
 
-def new_builtin_captioner(arch: BuiltinArchitecture, seed: int, workdir: Path) -> Captioner:
+def builtin_architecture(size: str) -> BuiltinArchitecture:
+    if size not in BUILTIN_ARCHITECTURES:
+        raise did_you_mean("built-in captioner size", size, BUILTIN_ARCHITECTURES)
+    return BUILTIN_ARCHITECTURES[size]
+
+
+def builtin_name(size: str) -> str:
+    """The shipped captioner's name (and folder under models/) for an architecture of BUILTIN_ARCHITECTURES."""
+    return "builtin-captioner" if size == "base" else f"builtin-captioner-{size}"
+
+
+def new_builtin_captioner(arch: BuiltinArchitecture, seed: int, workdir: Path,
+                          name: str = "builtin-captioner") -> Captioner:
     tokenizer = write_builtin_tokenizer(workdir)
     model = new_builtin_model(arch, tokenizer, seed=seed)
     vocab = tokenizer.get_vocab()
     decode = DecodeConfig(bos_id=vocab["[DEC]"], eos_id=vocab["[SEP]"], pad_id=vocab["[PAD]"],
                           max_length=arch.max_length)
     return Captioner(model=model, tokenizer=tokenizer, image_size=arch.image_size, decode=decode,
-                     weights_sha256="", name="builtin-captioner", preprocessing=Preprocessing(arch.image_size),
+                     weights_sha256="", name=name, preprocessing=Preprocessing(arch.image_size),
                      path=workdir)
 
 
@@ -46,6 +58,7 @@ def train_builtin(
     config: TrainConfig,
     *,
     arch: BuiltinArchitecture = BuiltinArchitecture(),
+    name: str = "builtin-captioner",
     train_limit: int | None = TRAIN_LIMIT,
     eval_limit: int | None = None,
     progress: bool = True,
@@ -62,11 +75,11 @@ def train_builtin(
     out_dir = Path(out_dir)
     dataset = open_dataset(DATASET_SPEC, split="train", limit=train_limit, seed=config.seed)
     with tempfile.TemporaryDirectory(prefix="bench-builtin-") as work:
-        captioner = new_builtin_captioner(arch, config.seed, Path(work))
+        captioner = new_builtin_captioner(arch, config.seed, Path(work), name)
         result = train(
             captioner, dataset, out_dir, config,
-            base={"kind": "scratch", "id": f"builtin:{asdict(arch)}", "architecture": asdict(arch)},
-            name="builtin-captioner", progress=progress, log=log,
+            base={"kind": "scratch", "id": f"builtin:{arch.recorded()}", "architecture": arch.recorded()},
+            name=name, progress=progress, log=log,
         )
     trained = load_captioner(out_dir)
     test = open_dataset(DATASET_SPEC, split="test", limit=eval_limit, seed=0)

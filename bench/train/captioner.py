@@ -49,13 +49,18 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How pixels become the model's input: resize (or shorter-side resize + centre crop), scale, normalise."""
+    """How pixels become the model's input: resize (or shorter-side resize + centre crop), scale, normalise.
+
+    `crop_fraction` (centre crop only): the crop keeps that fraction of the shorter side (the shorter side is resized
+    to size / crop_fraction first, as torchvision's Resize(256) + CenterCrop(224) keeps 0.875). 1.0 crops the
+    largest centre square (CLIP's preprocessing), which on a square image is the same as resizing."""
 
     image_size: int
     mean: tuple[float, float, float] = BLIP_MEAN
     std: tuple[float, float, float] = BLIP_STD
     resample: int = BICUBIC
     rescale_factor: float = 1 / 255
+    crop_fraction: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -116,19 +121,20 @@ def preprocess_images(
         return torch.empty((0, 3, size, size), dtype=torch.float32)
     batch = np.empty((len(images), size, size, 3), dtype=np.float32)
     for i, image in enumerate(images):
-        batch[i] = np.asarray(_fit(image.convert("RGB"), size, mode, prep.resample), dtype=np.float32)
+        batch[i] = np.asarray(_fit(image.convert("RGB"), size, mode, prep.resample, prep.crop_fraction),
+                              dtype=np.float32)
     batch *= prep.rescale_factor
     batch -= np.asarray(prep.mean, dtype=np.float32)
     batch /= np.asarray(prep.std, dtype=np.float32)
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
-def _fit(image, size: int, mode: str, resample: int):
+def _fit(image, size: int, mode: str, resample: int, crop_fraction: float = 1.0):
     if mode == "resize":
         return image.resize((size, size), resample=resample)
-    # centre crop: scale the shorter side to `size`, then cut the middle square
+    # centre crop: scale the shorter side to `size / crop_fraction`, then cut the middle `size` square
     width, height = image.size
-    scale = size / min(width, height)
+    scale = round(size / crop_fraction) / min(width, height)
     resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), resample=resample)
     left, top = (resized.width - size) // 2, (resized.height - size) // 2
     return resized.crop((left, top, left + size, top + size))
@@ -296,7 +302,10 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuiltinArchitecture:
-    """A small BLIP: ~1.5 M parameters, a few MB in fp32, trainable on two CPU cores in minutes."""
+    """A small BLIP: ~1.5 M parameters, a few MB in fp32, trainable on two CPU cores in minutes.
+
+    `vision_hidden_size`/`vision_intermediate_size` (None: as the text decoder's) let the vision encoder grow alone,
+    as BLIP-large differs from BLIP-base only by its vision transformer (ViT-L vs ViT-B; same text decoder)."""
 
     image_size: int = 64
     patch_size: int = 8
@@ -307,6 +316,37 @@ class BuiltinArchitecture:
     heads: int = 4
     max_positions: int = 32
     max_length: int = 24
+    vision_hidden_size: int | None = None
+    vision_intermediate_size: int | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """The fields that define it, without unset optional ones (so the base's recorded id is unchanged)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+# The shipped built-in captioners, same seeded recipe (bench/train/builtin.py), "base vs large" as in the seed study:
+# large has a 1.5x wider, one layer deeper vision encoder and the same text decoder (BLIP-large vs -base: ViT-L vs
+# ViT-B, same BERT-base decoder): 2.70 M parameters, 1.86x base (BLIP: 470 M vs 247 M, 1.9x); same 64 px input.
+BUILTIN_ARCHITECTURES = {
+    "base": BuiltinArchitecture(),
+    "large": BuiltinArchitecture(vision_hidden_size=192, vision_intermediate_size=768, vision_layers=4),
+}
+
+
+# BLIP-base and -large differ by their vision transformer only (ViT-B/16 vs ViT-L/16).
+BLIP_VISION_SIZES = {(768, 12): "base", (1024, 24): "large"}
+
+
+def model_size_label(config: dict[str, Any]) -> str | None:
+    """"base" / "large" for a BLIP config whose vision encoder is a built-in captioner's or BLIP-base/-large's
+    (read from config.json, never from a folder name); None for any other architecture."""
+    vision = config.get("vision_config") or {}
+    shape = (vision.get("hidden_size"), vision.get("num_hidden_layers"))
+    for size, arch in BUILTIN_ARCHITECTURES.items():
+        builtin = (arch.vision_hidden_size or arch.hidden_size, arch.vision_layers)
+        if shape == builtin and vision.get("patch_size") == arch.patch_size:
+            return size
+    return BLIP_VISION_SIZES.get(shape)  # type: ignore[arg-type]
 
 
 def builtin_vocabulary() -> list[str]:
@@ -339,8 +379,8 @@ def new_builtin_model(arch: BuiltinArchitecture, tokenizer, seed: int = 0):
         vision_config={
             "image_size": arch.image_size,
             "patch_size": arch.patch_size,
-            "hidden_size": arch.hidden_size,
-            "intermediate_size": arch.intermediate_size,
+            "hidden_size": arch.vision_hidden_size or arch.hidden_size,
+            "intermediate_size": arch.vision_intermediate_size or arch.intermediate_size,
             "num_hidden_layers": arch.vision_layers,
             "num_attention_heads": arch.heads,
             "initializer_range": 0.02,

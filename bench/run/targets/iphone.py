@@ -41,7 +41,8 @@ def _default_preprocess(images: list, size: int, mode: str, variant=None):
 
     recorded = ((getattr(variant.source, "io", None) or {}).get("preprocessing") if variant is not None else None)
     if recorded:
-        fields = {k: recorded[k] for k in ("mean", "std", "resample", "rescale_factor") if k in recorded}
+        fields = {k: recorded[k] for k in ("mean", "std", "resample", "rescale_factor", "crop_fraction")
+                  if k in recorded}
         prep = Preprocessing(image_size=size, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
         return preprocess_images(images, prep, size=size, mode=mode)
     from bench.paths import BUILTIN_CAPTIONER_DIR
@@ -56,6 +57,20 @@ def _default_preprocess(images: list, size: int, mode: str, variant=None):
 
 _PREPROCESSOR = None
 _PREPROCESSOR_LOCK = threading.Lock()
+
+
+def _preparation(variant) -> tuple[int, str, float]:
+    """What makes a variant's input tensor differ from another's: size, resize mode, crop fraction."""
+    recorded = (getattr(variant.source, "io", None) or {}).get("preprocessing") or {}
+    return (int(variant.image_size or 384), getattr(variant.source, "resize", None) or "resize",
+            float(recorded.get("crop_fraction", 1.0)))
+
+
+def _preparation_label(preparation: tuple[int, str, float]) -> str:
+    size, mode, fraction = preparation
+    if mode == "resize":
+        return str(size)
+    return f"{size}-crop" if fraction == 1.0 else f"{size}-crop{fraction:g}"
 
 # The default runner timeout of a job is a generous budget, not a prediction: roughly ten times what a recent
 # iPhone needs on its slowest compute unit, so only a hung or crashed runner ever reaches it, while a 20-step round
@@ -191,7 +206,9 @@ class IPhoneTarget:
         """The runner job of a round: (spec, variant directories, input tensors, (variant, unit) -> job key)."""
         from bench.deploy import api as deploy_api
 
-        sizes = {step.variant.image_size for step in request.steps}
+        # Variants of one round may take their images at other sizes, or cropped instead of resized: one input
+        # tensor per distinct preprocessing (named after it when there are several).
+        preparations = {_preparation(step.variant) for step in request.steps}
         inputs: dict[str, Any] = {}
         models, seen = [], set()
         for step in request.steps:
@@ -202,10 +219,10 @@ class IPhoneTarget:
             size = int(variant.image_size or 384)
             ids = []
             for item in request.images:
-                key = item.image_id if len(sizes) == 1 else f"{item.image_id}@{size}"
+                prepared = _preparation(variant)
+                key = item.image_id if len(preparations) == 1 else f"{item.image_id}@{_preparation_label(prepared)}"
                 if key not in self._inputs:
-                    mode = getattr(variant.source, "resize", None) or "resize"
-                    pixels = self._preprocess([item.load()], size, mode, variant)
+                    pixels = self._preprocess([item.load()], size, prepared[1], variant)
                     array = pixels.numpy() if hasattr(pixels, "numpy") else pixels
                     self._inputs[key] = deploy_api.InputTensor(data=array.astype("<f4").tobytes(),
                                                                shape=(1, 3, size, size))
