@@ -124,3 +124,43 @@ def test_partial_result_may_stop_early_but_complete_must_not():
     contract.validate_result(partial, job=job)
     with pytest.raises(contract.ContractError, match=r"steps: complete result has 1 of the job's 4 steps"):
         contract.validate_result(complete_but_short, job=job)
+
+
+# -- generic jobs (imported models) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["generic-job", "generic-result"])
+def test_generic_schemas_are_valid_and_versioned(kind):
+    jsonschema.Draft202012Validator.check_schema(contract.schema(kind))
+    assert records.CURRENT_VERSIONS[contract.GENERIC_JOB_KIND] == records.CURRENT_VERSIONS[
+        contract.GENERIC_RESULT_KIND] == 1
+
+
+def test_golden_generic_result_answers_its_job_and_the_builder_writes_the_job():
+    expected = golden("generic-job.v1.json")
+    built = contract.build_generic_job(
+        job_id=expected["job_id"], models=copy.deepcopy(expected["models"]),
+        steps=[(s["variant_id"], s["compute_unit"]) for s in expected["steps"]], warmup=expected["warmup"],
+        repeats=expected["repeats"], compute_plan=True, output_cap_bytes=expected["output_cap_bytes"],
+        created_at=expected["created_at"])
+    assert built == expected
+    result = contract.validate_generic_result(GOLDEN / "generic-result.v1.json", job=built)
+    assert [bool(step["outputs"]) for step in result["steps"]] == [True, False]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r, j: r["steps"][0]["outputs"][0].update(path="results/other-job/outputs/0/x.bin"), "not an output"),
+    (lambda r, j: r["steps"][0]["outputs"][0].update(path="results/../../x.bin"), "component"),
+    (lambda r, j: r["steps"][0]["outputs"][0].update(bytes=41), "bytes: 41"),
+    (lambda r, j: j.update(output_cap_bytes=60), "over the job's cap of 60"),
+    (lambda r, j: r["steps"][0]["samples"].pop(), "samples: 1 samples"),
+    (lambda r, j: r["steps"][0]["samples"][0].update(input_id="input-009"), "not an input of the job"),
+    (lambda r, j: r.update(job_id="another-job"), "does not match the job sent"),
+])
+def test_generic_results_that_do_not_answer_the_job_are_refused(damage, message):
+    from bench.errors import ContractError
+
+    result, job = golden("generic-result.v1.json"), golden("generic-job.v1.json")
+    damage(result, job)
+    with pytest.raises(ContractError, match=message):
+        contract.validate_generic_result(json.dumps(result), job=job)

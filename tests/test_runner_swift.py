@@ -779,10 +779,14 @@ def test_fit_text_counts_unicode_scalars_like_json_schema():
 def test_predictions_run_only_inside_caption():
     users = [(file, f) for file, root in all_sources() for f in descendants(root, "function_declaration")
              if calls_to(f, "prediction")]
-    assert [(file, text(f.child_by_field_name("name"))) for file, f in users] == [("Captioner.swift", "caption")]
+    assert [(file, text(f.child_by_field_name("name"))) for file, f in users] == [("Captioner.swift", "caption"),
+                                                                                 ("GenericJobRunner.swift", "predict")]
     callers = [text(f.child_by_field_name("name")) for _, root in all_sources()
                for f in descendants(root, "function_declaration") if calls_to(f, "caption")]
     assert callers == ["sample"]
+    callers = [text(f.child_by_field_name("name")) for _, root in all_sources()
+               for f in descendants(root, "function_declaration") if calls_to(f, "predict")]
+    assert callers == ["foregroundPrediction"]
 
 
 def test_samples_are_measured_on_the_measurement_thread():
@@ -811,7 +815,8 @@ def test_only_sendable_values_cross_into_the_detached_task():
     (detached,) = [c for c in descendants(app, "call_expression") if text(c.children[0]) == "Task.detached"]
     (closure,) = [c for c in descendants(detached, "lambda_literal") if c.parent.type == "call_suffix"]
     captured = {text(n) for n in descendants(closure, "simple_identifier")} - {
-        "JobRunner", "jobId", "paths", "device", "progress", "show", "run", "appState"}
+        "JobRunner", "GenericJobRunner", "isGenericJob", "jobId", "paths", "device", "progress", "show", "run",
+        "appState"}
     assert captured == set(), f"the detached task captures {captured}"
     # appState crosses too: AppStateWatch is Sendable (its state behind a lock), checked here.
     watch = SOURCES.joinpath("AppState.swift").read_text()
@@ -876,3 +881,115 @@ def test_a_reused_package_records_no_cold_load():
         guard = f'if !reusedPackages.contains("\\(model.variant_id)/{package}")'
         assert guard in body, guard
         assert body.index(guard) < body.index(f"record.cold_load_ns.{package} =")
+
+
+
+# -- generic jobs (imported models: bench.generic-job / bench.generic-result) ---------------------------------------
+
+GENERIC_RESULT_STRUCTS = {
+    "GenericResultFile": (),
+    "GenericCompileRecord": ("$defs", "compile"),
+    "GenericStepRecord": ("$defs", "step"),
+    "GenericSample": ("$defs", "sample"),
+    "GenericOutputRecord": ("$defs", "output"),
+    "GenericComputePlanRecord": ("$defs", "compute_plan"),
+    "DeviceConditions": ("$defs", "device"),
+    "OpRecord": ("$defs", "op"),
+    "AppStateChange": ("$defs", "app_state"),
+}
+GENERIC_JOB_STRUCTS = {
+    "GenericJob": (),
+    "GenericJobModel": ("$defs", "model"),
+    "GenericJobInput": ("$defs", "input"),
+    "GenericFeature": ("$defs", "feature"),
+    "JobStep": ("$defs", "step"),
+}
+
+
+@pytest.mark.parametrize("struct_name", sorted(GENERIC_RESULT_STRUCTS))
+def test_generic_result_structs_encode_exactly_the_schema_keys(struct_name):
+    struct = swift_structs()[struct_name]
+    schema = schema_object("generic-result", GENERIC_RESULT_STRUCTS[struct_name])
+    keys = struct.json_keys()
+    assert set(keys) == set(schema["properties"]), struct_name
+    for key in schema["required"]:
+        assert not keys[key].optional or keys[key].nullable_wrapper, f"{struct_name}.{key} is required: @Nullable"
+    for key, prop in keys.items():
+        assert prop.optional == allows_null("generic-result", schema["properties"][key]), f"{struct_name}.{key}"
+
+
+@pytest.mark.parametrize("struct_name", sorted(GENERIC_JOB_STRUCTS))
+def test_generic_job_structs_decode_only_schema_keys(struct_name):
+    struct = swift_structs()[struct_name]
+    schema = schema_object("generic-job", GENERIC_JOB_STRUCTS[struct_name])
+    keys = struct.json_keys()
+    required = set(schema.get("required", []))
+    assert set(keys) <= set(schema["properties"])
+    for key, prop in keys.items():
+        assert prop.optional == allows_null("generic-job", schema["properties"][key]) or key in required, key
+        if not prop.optional:
+            assert key in required, f"{struct_name}.{key} is non-optional in Swift but optional in the job schema"
+    assert required - set(keys) <= JOB_KEYS_IGNORED_BY_RUNNER
+
+
+def test_generic_names_and_types_match_the_host():
+    names = static_string_constants("GenericContractNames")
+    assert names == {"jobSchema": contract.GENERIC_JOB_KIND, "resultSchema": contract.GENERIC_RESULT_KIND,
+                     "jobSchemaVersion": contract.GENERIC_JOB_VERSION,
+                     "resultSchemaVersion": contract.GENERIC_RESULT_VERSION, "outputsFolder": contract.OUTPUTS_DIR}
+    fed = set(contract.schema("generic-job")["$defs"]["feature"]["properties"]["dtype"]["enum"]) - {"uint8"}
+    assert string_literals_in_function("arrayType") == fed  # uint8 is the images' pixel bytes
+    written = set(contract.schema("generic-result")["$defs"]["output"]["properties"]["dtype"]["enum"])
+    assert string_literals_in_function("outputType") == written
+    source = SOURCES.joinpath("GenericJobRunner.swift").read_text()
+    assert set(re.findall(r'status(?:\s*=|:)\s*"(\w+)"', source)) <= set(contract.RESULT_STATUSES)
+    assert '"\\(ContractNames.resultsFolder)/\\(jobId)/\\(GenericContractNames.outputsFolder)/\\(step)/' \
+           '\\(inputId)__\\(name).bin"' in source  # the layout validate_generic_result accepts
+
+
+def test_the_app_runs_generic_jobs_with_the_generic_runner():
+    app = SOURCES.joinpath("BenchRunnerApp.swift").read_text()
+    assert "GenericJobRunner.isGenericJob(jobId: jobId, paths: paths)" in app
+    header = text(the_function("isGenericJob", "GenericJobRunner.swift"))
+    assert "GenericContractNames.jobSchema" in header
+
+
+def test_generic_predictions_are_bracketed_and_on_the_measurement_thread():
+    run = next(f for f in functions_named("run", "GenericJobRunner.swift") if "warmup" in text(f))
+    assert len(calls_to(run, "foregroundPrediction")) == 2 and "prediction(" not in text(run)
+    bracket = text(the_function("foregroundPrediction", "GenericJobRunner.swift"))
+    _before, rest = bracket.split("requireForeground", 1)
+    assert "measuring.run" in rest.split("requireForeground", 1)[0] and "MeasurementThread.shared" in bracket
+    predict = text(the_function("predict", "GenericJobRunner.swift"))
+    assert predict.index("makeState()") < predict.index("Monotonic.now()")  # the state is made off the clock
+    # outputs are written and the plan read after the timed part
+    assert text(run).index("writeOutputs(") > text(run).rindex("foregroundPrediction(")
+
+
+def test_generic_results_are_fitted_and_finish_writes_done():
+    encoded = text(the_function("encoded", "GenericJobRunner.swift"))
+    assert ".fittedToSchema()" in encoded
+    finish = text(the_function("finish", "GenericJobRunner.swift"))
+    assert finish.index("failedResult") < finish.index("ContractNames.doneFile")
+    (function,) = extension_functions("GenericStepRecord", "fittedToSchema")
+    assigned = {text(a.children[0]).split(".", 1)[1] for a in descendants(function, "assignment")
+                if text(a.children[0]).startswith("fitted.")}
+    assert {"error", "compute_plan_error", "outputs_error", "compute_plan"} <= assigned
+
+
+def test_golden_generic_result_keys_are_exactly_what_swift_writes():
+    result = json.loads((Path(__file__).parent / "golden" / "generic-result.v1.json").read_text())
+    structs = swift_structs()
+
+    def keys(name):
+        return set(structs[name].json_keys())
+
+    assert set(result) == keys("GenericResultFile") and set(result["device"]) == keys("DeviceConditions")
+    assert all(set(item) == keys("GenericCompileRecord") for item in result["compiles"])
+    for step in result["steps"]:
+        assert set(step) == keys("GenericStepRecord")
+        assert all(set(s) == keys("GenericSample") for s in step["warmup"] + step["samples"])
+        assert all(set(o) == keys("GenericOutputRecord") for o in step["outputs"])
+        if step["compute_plan"]:
+            assert set(step["compute_plan"]) == keys("GenericComputePlanRecord")
+            assert all(set(op) == keys("OpRecord") for op in step["compute_plan"]["model"])

@@ -36,7 +36,8 @@ VERSION = 1
 MANIFEST = "manifest.json"
 FOLDER = "imported"
 _NAME_OK = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-"
-MEASURE_NEEDS = "measuring an imported model needs Core ML on a Mac (`--targets macos-coreml`)"
+MEASURE_NEEDS = ("measuring an imported model needs Core ML: an iPhone (`--targets iphone`, see `bench devices`) or a "
+                 "Mac (`--targets macos-coreml`)")
 
 
 def _check(record: dict[str, Any], source: str) -> None:

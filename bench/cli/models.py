@@ -105,7 +105,7 @@ def import_command(
                      _pct(measured["sparsity"]), f"{measured['bits_per_weight']:.2f}", _functions(m)])
     console().print(table("imported", ("variant", "status", "family", "reference", "size MB", "sparsity", "bits/w",
                                        "functions · inputs"), rows, numeric=("size MB", "sparsity", "bits/w")))
-    _print_measuring_hint(console())
+    _print_measuring_hint(workspace, console())
 
 
 def _functions(manifest: dict[str, Any]) -> str:
@@ -129,15 +129,16 @@ def _feature_text(feature: dict[str, Any]) -> str:
     return f"{feature['name']} {feature.get('dtype', feature['kind'])}"
 
 
-def _print_measuring_hint(out) -> None:
+def _print_measuring_hint(workspace, out) -> None:
     """Part of every import: what can be done here and what needs Core ML (one line)."""
     import platform
 
     from bench.build.imported import MEASURE_NEEDS
+    from bench.run.targets import connected_iphones
 
-    if platform.system() != "Darwin":
-        out.print(f"static analysis: `bench models inspect NAME`, `bench models diff A B`; {MEASURE_NEEDS}, which "
-                  "this machine is not", highlight=False, soft_wrap=True)
+    if platform.system() != "Darwin" and not connected_iphones(workspace):
+        out.print(f"static analysis: `bench models inspect NAME`, `bench models diff A B`; {MEASURE_NEEDS} — "
+                  "neither is here", highlight=False, soft_wrap=True)
 
 
 def _matrix_and_names(arguments: list[str]) -> tuple[Path | None, list[str]]:

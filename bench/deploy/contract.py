@@ -34,6 +34,17 @@ JOB_VERSION = 1
 RESULT_VERSION = 1
 records.register_kind(JOB_KIND, JOB_VERSION)
 records.register_kind(RESULT_KIND, RESULT_VERSION)
+# Generic jobs: any imported Core ML model (bench.build.imported), their own kinds so captioner jobs never change.
+GENERIC_JOB_KIND = "bench.generic-job"
+GENERIC_RESULT_KIND = "bench.generic-result"
+GENERIC_JOB_VERSION = 1
+GENERIC_RESULT_VERSION = 1
+records.register_kind(GENERIC_JOB_KIND, GENERIC_JOB_VERSION)
+records.register_kind(GENERIC_RESULT_KIND, GENERIC_RESULT_VERSION)
+SCHEMA_FILES = {"job": "job.v1", "result": "result.v1", "generic-job": "generic-job.v1",
+                "generic-result": "generic-result.v1"}
+GENERIC_PACKAGE = "model"
+OUTPUTS_DIR = "outputs"
 
 COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
 THERMAL_STATES = ("nominal", "fair", "serious", "critical")
@@ -182,17 +193,18 @@ def done_file(job_id: str) -> str:
 
 def schema_text(kind: str) -> str:
     """The packaged JSON Schema of `kind` ("job" or "result") as text."""
-    if kind not in ("job", "result"):
+    if kind not in SCHEMA_FILES:
         raise ContractError(f"unknown contract schema {kind!r}")
-    return resources.files("bench.deploy.schemas").joinpath(f"{kind}.v1.schema.json").read_text(encoding="utf-8")
+    return resources.files("bench.deploy.schemas").joinpath(f"{SCHEMA_FILES[kind]}.schema.json").read_text(
+        encoding="utf-8")
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def schema(kind: str) -> dict[str, Any]:
     return json.loads(schema_text(kind))
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def _validator(kind: str):
     import jsonschema
 
@@ -576,3 +588,141 @@ def _check_result_answers_job(result: dict, job: Mapping[str, Any], label: str) 
 def is_throttled(thermal_state: str) -> bool:
     """Whether a sample's thermal state means iOS may be throttling (serious or critical)."""
     return thermal_state in THROTTLED_STATES
+
+
+# --------------------------------------------------------------------------------------------------- generic jobs
+
+
+def generic_package_path(sha256: str) -> str:
+    """`models/<content sha256>/model.mlpackage`: an imported model's package on the device."""
+    return f"{MODELS_DIR}/{_checked_sha(sha256)}/{GENERIC_PACKAGE}.mlpackage"
+
+
+def generic_input_path(sha256: str) -> str:
+    """`inputs/<sha256>.bin`: one input feature's little-endian bytes (dtype and shape in the job)."""
+    return f"{INPUTS_DIR}/{_checked_sha(sha256)}.bin"
+
+
+def generic_outputs_dir(job_id: str) -> str:
+    return f"{results_dir(job_id)}/{OUTPUTS_DIR}"
+
+
+_ITEM_BYTES = {"float32": 4, "float16": 2, "float64": 8, "int32": 4, "uint8": 1}
+
+
+def feature_bytes(dtype: str, shape: Sequence[int]) -> int:
+    count = 1
+    for dimension in shape:
+        count *= int(dimension)
+    return count * _ITEM_BYTES[dtype]
+
+
+def build_generic_job(*, job_id: str, models: Sequence[Mapping[str, Any]], steps: Sequence[tuple[str, str]],
+                      warmup: int, repeats: int, compute_plan: bool, output_cap_bytes: int,
+                      created_at: str | None = None) -> dict:
+    """A bench.generic-job payload, validated (schema + semantics)."""
+    from bench.store.environment import now_iso
+
+    payload = {"schema": GENERIC_JOB_KIND, "schema_version": GENERIC_JOB_VERSION, "job_id": job_id,
+               "created_at": created_at or now_iso(), "warmup": warmup, "repeats": repeats,
+               "compute_plan": compute_plan, "output_cap_bytes": output_cap_bytes,
+               "models": [dict(model) for model in models], "steps": [_step_dict(step) for step in steps]}
+    return validate_generic_job(payload, source=f"job {job_id!r}")
+
+
+def validate_generic_job(data: bytes | str | dict | Path, *, source: str | None = None,
+                         max_bytes: int = MAX_JOB_BYTES) -> dict:
+    job, label = _load(data, source=source, default_source=JOB_FILE, max_bytes=max_bytes)
+    job = _check_kind_and_version(job, GENERIC_JOB_KIND, label)
+    _check_schema(job, "generic-job", label)
+    models: dict[str, dict] = {}
+    for index, model in enumerate(job["models"]):
+        where = f"{label}: models[{index}]"
+        if model["variant_id"] in models:
+            raise ContractError(f"{where}.variant_id: {model['variant_id']!r} appears twice")
+        models[model["variant_id"]] = model
+        package = model["package"]
+        safe_container_path(package)
+        if package.split("/")[0] != MODELS_DIR or not package.endswith(".mlpackage"):
+            raise ContractError(f"{where}.package: {package!r} must be {MODELS_DIR}/<sha256>/<name>.mlpackage")
+        seen: set[str] = set()
+        names = None
+        for number, item in enumerate(model["inputs"]):
+            if item["input_id"] in seen:
+                raise ContractError(f"{where}.inputs[{number}].input_id: {item['input_id']!r} appears twice")
+            seen.add(item["input_id"])
+            features = [f["name"] for f in item["features"]]
+            if names is not None and features != names:
+                raise ContractError(f"{where}.inputs[{number}].features: {features} differ from the first "
+                                    f"input's {names} (every input feeds the same features)")
+            names = features
+            for feature in item["features"]:
+                safe_container_path(feature["path"])
+                if feature["path"].split("/")[0] != INPUTS_DIR:
+                    raise ContractError(f"{where}.inputs[{number}]: {feature['path']!r} must be under {INPUTS_DIR}/")
+                if feature["kind"] == "image" and (feature["dtype"] != "uint8" or len(feature["shape"]) != 3
+                                                   or feature["shape"][2] != 3):
+                    raise ContractError(f"{where}.inputs[{number}].{feature['name']}: an image is uint8 [H, W, 3]")
+    for index, step in enumerate(job["steps"]):
+        if step["variant_id"] not in models:
+            raise ContractError(f"{label}: steps[{index}].variant_id: {step['variant_id']!r} is not one of the "
+                                f"job's models ({', '.join(sorted(models))})")
+    unused = sorted(set(models) - {step["variant_id"] for step in job["steps"]})
+    if unused:
+        raise ContractError(f"{label}: models: {', '.join(unused)} not measured by any step")
+    return job
+
+
+def validate_generic_result(data: bytes | str | dict | Path, *, job: Mapping[str, Any],
+                            max_bytes: int = MAX_RESULT_BYTES, source: str | None = None) -> dict:
+    """A generic result.json pulled from a device, checked against the job it answers: steps in the job's order,
+    the samples and outputs asked for, output files inside the job's outputs folder and within the cap."""
+    result, label = _load(data, source=source, default_source=RESULT_FILE, max_bytes=max_bytes)
+    result = _check_kind_and_version(result, GENERIC_RESULT_KIND, label)
+    _check_schema(result, "generic-result", label)
+    if result["job_id"] != job["job_id"]:
+        raise ContractError(f"{label}: job_id: {result['job_id']!r} does not match the job sent ({job['job_id']!r})")
+    if result["status"] == "failed" and not result["error"]:
+        raise ContractError(f"{label}: error: a failed result must say why")
+    if result["status"] == "complete" and result["finished_at"] is None:
+        raise ContractError(f"{label}: finished_at: a complete result must say when it finished")
+    job_steps = [(s["variant_id"], s["compute_unit"]) for s in job["steps"]]
+    got = [(s["variant_id"], s["compute_unit"]) for s in result["steps"]]
+    if got != job_steps[: len(got)] or (result["status"] == "complete" and len(got) != len(job_steps)):
+        raise ContractError(f"{label}: steps: {got} do not answer the job's steps {job_steps}")
+    models = {m["variant_id"]: m for m in job["models"]}
+    outputs_dir = generic_outputs_dir(job["job_id"]) + "/"
+    for index, step in enumerate(result["steps"]):
+        where = f"{label}: steps[{index}]"
+        model = models[step["variant_id"]]
+        inputs = {item["input_id"] for item in model["inputs"]}
+        for group in ("warmup", "samples"):
+            for number, sample in enumerate(step[group]):
+                if sample["input_id"] not in inputs:
+                    raise ContractError(f"{where}.{group}[{number}].input_id: {sample['input_id']!r} is not an input "
+                                        "of the job")
+            _check_sample_clock(step[group], f"{where}.{group}")
+        if step["error"] is None and result["status"] != "failed":
+            if len(step["samples"]) != job["repeats"] * len(inputs):
+                raise ContractError(f"{where}.samples: {len(step['samples'])} samples, the job asked for "
+                                    f"{job['repeats'] * len(inputs)}")
+            if len(step["warmup"]) != job["warmup"]:
+                raise ContractError(f"{where}.warmup: {len(step['warmup'])} warm-up samples, the job asked for "
+                                    f"{job['warmup']}")
+        total = 0
+        for number, output in enumerate(step["outputs"]):
+            try:
+                safe_container_path(output["path"])
+            except ContractError as err:
+                raise ContractError(f"{where}.outputs[{number}].path: {err}") from None
+            if not output["path"].startswith(outputs_dir) or output["input_id"] not in inputs:
+                raise ContractError(f"{where}.outputs[{number}]: {output['path']!r} is not an output of this job")
+            if output["bytes"] != feature_bytes(output["dtype"], output["shape"]):
+                raise ContractError(f"{where}.outputs[{number}].bytes: {output['bytes']} for {output['dtype']} "
+                                    f"{output['shape']}")
+            total += output["bytes"]
+        if total > job["output_cap_bytes"]:
+            raise ContractError(f"{where}.outputs: {total} bytes, over the job's cap of {job['output_cap_bytes']}")
+        if step["outputs"] and not model["save_outputs"]:
+            raise ContractError(f"{where}.outputs: the job did not ask for outputs")
+    return result

@@ -252,7 +252,33 @@ def compute_verdicts(current: RunData, current_table, baselines: list[RunData], 
     from bench.report.device_quality import nightly_verdicts
 
     results.extend(nightly_verdicts(current, baselines))
+    results.extend(drift_verdicts(current, baselines))
     return results
+
+
+def drift_verdicts(current: RunData, baselines: list[RunData]) -> list[stats.Verdict]:
+    """Imported models: each output's drift against the same variant, device model and unit in the latest baseline
+    that measured it (bench.report.verdicts.compare_drift)."""
+    from bench.report.drift import drift_rows
+
+    now, _ = drift_rows(current)
+    if not now:
+        return []
+
+    def key(run: RunData, row: dict) -> tuple:
+        models = {job["target"]["id"]: job["target"].get("model") for job in run.jobs if job.get("target")}
+        return (row["variant"], models.get(row["target_id"]), row["compute_unit"], row["output"])
+
+    past: dict[tuple, dict] = {}
+    for run in baselines:  # oldest first: a later run's row replaces an earlier one
+        past.update({key(run, row): row for row in drift_rows(run)[0]})
+    verdicts = []
+    for row in now:
+        found = past.get(key(current, row))
+        if found is not None:
+            label = f"{row['variant']} · {row['target']} · {row['compute_unit']} · {row['output']}"
+            verdicts.append(stats.compare_drift(found["rel_l2"], row["rel_l2"], key=label))
+    return verdicts
 
 
 def _matching_series(run: RunData, row) -> dict[str, Any] | None:

@@ -296,7 +296,31 @@ def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_
         "device_quality": device_quality_findings(run, (a_id, b_id), target.get("id"), job_a["compute_unit"]),
     }
     result["answer"] = summarize(result)
+    result["drift"] = drift_findings(run, (a_id, b_id), target.get("id"), job_a["compute_unit"])
+    result["answer"] += [drift_sentence(row) for row in result["drift"]]
     return result
+
+
+def drift_findings(run: RunData, variant_ids: tuple[str, ...], target_id: str | None, unit: str) -> list[dict]:
+    """Imported models: each output's drift (bench.report.drift) of these variants on this target and unit."""
+    if not ((run.run.get("plan") or {}).get("imported")):
+        return []
+    from bench.report.drift import drift_rows
+
+    rows, _ = drift_rows(run)
+    return [row for row in rows if row["variant_id"] in variant_ids and row["target_id"] == target_id
+            and row["compute_unit"] == unit]
+
+
+def drift_sentence(row: dict[str, Any]) -> str:
+    """One measured drift, with its numbers: never a judgement the numbers do not carry."""
+    reference = row["reference"].rsplit("-", 1)[0] if row["reference"] else "its reference"
+    agree = "" if row.get("top1_agreement") is None else f", top-1 agreement {row['top1_agreement']:.0%}"
+    rel = "n/a" if row.get("rel_l2") is None else f"{row['rel_l2']:.2%}"
+    cosine = "n/a" if row.get("cosine") is None else f"{row['cosine']:.6f}"
+    return (f"On {row['compute_unit']}, {row['variant']}'s output {row['output']!r} differs from {reference} on cpuOnly "
+            f"by {rel} (relative L2 over {row['n_inputs']} seeded inputs; max |Δ| {row['max_abs']:.3g}, cosine "
+            f"{cosine}{agree}).")
 
 
 CAUSE_SHARE = 0.5  # a cause is named only when the changes it names account for at least half the measured delta

@@ -602,6 +602,24 @@ def compare_exact(metric: str, baseline: float | None, current: float | None, *,
 
 
 
+DRIFT_TOLERANCE = 0.10  # relative: a fixed input set on the same device and bytes reproduces its drift up to this
+
+
+def compare_drift(baseline: float | None, current: float | None, *, key: str = "") -> Verdict:
+    """Output drift (relative L2 vs the family's reference on cpuOnly, over the same seeded inputs): a property of
+    the bytes, the device and Core ML, reproduced run to run up to floating-point reordering. SAME within
+    DRIFT_TOLERANCE of the baseline (or 1e-6 absolute); beyond it DIFFERENT, a regression when it grew."""
+    if baseline is None or current is None:
+        return Verdict("drift", key, UNKNOWN, False, baseline, current, None, None, detail="not measured in both")
+    delta = current - baseline
+    relative = delta / baseline if baseline else None
+    if abs(delta) <= max(1e-6, DRIFT_TOLERANCE * abs(baseline)):
+        return Verdict("drift", key, SAME, False, baseline, current, delta, relative,
+                       detail=f"within {DRIFT_TOLERANCE:.0%} of the baseline drift")
+    return Verdict("drift", key, DIFFERENT, delta > 0, baseline, current, delta, relative,
+                   detail=f"relative L2 {baseline:.3g} → {current:.3g} (beyond {DRIFT_TOLERANCE:.0%})")
+
+
 class RegressionFound(BenchError):
     """`bench report --fail-on regression` found at least one regression: exit code 1 for CI."""
 

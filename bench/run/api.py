@@ -562,9 +562,13 @@ def _evaluate_and_report(outcome: RunOutcome, config: RunConfig, workspace: Work
                                  f"retry with `bench report {outcome.run_id}`")
 
 
-def _mac_here(config: RunConfig) -> bool:
-    """Whether the run measures on this Mac's Core ML (where imported models run their generic jobs)."""
-    return any(t.strip() == "macos-coreml" for t in config.targets)
+def _core_ml_targets(config: RunConfig, workspace: Workspace) -> bool:
+    """Whether the run's targets include Core ML (a Mac, an iPhone, a lab's phones): where imported models run."""
+    from bench.run.targets import connected_iphones
+
+    if config.lab or any(t.strip().startswith(("iphone", "macos-coreml")) for t in config.targets):
+        return True
+    return "auto" in config.targets and bool(connected_iphones(workspace))
 
 
 def _imported_named(config: RunConfig, workspace: Workspace) -> list[str]:
@@ -576,26 +580,26 @@ def _imported_named(config: RunConfig, workspace: Workspace) -> list[str]:
 
 
 def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) -> None:
-    """Imported models run on a Mac's Core ML; elsewhere one line says so and what works here."""
+    """Imported models run on Core ML (an iPhone or a Mac); without one, one line says so and what works here."""
     import platform
 
     from bench.build.imported import MEASURE_NEEDS
     from bench.errors import PlatformUnavailable
 
     named = _imported_named(config, workspace)
-    if not named or _mac_here(config):
+    if not named or _core_ml_targets(config, workspace):
         return
-    where = "this run's targets have none" if platform.system() == "Darwin" else "this machine has none"
+    where = "this run's targets have none" if platform.system() == "Darwin" else "none is connected here"
     raise PlatformUnavailable(f"{named[0]} is an imported model: {MEASURE_NEEDS}, and {where}; static analysis "
                               f"works anywhere: `bench models inspect {named[0]}`, `bench models diff {named[0]} OTHER`")
 
 
 def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]:
-    """A note when imported models exist but this run did not measure them (no Mac target)."""
+    """A note when imported models exist but this run did not measure them (no Core ML target)."""
     from bench.build.imported import MEASURE_NEEDS, list_imported
 
     imported = list_imported(workspace)
-    if not imported or config.variants or _mac_here(config):
+    if not imported or config.variants or _core_ml_targets(config, workspace):
         return []
     return [f"{len(imported)} imported model{'s' if len(imported) > 1 else ''} not measured: {MEASURE_NEEDS} "
             "(static analysis: `bench models inspect NAME`, `bench models diff A B`)"]

@@ -56,8 +56,8 @@ def plan_series(variants: list[VariantRef], targets: list, compute_units: list[s
     for target in targets:
         units = [u for u in (wanted or target.compute_units) if u in target.compute_units]
         for variant in variants:
-            if is_imported(variant) and target.kind != "macos-coreml":
-                continue  # imported models run generic jobs, on a Mac's Core ML (bench.run.generic)
+            if is_imported(variant) and target.kind not in ("macos-coreml", "iphone"):
+                continue  # imported models run generic jobs on Core ML (bench.run.generic), never host-torch
             for unit in units:
                 series.append(Series(variant, target.id, unit))
     if not series:

@@ -60,7 +60,12 @@ final class RunnerState: ObservableObject {
         // (strings, paths, the device record, the progress closure) cross into the task; the JobRunner, which is
         // not Sendable, is made and used inside it (its predictions then run on MeasurementThread).
         await Task.detached(priority: .userInitiated) {
-            await JobRunner(jobId: jobId, paths: paths, device: device, appState: appState, progress: show).run()
+            // Imported models come as bench.generic-job (GenericJobRunner); captioners as bench.job.
+            if GenericJobRunner.isGenericJob(jobId: jobId, paths: paths) {
+                await GenericJobRunner(jobId: jobId, paths: paths, device: device, appState: appState, progress: show).run()
+            } else {
+                await JobRunner(jobId: jobId, paths: paths, device: device, appState: appState, progress: show).run()
+            }
         }.value
         appState.jobFinished()
         if LaunchOptions.exitWhenDone {

@@ -5,14 +5,15 @@ import Foundation
 /// MLComputePlan, never measurements; Core ML may report nil costs for models with an old deployment target.
 @available(iOS 17.4, *)
 enum ComputePlanReader {
-    static func read(compiledModel url: URL, computeUnits: MLComputeUnits) async throws -> [OpRecord] {
+    /// `function`: which function of the program (multi-function packages); captioner packages have only "main".
+    static func read(compiledModel url: URL, computeUnits: MLComputeUnits, function: String = "main") async throws -> [OpRecord] {
         let configuration = MLModelConfiguration()
         configuration.computeUnits = computeUnits
         let plan = try await MLComputePlan.load(contentsOf: url, configuration: configuration)
         guard case let .program(program) = plan.modelStructure else {
             return []
         }
-        guard let main = program.functions["main"] else {
+        guard let main = program.functions[function] else {
             return []
         }
         var records: [OpRecord] = []

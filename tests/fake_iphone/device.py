@@ -73,6 +73,10 @@ class FakeIPhone:
     faults: Faults = field(default_factory=Faults)
     coreml: CoreMLRules = SPARSE_SLOWER  # the Core ML stand-in's placement and timing scenario (coreml_model.py)
     captions: CaptionScenario | None = None  # what the stand-in decodes per image and unit (captions.py); None: seeded
+    # Generic jobs (any imported model): the relative drift of every output from the exact answer, per compute unit
+    # (generic_runner.py). A SCENARIO the test sets; the host must measure it back from the outputs.
+    output_drift: dict = field(default_factory=lambda: {"cpuOnly": 0.0, "cpuAndGPU": 0.001,
+                                                        "cpuAndNeuralEngine": 0.01, "all": 0.01})
     apps: dict[str, App] = field(default_factory=dict)
     runner_bundle_id: str = "org.bench.runner"
 

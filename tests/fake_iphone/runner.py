@@ -103,6 +103,12 @@ async def _run(device, bundle_id: str, pid: int, job_id: str | None) -> None:
             log(f"cannot read job: {err}")
             _finish(results, _result(device, job_id, "failed", f"cannot read job.json: {err}", [], []))
             return
+        if job.get("schema") == "bench.generic-job":
+            from .generic_runner import measure_generic
+
+            device.measure_jobs += 1
+            await measure_generic(device, job, bench, results, log, _result, _finish, _seeded)
+            return
         if job.get("mode") == "status":
             device.status_probes += 1
             log("status probe")

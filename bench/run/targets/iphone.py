@@ -93,10 +93,10 @@ def runner_timeout(request: RoundRequest, sizes: dict[str, int]) -> float:
 
 
 def package_bytes(variant_dir: Path | None) -> int:
-    """Bytes of a variant's encoder and decoder packages on disk (0 when it has none)."""
+    """Bytes of a variant's packages on disk (encoder and decoder, or an imported model's; 0 when it has none)."""
     if variant_dir is None:
         return 0
-    return sum(path.stat().st_size for role in ("encoder", "decoder")
+    return sum(path.stat().st_size for role in ("encoder", "decoder", "model")
                for path in (Path(variant_dir) / f"{role}.mlpackage").rglob("*") if path.is_file())
 
 
@@ -162,6 +162,23 @@ class IPhoneTarget:
         self._inputs.clear()
 
     def run_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
+        """Built captioners as one runner job; imported models (if any) as one generic job after it."""
+        import dataclasses
+
+        from bench.run.generic import is_imported
+
+        imported = [step for step in request.steps if is_imported(step.variant)]
+        built = [step for step in request.steps if not is_imported(step.variant)]
+        if built:
+            yield from self._captioner_round(dataclasses.replace(request, steps=built), should_stop)
+        if imported:
+            if should_stop():
+                raise Interrupted()
+            from bench.run.targets.iphone_generic import run_generic_round
+
+            yield from run_generic_round(self, dataclasses.replace(request, steps=imported))
+
+    def _captioner_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
         if should_stop():
             raise Interrupted()
         from bench.deploy.logs import JobLog
