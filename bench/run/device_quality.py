@@ -30,10 +30,14 @@ def quality_key(series: Series) -> str:
 
 
 def pending_series(series: list[Series], targets: list, bound: dict[str, Any] | None) -> list[Series]:
-    """Series on device targets without a bound record (failed ones are redone)."""
+    """Series of captioners on device targets without a bound record (failed ones are redone). Imported models
+    (bench.run.generic) have no captions: their device quality is their output drift (bench.report.drift)."""
+    from bench.run.generic import is_imported
+
     kinds = {t.id: t.kind for t in targets}
     done = {key for key, binding in (bound or {}).items() if isinstance(binding, dict) and binding.get("record")}
-    return [s for s in series if kinds.get(s.target_id) in DEVICE_KINDS and quality_key(s) not in done]
+    return [s for s in series if kinds.get(s.target_id) in DEVICE_KINDS and quality_key(s) not in done
+            and not is_imported(s.variant)]
 
 
 def collect(manifest, series: list[Series], targets: list, executor, images: Callable[[], tuple[list[ImageItem],
