@@ -122,6 +122,10 @@ def test_captions_decoded_on_the_phone_are_scored_and_neural_engine_changes_foun
 
     # The report shows the device table with the host reference beside it; explain states the finding.
     markdown = write_report(report, "markdown", second.run_dir / "report-check.md").read_text(encoding="utf-8")
+    from bench.report.html import view_model
+
+    sections = {section["id"]: section for section in view_model(report)["sections"]}
+    assert sections["device-quality"]["tables"][0]["columns"][5] == "BLEU host reference"
     assert "Device quality: captions decoded on the device vs the host reference" in markdown
     assert f"{CHANGED} ({CHANGED / EVAL_IMAGES:.0%})" in markdown
     (finding,) = device_quality_findings(run, (ane["variant_id"],), ane["target_id"], "cpuAndNeuralEngine")

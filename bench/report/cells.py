@@ -11,7 +11,7 @@ from typing import Any
 from bench.report.data import HOST_EMULATION, ReportData, table_records
 
 RESULT_COLUMNS = ["variant", "unit", "n", "tokens", "median ms (95% CI)", "p90", "p99", "IQR", "flags",
-                  "load ms: compile/cold/warm/1st", "MB", "sparsity", "bits", "BLEU (95% CI)", "CIDEr (95% CI)"]
+                  "load ms: compile/cold/warm/1st", "MB", "sparsity", "bits", "BLEU host ref. (95% CI)", "CIDEr host ref. (95% CI)"]
 VERDICT_COLUMNS = ["metric", "what", "baseline", "current", "change", "95% CI", "p", "verdict", "note"]
 
 

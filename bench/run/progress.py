@@ -49,6 +49,9 @@ class LiveProgress(RunObserver):
         self.console.print(esc(message), highlight=False)  # above the live table while it runs
 
     # --- RunObserver ----------------------------------------------------------------------------------------------
+    def note(self, message: str) -> None:
+        self.log(message)
+
     def run_started(self, run_id, targets, states) -> None:
         self.run_id = run_id
         self.log(f"run {run_id} — interrupt any time with Ctrl-C; finish it later with `bench run --resume {run_id}`")
@@ -173,7 +176,8 @@ def print_summary(console, outcome) -> None:
     console.print("tokens = median decoder calls per image: latency grows with caption length, so a variant that "
                   "writes shorter or broken captions looks faster (per-token latency: RunData.series()).")
     if outcome.evals:
-        quality = Table(title="caption quality (synthetic test subset, greedy)")
+        quality = Table(title="caption quality, host reference (the stored weights in PyTorch on this CPU; synthetic "
+                              "test subset, greedy) — captions decoded on each device: the report")
         for column in ("variant", "BLEU", "CIDEr-D", "images"):
             quality.add_column(column)
         for variant_id, record in sorted(outcome.evals.items()):

@@ -10,7 +10,8 @@ tests push a few random bytes) get size-based latencies and, when a plan is aske
 Compile once per run, as the Swift runner does: a package is "compiled" (counted in device.compiled_packages) unless
 the job's models[].compiled path already holds it; a compiled package is kept there for the run's later jobs, and a
 reused one has no compile time and no cold loads (docs/runner.md).
-Everything is deterministic: seeded by device, variant, compute unit, image and repeat. It writes
+Everything is deterministic: seeded by device, variant, compute unit, image and repeat. What it *decodes* (the
+sample's tokens) is the phone's caption scenario when the test sets one (captions.py), else seeded stand-in ids. It writes
 results/<job_id>/result.partial.json after each model, result.json atomically, then DONE. Faults come from
 device.faults.
 """
