@@ -151,3 +151,45 @@ def test_a_host_torch_run_says_device_quality_needs_a_phone(tmp_path):
     run.evals = {run.jobs[0]["variant_id"]: _host()}
     report = build_report(run)
     assert report.device_quality == [] and dq.NEEDS_A_DEVICE in report.notes
+
+
+def test_bench_explain_and_the_report_state_what_the_device_decoded(tmp_path, monkeypatch, capsys):
+    """On the committed fixture run (tests/fixtures/report_run), device records bound for prune-0.20 and fp32 on the
+    iPhone's `all` unit: prune-0.20 changed 5 of 20 captions, fp32 none. `bench explain` prints both findings and the
+    Markdown report carries the device-quality table."""
+    from bench.cli import main
+    from report_fixtures import CURRENT, copy_fixture
+
+    root = copy_fixture(tmp_path)
+    run_dir = root / "results" / CURRENT.name
+    manifest = json.loads((run_dir / "run.json").read_text())
+    bound = {}
+    for name in ("prune-0.20", "fp32"):
+        variant_id = next(v for v in manifest["evals"] if v.rsplit("-", 1)[0] == name)
+        job = json.loads((run_dir / "jobs" / f"{variant_id}__00008110-000A1B2C3D4E5F60__all.json").read_text())
+        series_key = f"{variant_id}--{job['target']['id']}--all"
+        host = json.loads((root / "results" / "evals" / manifest["evals"][variant_id]["record"]).read_text())
+        changed = {i for i in range(0, 20, 4)} if name == "prune-0.20" else set()
+        per_image = [{"image_id": item["image_id"], "tokens": [5, 102] if i in changed else item["tokens"],
+                      "caption": "a a a" if i in changed else item["caption"]}
+                     for i, item in enumerate(host["per_image"])]
+        payload = {"series_key": series_key, "variant_id": variant_id, "compute_unit": "all",
+                   "target": job["target"], "dataset": host["dataset"],
+                   "decoding": {"strategy": "greedy", "max_length": host["decoding"]["max_length"]},
+                   "per_image": per_image}
+        bound[series_key] = store.write_record(run_dir, payload)
+    manifest["device_quality"] = bound
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    monkeypatch.setenv("COLUMNS", "200")
+    capsys.readouterr()
+    assert main(["explain", "prune-0.20", "fp32", "--run", str(run_dir), "--compute-unit", "all"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "prune-0.20 on all units (Neural Engine allowed) of iPhone14,2" in printed
+    assert "25% of captions change (5 of 20 images: img-000, img-004, img-008 (+2 more)), BLEU −" in printed
+    assert "fp32 on all units (Neural Engine allowed) of iPhone14,2" in printed and "no caption changes" in printed
+    assert main(["report", str(run_dir), "--format", "markdown", "--out", str(tmp_path / "r.md")]) == 0
+    markdown = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "### Device quality: captions decoded on the device vs the host reference" in markdown
+    assert "| prune-0.20 | iPhone14,2" in markdown and "5 (25%): img-000" in markdown
