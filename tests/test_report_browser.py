@@ -82,7 +82,8 @@ def test_screenshot_is_kept(page):
 # ----------------------------------------------------------------------------------------------- the default run
 # The seed study's figures the default run's report must draw (bench.report.figures; the issue 13 must-hold), and the
 # side-by-side section with the seed's published figures.
-DEFAULT_RUN_FIGURES = ["pareto", "sparsity-size", "sparsity-latency", "sparsity-bleu", "precision", "layers"]
+DEFAULT_RUN_FIGURES = ["pareto", "sparsity-size", "sparsity-latency", "sparsity-bleu", "precision", "layers",
+                       "input-size"]
 
 
 def drawn_figures(dom: str) -> dict[str, bool]:
@@ -98,6 +99,7 @@ def default_page(default_run, tmp_path_factory):
     artifacts/default-run-report.png."""
     tmp = tmp_path_factory.mktemp("browser-default")
     html = default_run.run_dir / "report.html"
+    assert html.is_file(), f"the default run wrote no report.html: {default_run.notes}"
     dump = chromium(tmp / "profile-dom", "--enable-logging=stderr", "--v=0", "--dump-dom", html.as_uri())
     shot = tmp / "default-run-report.png"
     screenshot = chromium(tmp / "profile-shot", "--window-size=1400,7000", f"--screenshot={shot}", html.as_uri())
@@ -108,7 +110,7 @@ def default_page(default_run, tmp_path_factory):
 @pytest.mark.timeout(1800)  # the session's default run builds the whole matrix once
 def test_default_run_report_draws_every_seed_figure(default_page):
     dom = default_page["dom"]
-    assert default_page["code"] == 0, default_page["log"][-2000:]
+    assert default_page["code"] == 0 and "</html>" in dom, default_page["log"][-2000:]
     boxes = drawn_figures(dom)
     missing = [fig_id for fig_id in DEFAULT_RUN_FIGURES if not boxes.get(fig_id)]
     assert missing == [], f"figures not drawn: {missing} (drawn: {sorted(k for k, v in boxes.items() if v)})"
