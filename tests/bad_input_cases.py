@@ -410,3 +410,33 @@ def unknown_target_before_any_build(ws):
 @case("eval limit")
 def negative_eval_limit_before_training(ws):
     return ["train-builtin", "--out", str(ws / "trained"), "--eval-limit", "-1"]
+
+
+# -- bring your own model (issue 11) -----------------------------------------------------------------------------
+@case("notes.txt")
+def import_a_file_that_is_not_core_ml(ws):
+    _write(ws / "notes.txt", "not a model\n")
+    return ["models", "import", str(ws / "notes.txt")]
+
+
+@case("junk.mlmodel")
+def import_a_garbled_mlmodel(ws):
+    _write(ws / "junk.mlmodel", os.urandom(200))
+    return ["models", "import", str(ws / "junk.mlmodel")]
+
+
+@case("gone.mlpackage")
+def import_a_good_package_and_a_missing_one(ws):
+    return ["models", "import", str(_variant(ws) / "encoder.mlpackage"), str(ws / "gone.mlpackage")]
+
+
+@case("matrix.yaml:2")
+def matrix_package_entry_with_a_recipe(ws):
+    _write(ws / "matrix.yaml", f"variants:\n  - {{package: {_variant(ws) / 'encoder.mlpackage'}, prune: {{sparsity: 0.5}}}}\n")
+    return ["models", "build", str(ws / "matrix.yaml")]
+
+
+@case("run.yaml:2")
+def run_yaml_generic_inputs_zero(ws):
+    _write(ws / "run.yaml", "generic:\n  inputs: 0\n")
+    return ["run", str(ws / "run.yaml")]
