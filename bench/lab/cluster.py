@@ -136,13 +136,16 @@ def check_token_file(path: Path) -> Path:
     return path
 
 
-def ray_environment(token_file: Path, *, loopback: bool) -> dict[str, str]:
-    """What every Ray process of the lab needs in its environment: token auth from the file, and on loopback Ray's
-    own node-IP lookup kept on 127.0.0.1 (shared/notes/ray.md: `--node-ip-address` alone is not enough)."""
+def ray_environment(token_file: Path, *, loopback: bool, joining: bool = False) -> dict[str, str]:
+    """What every Ray process of the lab needs in its environment: token auth from the file, and whether Ray may
+    form a multi-node cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
+
+    A head or driver on loopback keeps it off: Ray's own node-IP lookup then stays on 127.0.0.1
+    (shared/notes/ray.md: `--node-ip-address` alone is not enough). Everything else turns it on: a host joining a
+    head (`ray start --address` refuses to join with it off), and any head or driver on a real address — on macOS
+    Ray's default is off, which would keep a Mac head on loopback and refuse every Mac host."""
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file.resolve()),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    if loopback:
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0" if loopback and not joining else "1"}
     return env
 
 
@@ -374,7 +377,7 @@ def join_lab(address: str, token_file: Path, phones: list[LabPhone], *, num_cpus
         disconnect()
     env = phones_environment(phones)
     _ray_start(join_command(where, node_ip or local_ip_towards(where), phones, num_cpus=num_cpus), token_file,
-               where.loopback, env)
+               where.loopback, env, joining=True)
     connect(where, token_file)
     try:
         register_phones(phones)
@@ -383,8 +386,9 @@ def join_lab(address: str, token_file: Path, phones: list[LabPhone], *, num_cpus
     return phones
 
 
-def _ray_start(command: list[str], token_file: Path, loopback: bool, extra_env: dict[str, str]) -> None:
-    env = {**os.environ, **ray_environment(token_file, loopback=loopback), **extra_env}
+def _ray_start(command: list[str], token_file: Path, loopback: bool, extra_env: dict[str, str], *,
+               joining: bool = False) -> None:
+    env = {**os.environ, **ray_environment(token_file, loopback=loopback, joining=joining), **extra_env}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     except FileNotFoundError:
