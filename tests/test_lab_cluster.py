@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,8 @@ def test_matrix_across_two_hosts_survives_a_killed_host(lab, tmp_path):
     a_udids = {p.udid for p in hosts["host-a"].phones}
     for phone in hosts["host-a"].phones:
         phone.faults.runner_seconds = 0.4  # slower than host B, so the kill lands mid-run
+    chatty = hosts["host-b"].phones[0]
+    chatty.faults.log_flood = 30  # more lines than a tail: the run keeps the whole runner log
     targets = lab_targets(["iphone"], preprocess=zeros)
     assert sorted(t.udid for t in targets) == sorted(p.udid for h in hosts.values() for p in h.phones)
     node_of = {t.udid: _node_of(t.udid) for t in targets}
@@ -104,6 +107,12 @@ def test_matrix_across_two_hosts_survives_a_killed_host(lab, tmp_path):
         assert record["target"]["id"] == f"iphone-{lab_info['udid']}"
         assert lab_info["node_id"] == node_of[lab_info["udid"]]
         assert {"queue_wait_s", "transfer_s", "deploy_s", "runner_s", "measure_s"} <= set(lab_info)
+    chatty.faults.log_flood = 0
+    for record in on_b:  # each job's full runner log is in the run, as for a local run
+        log = (run_dir / "jobs" / f"{record['conditions']['runner_job_id']}.log").read_text()
+        assert "runner started" in log.splitlines()[0] and log.rstrip().endswith("done")
+        if record["conditions"]["lab"]["udid"] == chatty.udid:
+            assert log.count("flood") == 30
     package_bytes = sum(len(pack(v.path)) for v in variants)
     b_node = node_of[hosts["host-b"].phones[0].udid]
     assert executor.fetched_by_host[b_node] == package_bytes  # both variants crossed to host B once, not per phone
@@ -121,6 +130,10 @@ def test_matrix_across_two_hosts_survives_a_killed_host(lab, tmp_path):
     for record in records.values():
         series.setdefault(record["series_key"], []).append(record["round"])
     assert all(sorted(rounds) == list(range(ROUNDS)) for rounds in series.values())
+    for phone in (p for host in hosts.values() for p in host.phones):  # compiled once per phone for the whole run,
+        assert sorted(Counter(phone.compiled_packages).values()) == [1] * 4  # its host's death and the resume
+    for phone in hosts["host-b"].phones:  # a phone whose results all arrived: its records count its 4 compiles
+        assert sum(r["load"]["compiles"] for r in records.values() if r["conditions"]["lab"]["udid"] == phone.udid) == 4
 
 
 def test_bad_lab_input_is_one_line_each(lab, tmp_path):
@@ -173,3 +186,114 @@ def test_bad_lab_input_is_one_line_each(lab, tmp_path):
     assert len(lines) == 1 and "refused the token" in lines[0], done.stderr[-2000:]
     assert token.read_text().strip() not in done.stderr + done.stdout
     assert isinstance(LabError("x"), BenchError)
+
+
+def test_a_model_target_is_gated_and_measured_on_the_same_phone(lab, tmp_path):
+    """`model:iPhone14_2` takes whichever phone of the model is free, and the thermal gate reads the phone the round
+    then runs on: every phone answered as many status probes as it ran rounds."""
+    from bench.lab.executor import LabExecutor, lab_targets
+    from bench.paths import Workspace
+    from bench.run.api import start_run
+    from bench.run.config import RunConfig
+    from bench.store.runs import read_job_records
+
+    _, hosts, _ = lab
+    phones = {p.udid: p for host in hosts.values() for p in host.phones}
+    before = {udid: (p.status_probes, p.measure_jobs) for udid, p in phones.items()}
+    config = RunConfig.model_validate({**CONFIG, "rounds": 4, "compute_units": ["all"], "images": 1})
+    outcome = start_run(config, Workspace(tmp_path), targets=lab_targets(["model:iPhone14_2"], preprocess=zeros),
+                        variants=lab_variants(tmp_path / "variants", names=("int8",)), images=_images()[:1],
+                        executor=LabExecutor(poll_s=0.05, status_timeout_s=60), run_id="pool")
+    assert outcome.status == "complete", outcome.failures
+    records = list(read_job_records(tmp_path / "results" / "pool").values())
+    assert len(records) == 4 and all(r["conditions"]["lab"]["gate_udid"] == r["conditions"]["lab"]["udid"]
+                                     for r in records)
+    for udid, phone in phones.items():
+        probes, jobs = phone.status_probes - before[udid][0], phone.measure_jobs - before[udid][1]
+        assert probes == jobs, f"{phone.name}: {probes} status probes, {jobs} rounds"
+
+
+CTRL_C_DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from bench.lab.cluster import connect
+from bench.lab.executor import LabExecutor, lab_targets
+from bench.paths import Workspace
+from bench.run.api import start_run
+from bench.run.config import RunConfig
+from bench.run.targets.base import ImageItem, VariantRef
+from lab_fixtures import zeros
+
+connect({address!r}, Path({token!r}))
+variants = [VariantRef(**{{**v, "path": Path(v["path"])}}) for v in json.loads({variants!r})]
+try:
+    start_run(RunConfig.model_validate(json.loads({config!r})), Workspace(Path({root!r})),
+              targets=lab_targets(["iphone"], preprocess=zeros), variants=variants,
+              images=[ImageItem(f"img{{i}}", lambda: None) for i in range({images})],
+              executor=LabExecutor(poll_s=0.05, status_timeout_s=60), run_id="ctrl-c")
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+    sys.exit(130)
+print("FINISHED", flush=True)
+"""
+
+
+def test_ctrl_c_on_the_driver_cancels_the_remote_tasks_and_resume_completes(lab, tmp_path):
+    """A driver process gets SIGINT mid-run: it ends at once, its lab tasks are cancelled (no phone is launched
+    again, no host still says it runs a job of it), and `--resume` completes the run with every sample once."""
+    import json
+    import signal
+
+    from bench.lab.cluster import _running_jobs
+    from bench.lab.executor import LabExecutor, lab_targets
+    from bench.lab.host import RUNNING_PREFIX
+    from bench.paths import Workspace
+    from bench.run.api import resume_run
+    from bench.run.manifest import RunManifest
+    from bench.store.runs import read_job_records
+
+    cluster, hosts, token = lab
+    phones = [p for host in hosts.values() for p in host.phones]
+    for phone in phones:
+        phone.faults.runner_seconds = 0.3
+    variants = lab_variants(tmp_path / "variants")
+    shipped = json.dumps([{"variant_id": v.variant_id, "name": v.name, "variant_hash": v.variant_hash,
+                           "path": str(v.path), "image_size": v.image_size, "decode": v.decode} for v in variants])
+    script = CTRL_C_DRIVER.format(tests=str(Path(__file__).parent), address=cluster.address, token=str(token),
+                                  variants=shipped, config=json.dumps(CONFIG), root=str(tmp_path), images=IMAGES)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "results" / "ctrl-c"
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((run_dir / "jobs").glob("*--r*.json"))) < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, "the driver stored no job"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130 and "INTERRUPTED" in out, out + err[-3000:]
+    manifest = RunManifest.open(run_dir)
+    assert manifest.data["status"] == "interrupted"
+    stored = len(read_job_records(run_dir))
+    per_phone = 2 * len(UNITS) * ROUNDS
+    assert 0 < stored < len(phones) * per_phone  # stopped mid-run
+
+    launched = sum(len(p.launches) for p in phones)
+    time.sleep(2.0)  # a task still running would launch the runner again or mark its phone busy
+    assert sum(len(p.launches) for p in phones) == launched
+    assert _running_jobs(RUNNING_PREFIX) == {}, "a host still says it runs a job of the interrupted run"
+
+    again = resume_run("ctrl-c", Workspace(tmp_path), targets=lab_targets(["iphone"], preprocess=zeros),
+                       variants=variants, images=_images(), executor=LabExecutor(poll_s=0.05, status_timeout_s=60))
+    assert again.status == "complete", again.failures
+    records = read_job_records(run_dir)
+    assert len(records) == len(phones) * per_phone  # every planned job, each stored once
+    assert all(len(r["samples"]) == IMAGES for r in records.values())  # no sample lost or duplicated
+    rounds = Counter((r["series_key"], r["round"]) for r in records.values())
+    assert set(rounds.values()) == {1} and len({key for key, _ in rounds}) == len(phones) * 2 * len(UNITS)

@@ -117,14 +117,14 @@ class LabExecutor:
     """Runs rounds as Ray tasks on the hosts holding the phones. `fetched_by_host`: package bytes each host pulled."""
 
     def __init__(self, *, timeout_s: float | None = None, poll_s: float = 1.0, status_timeout_s: float = 120.0,
-                 wait_poll_s: float = 0.2, holder_check_s: float = 1.0):
+                 wait_poll_s: float = 0.2, holder_check_s: float = 1.0, cancel_grace_s: float = 5.0):
         import ray
 
         from bench.lab import host
 
         self._ray = ray
         self._timeout_s, self._poll_s, self._status_timeout_s = timeout_s, poll_s, status_timeout_s
-        self._wait_poll_s, self._holder_check_s = wait_poll_s, holder_check_s
+        self._wait_poll_s, self._holder_check_s, self._cancel_grace_s = wait_poll_s, holder_check_s, cancel_grace_s
         self._run = ray.remote(num_cpus=0, max_retries=0)(host.run_job)
         self._status = ray.remote(num_cpus=0, max_retries=0)(host.phone_status)
         self._lock = threading.Lock()
@@ -133,6 +133,9 @@ class LabExecutor:
         self.fetched_by_host: dict[str, int] = defaultdict(int)
         self.jobs_by_host: dict[str, int] = defaultdict(int)
         self._holders: tuple[float, dict[str, list[str]], dict[str, float]] = (float("-inf"), {}, {})
+        # "any phone of a model" targets: the phone whose conditions the thermal gate read last, so the round
+        # runs on that very phone (target id -> udid)
+        self._gated: dict[str, str] = {}
 
     def warm_up(self, targets: list[LabIPhone], timeout_s: float = 300.0) -> None:
         """Start (and import the deployment layer in) one worker per phone on its host, all at once, before the run's
@@ -144,13 +147,16 @@ class LabExecutor:
             self._ray.cancel(ref, force=True)
 
     # the scheduler's two calls ---------------------------------------------------------------------------------
-    def conditions(self, target: LabIPhone) -> Conditions:
+    def conditions(self, target: LabIPhone, should_stop: Callable[[], bool] = lambda: False) -> Conditions:
         self._check_holders(target)
         ref = self._status.options(resources={target.resource: 1}).remote(
             target.udid, target.pool_model, self._status_timeout_s, self._poll_s)
-        answer = self._wait(ref, target, lambda: False, self._status_timeout_s + 60)
+        answer = self._wait(ref, target, should_stop, self._status_timeout_s + 60)
         if "error" in answer:
             raise _host_error(answer)
+        if target.pool_model is not None:
+            with self._lock:
+                self._gated[target.id] = answer["phone"]["udid"]
         return target.conditions_from(answer["status"])
 
     def run_round(self, target: LabIPhone, request: RoundRequest,
@@ -160,31 +166,46 @@ class LabExecutor:
         spec, variant_dirs, inputs, keys = target.job_for(request)
         packages = [(variant_id, *self._package(path)) for variant_id, path in variant_dirs.items()]
         inputs_ref = self._inputs_ref(inputs)
-        self._check_holders(target)
+        udid, model, resource = self._placement(target)
+        self._check_holders(target, udid)
         started, clock = now_iso(), time.perf_counter()
         # The runner timeout: fixed (run.yaml runner_timeout_s / --runner-timeout), else derived from the job.
         timeout_s = self._timeout_s or target.timeout_for(request)
-        ref = self._run.options(resources={target.resource: 1}).remote(
-            target.udid, target.pool_model, spec, packages, inputs_ref, timeout_s, self._poll_s)
-        answer = self._wait(ref, target, should_stop, timeout_s + 120)
+        ref = self._run.options(resources={resource: 1}).remote(
+            udid, model, spec, packages, inputs_ref, timeout_s, self._poll_s)
+        answer = self._wait(ref, target, should_stop, timeout_s + 120, udid)
         roundtrip = time.perf_counter() - clock
-        if "error" in answer:
-            raise _host_error(answer)
+        # The runner's log comes back whole (bounded as a local run's) and is kept in the run as a local one is.
+        log = answer.get("log")
+        target.last_log = log
+        if "error" in answer:  # never launched, or silent: no log to point at
+            raise _host_error(answer, target.save_log(log) if log is not None and log.lines else None)
+        where = target.save_log(log) if log is not None else None
         with self._lock:
             self.fetched_by_host[answer["node_id"]] += answer["fetched_bytes"]
             self.jobs_by_host[answer["node_id"]] += 1
         timing = answer["timing"]
         lab = {"host": answer["host"], "node_id": answer["node_id"], "udid": answer["phone"]["udid"],
+               "gate_udid": udid,  # the phone whose thermal state and battery the gate read
                "phone": answer["phone"]["name"], "steps_in_round": len(keys), "package_bytes_fetched":
                answer["fetched_bytes"], "model_bytes_pushed": answer["deploy"]["model_bytes_sent"],
                # shared by the round's steps: each job carries its share, the round's totals are the sums
                "queue_wait_s": (roundtrip - timing["task_s"] + timing["lock_wait_s"]) / len(keys),
                "transfer_s": timing["transfer_s"] / len(keys), "deploy_s": timing["deploy_s"] / len(keys),
                "runner_s": timing["runner_s"] / len(keys)}
-        for result in target.step_results(answer["result"], keys, started, now_iso(), roundtrip):
+        for result in target.step_results(answer["result"], keys, started, now_iso(), roundtrip, log_note=where):
             measured = sum(int(s.get("total_ns") or 0) for s in result.samples) / 1e9
             result.extra_conditions["lab"] = {**lab, "measure_s": measured}
             yield result
+
+    def _placement(self, target: LabIPhone) -> tuple[str | None, str | None, str]:
+        """(udid, model, resource) a round asks for: its phone; for "any phone of a model", the phone the thermal
+        gate just read (so the gate and the measurement concern the same device), else any free one of the model."""
+        with self._lock:
+            gated = self._gated.pop(target.id, None) if target.pool_model is not None else None
+        if gated is not None:
+            return gated, None, PHONE_RESOURCE + gated
+        return target.udid, target.pool_model, target.resource
 
     # shipping ---------------------------------------------------------------------------------------------------
     def _package(self, path) -> tuple[str, list]:
@@ -204,8 +225,10 @@ class LabExecutor:
             return self._inputs[signature]
 
     # waiting --------------------------------------------------------------------------------------------------------
-    def _wait(self, ref, target: LabIPhone, should_stop: Callable[[], bool], limit_s: float) -> dict:
-        """The task's answer; cancels it on Ctrl-C, when its phone's host leaves, or after `limit_s`."""
+    def _wait(self, ref, target: LabIPhone, should_stop: Callable[[], bool], limit_s: float,
+              udid: str | None = None) -> dict:
+        """The task's answer; cancels it on Ctrl-C, when its phone's host leaves, or after `limit_s`. `udid`: the
+        phone a pool target's round was pinned to."""
         ray = self._ray
         started = checked = time.monotonic()
         while True:
@@ -214,7 +237,7 @@ class LabExecutor:
                 return self._get(ref, target)
             now = time.monotonic()
             if should_stop():
-                ray.cancel(ref, force=True)
+                self._cancel(ref)
                 raise Interrupted()
             if now - started > limit_s:
                 ray.cancel(ref, force=True)
@@ -223,10 +246,18 @@ class LabExecutor:
             if now - checked >= self._holder_check_s:
                 checked = now
                 try:
-                    self._check_holders(target)
+                    self._check_holders(target, udid)
                 except DeviceError:
                     ray.cancel(ref, force=True)
                     raise
+
+    def _cancel(self, ref) -> None:
+        """Ctrl-C: interrupt the task (KeyboardInterrupt on the host, so it lets go of its phone and says it is no
+        longer running there), and kill its worker only if it has not ended after a grace period."""
+        self._ray.cancel(ref, force=False)
+        ended, _ = self._ray.wait([ref], timeout=self._cancel_grace_s)
+        if not ended:
+            self._ray.cancel(ref, force=True)
 
     def _get(self, ref, target: LabIPhone) -> dict:
         from ray.exceptions import RayError, RayTaskError, TaskCancelledError
@@ -253,9 +284,15 @@ class LabExecutor:
                 self._holders = (time.monotonic(), holders, resources)
             return holders, resources
 
-    def _check_holders(self, target: LabIPhone) -> None:
-        """The phone (or model) must be held by exactly one live host (a pool by at least one)."""
+    def _check_holders(self, target: LabIPhone, udid: str | None = None) -> None:
+        """The phone (or model) must be held by exactly one live host (a pool by at least one). `udid`: the phone
+        of the pool the round was pinned to (it must still be held; else the round is retried, gated afresh)."""
         holders, resources = self._cluster_view()
+        if target.pool_model is not None and udid is not None:
+            if not holders.get(udid):
+                raise HostLost(f"no live lab host holds the {target.pool_model} the thermal gate chose ({udid}) any "
+                               "more", udid=udid, action="the round is retried on another phone of the model")
+            return
         if target.pool_model is not None:
             if not resources.get(target.resource, 0):
                 raise HostLost(f"no live lab host holds a {target.pool_model} any more",
@@ -276,10 +313,11 @@ def _cluster_view_of(ray) -> tuple[dict[str, list[str]], dict[str, float]]:
     return phone_holders(), ray.cluster_resources()
 
 
-def _host_error(answer: dict) -> LabHostError:
+def _host_error(answer: dict, log_note: str | None = None) -> LabHostError:
     error = answer["error"]
     where = answer.get("host") or "a lab host"
-    return LabHostError(error["kind"], f"on {where}: {error['message']}", bool(error["transient"]))
+    message = f"on {where}: {error['message']}" + (f"; {log_note}" if log_note else "")
+    return LabHostError(error["kind"], message, bool(error["transient"]))
 
 
 def _warm_up() -> str:

@@ -73,11 +73,13 @@ def run_job(udid: str | None, model: str | None, spec, packages: list, inputs: d
     import ray
 
     from bench.deploy import api as deploy_api
+    from bench.deploy.logs import JobLog
 
     clock = time.perf_counter
     started = clock()
     cache = HostCache()
     timing: dict[str, float] = {}
+    log = None  # the runner's log lines, bounded as a local run keeps them; the driver stores them with the run
     try:
         with hold_phone(udid, model, cache) as phone:
             locked = clock()
@@ -90,20 +92,20 @@ def run_job(udid: str | None, model: str | None, spec, packages: list, inputs: d
                 fetched_at = clock()
                 report = deploy_api.deploy(phone.udid, spec, dirs, inputs)
                 deployed = clock()
-                lines: list[str] = []
-                result = deploy_api.run_job(phone.udid, report.job_id, timeout_s=timeout_s, on_log=lines.append,
+                log = JobLog(report.job_id)
+                result = deploy_api.run_job(phone.udid, report.job_id, timeout_s=timeout_s, on_log=log.add,
                                             poll_s=poll_s)
                 ran = clock()
             finally:
                 _clear_running(phone.udid)
     except DeviceError as err:
-        return {"error": error_data(err), "host": host_name()}
+        return {"error": error_data(err), "host": host_name(), "log": log}
     timing = {"lock_wait_s": locked - started, "transfer_s": fetched_at - locked, "deploy_s": deployed - fetched_at,
               "runner_s": ran - deployed, "task_s": clock() - started}
     return {"result": result, "phone": phone.as_dict(), "host": host_name(),
             "node_id": ray.get_runtime_context().get_node_id(), "fetched_bytes": fetched, "timing": timing,
             "deploy": {"model_bytes_sent": report.model_bytes_sent, "input_bytes_sent": report.input_bytes_sent,
-                       "models_skipped": report.models_skipped}, "log_tail": lines[-20:]}
+                       "models_skipped": report.models_skipped}, "log": log}
 
 
 def warm_up() -> str:

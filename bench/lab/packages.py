@@ -2,7 +2,7 @@
 
 The driver packs a variant (manifest.json + encoder/decoder .mlpackage, a deterministic tar) and puts it into Ray's
 object store once per run; a task passes only a reference. On the host, `HostCache` unpacks it under
-`<cache>/packages/<key>/<variant_id>/` — and only when that key is not there yet, so a variant crosses the network
+`<cache>/packages/<key>/variant/` — and only when that key is not there yet, so a variant crosses the network
 to a host once, however many phones and rounds use it. Concurrent tasks on one host take a file lock per key: one
 fetches, the others wait and find it. An unpacked tree whose key does not match is refused and never deployed.
 """
@@ -25,6 +25,7 @@ from bench.errors import DeviceError
 SHIPPED = ("manifest.json", "encoder.mlpackage", "decoder.mlpackage")  # what deploying a variant reads
 CACHE_ENV = "BENCH_LAB_CACHE"
 COMPLETE = ".complete"
+UNPACKED = "variant"
 
 
 def package_key(variant_dir: Path) -> str:
@@ -70,24 +71,32 @@ def default_cache_root() -> Path:
         / "bench" / "lab"
 
 
+def _cached(folder: Path) -> bool:
+    """Complete, and in today's layout (an older cache named the folder inside by variant: fetched again)."""
+    return (folder / COMPLETE).exists() and (folder / UNPACKED).is_dir()
+
+
 class HostCache:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else default_cache_root()
 
     def ensure(self, variant_id: str, key: str, fetch: Callable[[], bytes]) -> tuple[Path, int]:
-        """The variant's directory on this host and how many bytes had to be fetched for it (0 when cached)."""
+        """The variant's directory on this host and how many bytes had to be fetched for it (0 when cached).
+
+        The directory is named by content (`<key>/variant`), not by variant: two variants with the same bytes (one
+        package imported under two names) share it."""
         folder = self.root / "packages" / key
-        if (folder / COMPLETE).exists():
-            return folder / variant_id, 0
+        if _cached(folder):
+            return folder / UNPACKED, 0
         with self.lock(f"package-{key}"):
-            if (folder / COMPLETE).exists():  # another task on this host fetched it while we waited
-                return folder / variant_id, 0
+            if _cached(folder):  # another task on this host fetched it while we waited
+                return folder / UNPACKED, 0
             data = fetch()
             staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
             try:
                 with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
-                    archive.extractall(staging / variant_id, filter="data")
-                found = package_key(staging / variant_id)
+                    archive.extractall(staging / UNPACKED, filter="data")
+                found = package_key(staging / UNPACKED)
                 if found != key:
                     raise DeviceError(f"package {variant_id} arrived damaged on this host (content {found}, "
                                       f"expected {key}); it was not deployed", action="run again")
@@ -96,7 +105,7 @@ class HostCache:
                 os.replace(staging, folder)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            return folder / variant_id, len(data)
+            return folder / UNPACKED, len(data)
 
     @contextmanager
     def lock(self, name: str, *, blocking: bool = True):

@@ -16,8 +16,9 @@ from bench.run.targets.base import Conditions, RoundRequest, StepResult
 
 
 class Executor(Protocol):
-    def conditions(self, target) -> Conditions:
-        """The target's conditions right now (thermal gate before each round)."""
+    def conditions(self, target, should_stop: Callable[[], bool] = lambda: False) -> Conditions:
+        """The target's conditions right now (thermal gate before each round); may raise `Interrupted` once
+        `should_stop()` is true."""
 
     def run_round(self, target, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
         """One round of steps on the target; raise `Interrupted` once `should_stop()` is true."""
@@ -26,7 +27,7 @@ class Executor(Protocol):
 class LocalExecutor:
     """The target runs in the calling thread, on this host."""
 
-    def conditions(self, target) -> Conditions:
+    def conditions(self, target, should_stop: Callable[[], bool] = lambda: False) -> Conditions:
         return target.conditions()
 
     def run_round(self, target, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:

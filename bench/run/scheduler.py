@@ -335,7 +335,7 @@ class Scheduler:
         started, slept = self._clock(), 0.0
         seen: list[str] = []
         while True:
-            conditions = self.executor.conditions(target)
+            conditions = self.executor.conditions(target, self.stop_event.is_set)
             waited = max(self._clock() - started, slept)  # slept: what we asked for (an injected sleep may not)
             seen.append(conditions.thermal_state or "unknown")
             if conditions.thermal_state is None and conditions.battery_temperature_c is None:

@@ -193,9 +193,9 @@ class IPhoneTarget:
         except DeviceError as err:
             if not log.lines:  # never launched, or silent: no log to point at
                 raise
-            where = self._save_log(log)
+            where = self.save_log(log)
             raise (err.with_detail(where) if hasattr(err, "with_detail") else err) from None
-        where = self._save_log(log)
+        where = self.save_log(log)
         finished, elapsed = now_iso(), time.perf_counter() - clock
         yield from self.step_results(result, keys, started, finished, elapsed, log_note=where)
 
@@ -207,7 +207,7 @@ class IPhoneTarget:
                 self._sizes[step.variant.variant_id] = package_bytes(step.variant.path)
         return runner_timeout(request, self._sizes)
 
-    def _save_log(self, log) -> str:
+    def save_log(self, log) -> str:
         """Store the job's runner log with the run; the words that point a failure at it."""
         last = log.last_line()
         said = f", last line: {last!r}" if last else ", no lines"
