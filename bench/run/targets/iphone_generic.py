@@ -72,7 +72,7 @@ def run_generic_round(target, request: RoundRequest):
     target.last_log = log = JobLog(job_id)
     result, outputs = generic.run_job(target.udid, job_id, timeout_s=target.timeout_for(request), on_log=log.add,
                                       poll_s=target._poll_s)
-    note = target._save_log(log)
+    note = target.save_log(log)
     finished, elapsed = now_iso(), time.perf_counter() - clock
     compiles = {c["variant_id"]: c for c in result["compiles"]}
     reported = set()
