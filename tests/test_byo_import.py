@@ -113,6 +113,10 @@ def test_cli_import_list_inspect_diff_and_the_no_core_ml_line(byo_packages, work
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pruned is an imported model" in err and "bench models inspect pruned" in err
     assert not (workspace.results_dir).exists() or not any(workspace.results_dir.iterdir())
+    # a lab measures built captioners only: said in one line before the lab is contacted
+    assert main(["run", "--variants", "pruned", "--lab", "127.0.0.1:9", "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "a lab (--lab) measures built captioners only" in err
 
 
 @pytest.mark.parametrize("make_bad, message", [

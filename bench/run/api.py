@@ -508,6 +508,8 @@ def _publish(outcome: RunOutcome, workspace: Workspace) -> None:
 def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None = None, force: bool = False,
                  observer: RunObserver | None = None, log=print) -> RunOutcome:
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
+    if not resume:
+        _refuse_imported_without_core_ml(config, workspace)  # one line, before a lab is contacted or anything built
     if config.lab:  # an unreachable lab or a refused token is said before minutes of building
         from bench.lab.cluster import connect
 
@@ -524,7 +526,6 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
         config = RunConfig.model_validate(outcome.data.manifest["plan"]["config"])
     else:
         variants = built_variants(workspace)
-        _refuse_imported_without_core_ml(config, workspace)
         named_imported = _imported_named(config, workspace)
         if config.variants:
             _check_variant_names([n for n in config.variants if n not in named_imported], variants, config.matrix)
@@ -566,7 +567,7 @@ def _core_ml_targets(config: RunConfig, workspace: Workspace) -> bool:
     """Whether the run's targets include Core ML (a Mac, an iPhone, a lab's phones): where imported models run."""
     from bench.run.targets import connected_iphones
 
-    if config.lab or any(t.strip().startswith(("iphone", "macos-coreml")) for t in config.targets):
+    if any(t.strip().startswith(("iphone", "macos-coreml")) for t in config.targets):
         return True
     return "auto" in config.targets and bool(connected_iphones(workspace))
 
@@ -587,6 +588,10 @@ def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) ->
     from bench.errors import PlatformUnavailable
 
     named = _imported_named(config, workspace)
+    if named and config.lab:
+        raise PlatformUnavailable(f"{named[0]} is an imported model: a lab (--lab) measures built captioners only; "
+                                  "measure imported models on a phone attached to this host (--targets iphone) or "
+                                  "on a Mac (--targets macos-coreml)")
     if not named or _core_ml_targets(config, workspace):
         return
     where = "this run's targets have none" if platform.system() == "Darwin" else "none is connected here"
