@@ -84,7 +84,7 @@ def verdict_cells(verdict) -> list[str]:
         change = f"{percent(v['relative'])}" if not missing(v.get("relative")) else "–"
         ci = f"{percent(v['ci95'][0])} … {percent(v['ci95'][1])}" if v.get("ci95") else "–"
         base, cur = num(v["baseline"]), num(v["current"])
-    elif v["metric"] in ("BLEU", "CIDEr"):
+    elif v["metric"] in ("BLEU", "CIDEr", "device BLEU", "device CIDEr"):
         digits = 2
         change = "–" if missing(v.get("delta")) else f"{float(v['delta']):+.{digits}f}"
         ci = f"{float(v['ci95'][0]):+.2f} … {float(v['ci95'][1]):+.2f}" if v.get("ci95") else "–"

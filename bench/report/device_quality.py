@@ -129,42 +129,48 @@ def point_metrics(device: dict[str, Any], host: dict[str, Any]) -> dict[str, Any
             "cider": {"score": float(cider_per_image(captions, references).mean()), "scorer": CIDER_SCORER}}
 
 
-def rows(run, *, scored: bool = True) -> list[dict[str, Any]]:
-    """One row per device record of the run (variant × device × compute unit), in report order, computed once per
-    run: with `scored`, intervals and the paired comparison with the host reference; else point metrics only.
-    Records that cannot be set beside their host reference are left out with a note on the run."""
-    cache_key = "device_quality" if scored else "device_quality_points"
-    cached = run.cache.get(cache_key) or (run.cache.get("device_quality") if not scored else None)
-    if cached is not None:
-        return cached
+def rows(run, *, scored: bool = True, only=None) -> list[dict[str, Any]]:
+    """One row per device record of the run (variant × device × compute unit), in report order: with `scored`,
+    intervals and the paired comparison with the host reference; else point metrics only. `only(record)` limits the
+    work to some records (`bench explain` scores two variants, not the whole run). Each row is computed once per run;
+    records that cannot be set beside their host reference are left out with a note on the run."""
+    done = run.cache.setdefault("device_quality_rows" if scored else "device_quality_points", {})
+    scored_rows = run.cache.get("device_quality_rows") or {}
     found = []
     for key, record in sorted((getattr(run, "device_quality", None) or {}).items()):
-        host = run.evals.get(record["variant_id"])
-        if host is None:
-            run.notes.append(f"device quality of {key} not scored: no host reference (eval record) for "
-                             f"{record['variant_id']} in this run")
+        if only is not None and not only(record):
             continue
-        why = comparable(record, host)
-        if why:
-            run.notes.append(f"device quality of {key} not scored: {why}")
-            continue
-        target = record["target"]
-        found.append({"series_key": key, "variant_id": record["variant_id"],
-                      "variant": variant_name(record["variant_id"], run.variants.get(record["variant_id"])),
-                      "variant_hash": record.get("variant_hash"), "target_kind": target["kind"],
-                      "target_id": target["id"], "device_model": target.get("model"),
-                      "os_build": target.get("os_build"),
-                      "target": target_label(target["kind"], target.get("model"), target.get("name")),
-                      "compute_unit": record["compute_unit"], "dataset": (record.get("dataset") or {}).get("signature"),
-                      "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
-                                     "host_caption": h["caption"], "references": h["references"]}
-                                    for d, h in zip(record["per_image"], host["per_image"])],
-                      **(score(record, host) if scored else {"device": point_metrics(record, host)})})
+        if key not in done:
+            done[key] = scored_rows.get(key) if key in scored_rows else _row(run, key, record, scored)
+        if done[key] is not None:
+            found.append(done[key])
     plan_order = {vid: i for i, vid in enumerate((run.run.get("plan") or {}).get("variants") or [])}
     found.sort(key=lambda r: (KIND_ORDER.get(r["target_kind"], 9), str(r["target_id"]),
                               UNIT_ORDER.get(r["compute_unit"], 9), plan_order.get(r["variant_id"], 10**6)))
-    run.cache[cache_key] = found
     return found
+
+
+def _row(run, key: str, record: dict[str, Any], scored: bool) -> dict[str, Any] | None:
+    host = run.evals.get(record["variant_id"])
+    if host is None:
+        run.notes.append(f"device quality of {key} not scored: no host reference (eval record) for "
+                         f"{record['variant_id']} in this run")
+        return None
+    why = comparable(record, host)
+    if why:
+        run.notes.append(f"device quality of {key} not scored: {why}")
+        return None
+    target = record["target"]
+    return {"series_key": key, "variant_id": record["variant_id"],
+            "variant": variant_name(record["variant_id"], run.variants.get(record["variant_id"])),
+            "variant_hash": record.get("variant_hash"), "target_kind": target["kind"],
+            "target_id": target["id"], "device_model": target.get("model"), "os_build": target.get("os_build"),
+            "target": target_label(target["kind"], target.get("model"), target.get("name")),
+            "compute_unit": record["compute_unit"], "dataset": (record.get("dataset") or {}).get("signature"),
+            "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
+                           "host_caption": h["caption"], "references": h["references"]}
+                          for d, h in zip(record["per_image"], host["per_image"])],
+            **(score(record, host) if scored else {"device": point_metrics(record, host)})}
 
 
 def table_cells(found: list[dict[str, Any]]) -> list[list[str]]:

@@ -349,15 +349,14 @@ def device_quality_findings(run: RunData, variant_ids: tuple[str, ...], target_i
     (bench.report.device_quality): changed captions and the BLEU delta with its CI and outcome."""
     from bench.report import device_quality
 
-    found = []
-    for row in device_quality.rows(run):
-        if row["variant_id"] in variant_ids and row["target_id"] == target_id and row["compute_unit"] == compute_unit:
-            found.append({"variant": row["variant"], "changed": row["changed"], "changed_share": row["changed_share"],
-                          "n_images": row["n_images"], "bleu_delta": row["delta"]["bleu"],
-                          "sentence": device_quality.sentence(row)})
-    order = {vid: i for i, vid in enumerate(variant_ids)}
-    names = {row["variant"]: row["variant_id"] for row in device_quality.rows(run)}
-    return sorted(found, key=lambda f: order.get(names.get(f["variant"]), 9))
+    def wanted(record: dict) -> bool:
+        return (record["variant_id"] in variant_ids and record["target"]["id"] == target_id
+                and record["compute_unit"] == compute_unit)
+
+    found = sorted(device_quality.rows(run, only=wanted), key=lambda row: variant_ids.index(row["variant_id"]))
+    return [{"variant": row["variant"], "changed": row["changed"], "changed_share": row["changed_share"],
+             "n_images": row["n_images"], "bleu_delta": row["delta"]["bleu"], "sentence": device_quality.sentence(row)}
+            for row in found]
 
 
 def _latency_sentence(result: dict[str, Any]) -> str:
