@@ -5,6 +5,7 @@ Every model is tiny (KBs, ~0.1 s each) and built once per test session (`byo_pac
     two_inputs                                         float32 and int32 inputs
     enumerated                                         input with enumerated shapes (default 8×8, also 16×16)
     stateful                                           an fp16 accumulator held in an MLState (iOS18)
+    image_input                                        an 8×8 RGB image input (a pixel buffer on the device)
     multifunction                                      two functions (the conv net, the adder), default "dense"
 """
 
@@ -81,6 +82,13 @@ def make_packages(folder: Path) -> dict[str, Path]:
         return mb.identity(x=total, name="total")
 
     save(ct.convert(accumulate, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18), "stateful")
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))], opset_version=ct.target.iOS17)
+    def colour(image):
+        return mb.reduce_mean(x=image, axes=[2, 3], name="colour")
+
+    save(convert(colour, inputs=[ct.ImageType(name="image", shape=(1, 3, 8, 8), color_layout=ct.colorlayout.RGB)]),
+         "image_input")
 
     descriptor = ct.utils.MultiFunctionDescriptor()
     descriptor.add_function(str(paths["dense"]), src_function_name="main", target_function_name="dense")

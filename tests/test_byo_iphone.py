@@ -85,7 +85,7 @@ def test_dtypes_enumerated_state_and_functions_on_the_phone(mux, byo_packages, w
     from bench.run.targets.iphone import IPhoneTarget
 
     phone = add_phone(mux, 2, output_drift={"cpuOnly": 0.0, "all": 0.02})
-    names = ["two_inputs", "enumerated", "stateful", "multifunction"]
+    names = ["two_inputs", "enumerated", "stateful", "multifunction", "image_input"]
     imported.import_models([byo_packages[n] for n in names], workspace)
     config = RunConfig.model_validate({"variants": names, "targets": ["iphone"], "compute_units": ["cpuOnly", "all"],
                                        "rounds": 1, "repeats": 1, "warmup": 1, "evaluate": False, "report": False,
@@ -101,12 +101,15 @@ def test_dtypes_enumerated_state_and_functions_on_the_phone(mux, byo_packages, w
     assert [(f["name"], f["dtype"]) for f in two] == [("a", "float32"), ("b", "int32")]
     assert models["stateful"]["stateful"] is True and models["multifunction"]["function"] == "dense"
     assert models["enumerated"]["function"] is None
+    (image,) = models["image_input"]["inputs"][0]["features"]
+    assert (image["kind"], image["dtype"], image["shape"]) == ("image", "uint8", [8, 8, 3])
     from bench.report.data import build_report
 
     drift = {(r["variant"], r["compute_unit"], r["output"]): r for r in build_report(str(outcome.run_dir)).drift}
     assert drift[("two_inputs", "all", "sum")]["rel_l2"] == pytest.approx(0.02, rel=0.01)
     assert drift[("stateful", "all", "total")]["rel_l2"] == pytest.approx(0.02, rel=0.05)  # fp16 outputs
     assert drift[("multifunction", "all", "scores")]["n_inputs"] == 3
+    assert drift[("image_input", "all", "colour")]["rel_l2"] == pytest.approx(0.02, rel=0.01)
 
 
 def test_outputs_over_the_cap_and_bad_inputs_on_the_phone(mux, byo_packages, workspace, tmp_path):
