@@ -117,3 +117,31 @@ def test_a_damaged_published_file_is_refused(tmp_path):
     path.write_text("{", encoding="utf-8")
     with pytest.raises(RecordError, match="cannot read"):
         seed_module.load_published(path)
+
+
+def with_inputs(report, points):
+    """The fixture's fp32 row repeated at other input settings with set BLEU (point, CI low, CI high): a scenario."""
+    import pandas as pd
+
+    fp32 = report.table[(report.table["variant"] == "fp32") & (report.table["target_kind"] == "iphone")].iloc[0]
+    rows = []
+    for size, resize, bleu, lo, hi in points:
+        row = fp32.copy()
+        row["variant"] = row["variant_id"] = f"fp32-{resize}-{size}"
+        row["image_size"], row["resize"], row["bleu"], row["bleu_lo"], row["bleu_hi"] = size, resize, bleu, lo, hi
+        rows.append(row)
+    report.table = pd.concat([report.table, pd.DataFrame(rows)], ignore_index=True)
+    return seed_module.seed_comparison(report)
+
+
+def test_best_input_compared_as_a_fraction_of_native_size():
+    section = with_inputs(build_report(CURRENT, explain=False),
+                          [(348, "resize", 95.0, 93.0, 97.0), (348, "center_crop", 80.0, 75.0, 85.0)])
+    seed, ours, agreement = cells(section, "best input", "best BLEU input")[3:6]
+    assert (seed, ours) == ("348 px resize (0.91 × 384)", "348 px resize (0.91 × 384)")
+    assert agreement.startswith("agree")
+    crop_wins = with_inputs(build_report(CURRENT, explain=False),
+                            [(348, "center_crop", 95.0, 93.0, 97.0), (224, "resize", 70.0, 65.0, 75.0)])
+    assert cells(crop_wins, "best input", "best BLEU input")[5].startswith("differ")
+    close = with_inputs(build_report(CURRENT, explain=False), [(348, "resize", 95.0, 80.0, 99.0)])
+    assert cells(close, "best input", "best BLEU input")[5].startswith("undecided")
