@@ -287,56 +287,88 @@ def seed_comparison(report: ReportData, published: dict | None = None) -> dict[s
     }
 
 
+@dataclass(frozen=True)
+class _Pair:
+    """One seed row, the variant of this run made by the same recipe, and both sides' fp32."""
+
+    row: dict
+    mine: dict
+    seed_fp32: dict
+    fp32: dict
+    copy: list[str]  # ["conv_rows_copy_embedding"] when the seed's row repeats another: nothing compared
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.row["variant"], str(self.mine["variant"])
+
+
 def _compare_row(table: _Table, published: dict, row: dict, mine: dict, fp32: dict,
                  conditions: dict[str, Condition]) -> None:
-    seed_rows = _rows(published)
-    seed_fp32 = seed_rows["fp32"]
-    name, ours = row["variant"], str(mine["variant"])
     copy = ["conv_rows_copy_embedding"] if row["layers"] == "conv" and _holds(conditions, "conv_rows_copy_embedding") \
         else []
-    other_model = _holds(conditions, "model_size") or _holds(conditions, "model_size_unknown")
-    if name == "fp32" or not other_model:
-        seed_mb = f"{row['size_mb']:.1f} MB"
-        if other_model:
-            table.add(name, ours, "size", seed_mb, f"{mine['size_mb']:.1f} MB", "not comparable",
-                      ["model_size", "model_size_unknown"])
-        else:
-            duplicate = _holds(conditions, "duplicate_embedding") and row["precision"] == "fp32"
-            seed = row["size_mb"] * (1 - _embedding_share(published)) if duplicate else row["size_mb"]
-            table.add(name, ours, "size", seed_mb + (f" → {seed:.1f} MB" if duplicate else ""),
-                      f"{mine['size_mb']:.1f} MB", "not comparable" if copy else
-                      _agreement(mine["size_mb"] / seed - 1, TOLERANCE["size"], "+.1%"),
-                      copy or (["duplicate_embedding"] if duplicate else []))
-    if name == "fp32":
+    pair = _Pair(row, mine, _rows(published)["fp32"], fp32, copy)
+    _compare_size(table, published, pair, conditions)
+    if row["variant"] == "fp32":
         return
-    raw = row["size_mb"] / seed_fp32["size_mb"]
+    _compare_size_ratio(table, published, pair, conditions)
+    _compare_bleu(table, pair)
+    _compare_latency(table, pair, conditions)
+
+
+def _compare_size(table: _Table, published: dict, pair: _Pair, conditions: dict[str, Condition]) -> None:
+    """Absolute MB: only for a captioner of the seed's size (else one row, fp32's, says why not)."""
+    row, mine = pair.row, pair.mine
+    seed_mb = f"{row['size_mb']:.1f} MB"
+    if _holds(conditions, "model_size") or _holds(conditions, "model_size_unknown"):
+        if row["variant"] == "fp32":
+            table.add(*pair.names, "size", seed_mb, f"{mine['size_mb']:.1f} MB", "not comparable",
+                      ["model_size", "model_size_unknown"])
+        return
+    duplicate = _holds(conditions, "duplicate_embedding") and row["precision"] == "fp32"
+    seed = row["size_mb"] * (1 - _embedding_share(published)) if duplicate else row["size_mb"]
+    table.add(*pair.names, "size", seed_mb + (f" → {seed:.1f} MB" if duplicate else ""), f"{mine['size_mb']:.1f} MB",
+              "not comparable" if pair.copy else _agreement(mine["size_mb"] / seed - 1, TOLERANCE["size"], "+.1%"),
+              pair.copy or (["duplicate_embedding"] if duplicate else []))
+
+
+def _compare_size_ratio(table: _Table, published: dict, pair: _Pair, conditions: dict[str, Condition]) -> None:
+    row, mine = pair.row, pair.mine
+    raw = row["size_mb"] / pair.seed_fp32["size_mb"]
     corrected = _holds(conditions, "duplicate_embedding") and row["precision"] != "fp32"
-    seed_ratio = row["size_mb"] / (seed_fp32["size_mb"] * (1 - _embedding_share(published))) if corrected else raw
-    why = copy or (["duplicate_embedding"] if corrected else ["pruned_from_fp32"] if row["layers"] == "all" else [])
-    if not copy and name != "fp32":
-        cost = model_share(published, row, mine, fp32, seed_ratio)
-        conditions[cost.key] = cost
-        why = [*why, cost.key]
-    table.add(name, ours, "size ÷ fp32", f"{raw:.3f}" + (f" → {seed_ratio:.3f}" if corrected else ""),
-              f"{mine['size_mb'] / fp32['size_mb']:.3f}",
-              "not comparable" if copy else _agreement(mine["size_mb"] / fp32["size_mb"] - seed_ratio,
-                                                       TOLERANCE["size"], "+.3f"), why)
-    if row["bleu"] is not None and seed_fp32["bleu"]:
-        seed_change = row["bleu"] / seed_fp32["bleu"] - 1
-        if ok(mine["bleu"]) and ok(fp32["bleu"]) and fp32["bleu"]:
-            change = mine["bleu"] / fp32["bleu"] - 1
-            table.add(name, ours, "BLEU change", f"{seed_change:+.1%}", f"{change:+.1%}",
-                      "not comparable" if copy else _agreement(change - seed_change, TOLERANCE["bleu"], "+.1f", 100,
-                                                               " pt"),
-                      copy or ["other_quality_setting"])
-    seed_latency = row["latency_ms"] / seed_fp32["latency_ms"]
-    if ok(mine["median_ms"]) and ok(fp32["median_ms"]):
-        ratio = mine["median_ms"] / fp32["median_ms"]
-        blocked = [key for key in ("host_emulation", "not_a_phone") if key in conditions]
-        table.add(name, ours, "latency ÷ fp32", f"{seed_latency:.3f}", f"{ratio:.3f}",
-                  "not comparable" if copy or blocked else _agreement(ratio / seed_latency - 1, TOLERANCE["latency"],
-                                                                      "+.1%"),
-                  copy or blocked or ["other_phone"])
+    seed_ratio = row["size_mb"] / (pair.seed_fp32["size_mb"] * (1 - _embedding_share(published))) if corrected else raw
+    ours = mine["size_mb"] / pair.fp32["size_mb"]
+    why = pair.copy or (["duplicate_embedding"] if corrected else ["pruned_from_fp32"] if row["layers"] == "all" else [])
+    if not pair.copy:
+        share = model_share(published, row, mine, pair.fp32, seed_ratio)
+        conditions[share.key] = share
+        why = [*why, share.key]
+    table.add(*pair.names, "size ÷ fp32", f"{raw:.3f}" + (f" → {seed_ratio:.3f}" if corrected else ""), f"{ours:.3f}",
+              "not comparable" if pair.copy else _agreement(ours - seed_ratio, TOLERANCE["size"], "+.3f"), why)
+
+
+def _compare_bleu(table: _Table, pair: _Pair) -> None:
+    row, mine, fp32 = pair.row, pair.mine, pair.fp32
+    if row["bleu"] is None or not pair.seed_fp32["bleu"] or not (ok(mine["bleu"]) and ok(fp32["bleu"]) and fp32["bleu"]):
+        return  # the seed published no BLEU for this row, or this run has none
+    seed_change = row["bleu"] / pair.seed_fp32["bleu"] - 1
+    change = mine["bleu"] / fp32["bleu"] - 1
+    table.add(*pair.names, "BLEU change", f"{seed_change:+.1%}", f"{change:+.1%}",
+              "not comparable" if pair.copy else _agreement(change - seed_change, TOLERANCE["bleu"], "+.1f", 100, " pt"),
+              pair.copy or ["other_quality_setting"])
+
+
+def _compare_latency(table: _Table, pair: _Pair, conditions: dict[str, Condition]) -> None:
+    """Latency ÷ fp32 on the same target; compared only when an iPhone measured it."""
+    row, mine, fp32 = pair.row, pair.mine, pair.fp32
+    if not (ok(mine["median_ms"]) and ok(fp32["median_ms"])):
+        return
+    seed_ratio = row["latency_ms"] / pair.seed_fp32["latency_ms"]
+    ratio = mine["median_ms"] / fp32["median_ms"]
+    blocked = [key for key in ("host_emulation", "not_a_phone") if key in conditions]
+    table.add(*pair.names, "latency ÷ fp32", f"{seed_ratio:.3f}", f"{ratio:.3f}",
+              "not comparable" if pair.copy or blocked else _agreement(ratio / seed_ratio - 1, TOLERANCE["latency"],
+                                                                       "+.1%"),
+              pair.copy or blocked or ["other_phone"])
 
 
 def _embedding_share(published: dict) -> float:
