@@ -72,11 +72,18 @@ def test_changed_captions_are_found_and_cost_bleu():
     assert hi < 0 and result["delta"]["bleu"]["delta"] < -1
     assert result["delta"]["bleu"]["outcome"] == "DIFFERENT"
     assert result["device"]["bleu"]["score"] < result["host"]["bleu"]["score"]
-    # the same numbers bench.eval would give the device's captions
-    from bench.eval.metrics import corpus_bleu
+    # exactly the numbers bench.eval gives the device's captions and the paired test (one pass of resamples here)
+    from bench.eval.metrics import corpus_bleu, paired_bootstrap_scores, score_corpus
 
-    assert result["device"]["bleu"]["score"] == pytest.approx(
-        corpus_bleu([bad.get(i, c) for i, c in enumerate(CAPTIONS)], REFERENCES)[0])
+    captions = [bad.get(i, c) for i, c in enumerate(CAPTIONS)]
+    assert result["device"]["bleu"]["score"] == pytest.approx(corpus_bleu(captions, REFERENCES)[0])
+    alone = score_corpus(captions, REFERENCES, resamples=dq.RESAMPLES, seed=0)
+    assert result["device"]["bleu"]["ci95"] == alone.bleu_ci95 and result["device"]["cider"]["ci95"] == alone.cider_ci95
+    for metric in ("bleu", "cider"):
+        paired = paired_bootstrap_scores(CAPTIONS, captions, REFERENCES, metric, n=dq.RESAMPLES, seed=0)
+        assert result["delta"][metric]["ci95"] == pytest.approx(paired.ci95)
+        assert result["delta"][metric]["p_value"] == paired.p_value
+        assert result["delta"][metric]["delta"] == pytest.approx(paired.delta)
 
 
 def test_records_of_other_images_or_decoding_are_not_compared():

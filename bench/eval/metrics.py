@@ -308,6 +308,13 @@ def paired_bootstrap_scores(
         a_img, b_img = cider_per_image(baseline, references), cider_per_image(variant, references)
         score_a, score_b = float(a_img.mean()), float(b_img.mean())
         (deltas,) = bootstrap(len(baseline), n, seed, lambda counts: mean_resampled(b_img - a_img, counts))
+    return paired_result(metric, score_a, score_b, deltas, n_images=len(baseline), seed=seed)
+
+
+def paired_result(metric: str, score_a: float, score_b: float, deltas: np.ndarray, *, n_images: int,
+                  seed: int) -> PairedResult:
+    """The paired test's interval and p-value from resampled deltas (b − a on the same resampled image sets); see
+    paired_bootstrap_scores. Callers that already hold both sides' statistics use it directly."""
     observed = score_b - score_a
     centred = np.abs(deltas - deltas.mean())
     # A tiny tolerance so that float noise around an exact tie still counts as "as extreme".
@@ -318,8 +325,8 @@ def paired_bootstrap_scores(
         variant=score_b,
         delta=observed,
         ci95=percentile_interval(deltas),
-        p_value=(1 + extreme) / (n + 1),
-        n_images=len(baseline),
-        resamples=n,
+        p_value=(1 + extreme) / (len(deltas) + 1),
+        n_images=n_images,
+        resamples=len(deltas),
         seed=seed,
     )

@@ -61,33 +61,57 @@ def comparable(device: dict[str, Any], host: dict[str, Any]) -> str | None:
     return None
 
 
-def score(device: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
-    """Device metrics, host-reference metrics, changed images and the paired deltas with their outcome."""
-    from bench.eval.metrics import paired_bootstrap_scores, score_corpus
+def score(device: dict[str, Any], host: dict[str, Any], host_statistics: dict | None = None) -> dict[str, Any]:
+    """Device metrics, host-reference metrics, changed images and the paired deltas with their outcome.
 
+    The numbers are bench.eval.metrics' (score_corpus for the device, paired_bootstrap_scores for the deltas), computed
+    from each side's statistics once and one pass of resamples (same seed, so the same resampled image sets as those
+    functions draw): identical values, a third of the work. `host_statistics` (a dict) keeps the host side's
+    statistics across the devices and units of one variant."""
     references = [item["references"] for item in host["per_image"]]
-    host_captions = [item["caption"] for item in host["per_image"]]
-    device_captions = [item["caption"] for item in device["per_image"]]
     changed = [d["image_id"] for d, h in zip(device["per_image"], host["per_image"])
                if list(d["tokens"]) != list(h.get("tokens") or []) or d["caption"] != h["caption"]]
     host_metrics = {m: dict(host["metrics"][m]) for m in ("bleu", "cider")}
-    if changed:
-        scored = score_corpus(device_captions, references, resamples=RESAMPLES, seed=0).as_record()
-        device_metrics = {m: scored[m] for m in ("bleu", "cider")}
-    else:  # the same captions score the same: the host record's own numbers (same metric, same images)
-        device_metrics = host_metrics
-    n = len(device_captions)
+    n = len(device["per_image"])
+    if not changed:  # the same captions score the same: the host record's own numbers (same metric, same images)
+        same = {"delta": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}
+        return {"n_images": n, "changed": [], "changed_share": 0.0, "device": host_metrics, "host": host_metrics,
+                "delta": {m: {**same, **decide(0.0, 0.0, 0.0, 1.0, margin=MARGINS[m], n_images=n, metric=m)}
+                          for m in ("bleu", "cider")}}
+    device_metrics, deltas = _bootstrapped(device, host, references, host_statistics)
+    return {"n_images": n, "changed": changed, "changed_share": len(changed) / n, "device": device_metrics,
+            "host": host_metrics, "delta": deltas}
+
+
+def _bootstrapped(device: dict, host: dict, references: list, cache: dict | None):
+    from bench.eval.metrics import (CorpusMetrics, bleu_statistics, bootstrap, cider_per_image, mean_resampled,
+                                    paired_result, percentile_interval)
+
+    cache = {} if cache is None else cache
+    if "bleu" not in cache:
+        host_captions = [item["caption"] for item in host["per_image"]]
+        cache["bleu"], cache["cider"] = bleu_statistics(host_captions, references), \
+            cider_per_image(host_captions, references)
+    captions = [item["caption"] for item in device["per_image"]]
+    bleu, cider = bleu_statistics(captions, references), cider_per_image(captions, references)
+    bleu_b, bleu_a, cider_b, cider_delta = bootstrap(
+        len(captions), RESAMPLES, 0, bleu.resampled_scores, cache["bleu"].resampled_scores,
+        lambda counts: mean_resampled(cider, counts), lambda counts: mean_resampled(cider - cache["cider"], counts))
+    metrics = CorpusMetrics(bleu=bleu.corpus_score(), bleu_signature=bleu.signature,
+                            bleu_ci95=percentile_interval(bleu_b), cider=float(cider.mean()),
+                            cider_ci95=percentile_interval(cider_b), cider_per_image=[], resamples=RESAMPLES,
+                            seed=0).as_record()
+    paired = {"bleu": paired_result("bleu", cache["bleu"].corpus_score(), metrics["bleu"]["score"], bleu_b - bleu_a,
+                                    n_images=len(captions), seed=0),
+              "cider": paired_result("cider", float(cache["cider"].mean()), metrics["cider"]["score"], cider_delta,
+                                     n_images=len(captions), seed=0)}
     deltas = {}
-    for metric in ("bleu", "cider"):
-        if changed:
-            paired = paired_bootstrap_scores(host_captions, device_captions, references, metric, n=RESAMPLES, seed=0)
-            delta, (lo, hi), p_value = paired.delta, paired.ci95, paired.p_value
-        else:
-            delta, lo, hi, p_value = 0.0, 0.0, 0.0, 1.0
-        deltas[metric] = {"delta": float(delta), "ci95": [float(lo), float(hi)], "p_value": float(p_value),
-                          **decide(delta, lo, hi, p_value, margin=MARGINS[metric], n_images=n, metric=metric)}
-    return {"n_images": n, "changed": changed, "changed_share": len(changed) / n if n else math.nan,
-            "device": device_metrics, "host": host_metrics, "delta": deltas}
+    for metric, result in paired.items():
+        (lo, hi), delta, p_value = result.ci95, float(result.delta), float(result.p_value)
+        deltas[metric] = {"delta": delta, "ci95": [float(lo), float(hi)], "p_value": p_value,
+                          **decide(delta, lo, hi, p_value, margin=MARGINS[metric], n_images=len(captions),
+                                   metric=metric)}
+    return {m: metrics[m] for m in ("bleu", "cider")}, deltas
 
 
 def decide(delta: float, lo: float, hi: float, p_value: float, *, margin: float, n_images: int,
@@ -170,7 +194,8 @@ def _row(run, key: str, record: dict[str, Any], scored: bool) -> dict[str, Any] 
             "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
                            "host_caption": h["caption"], "references": h["references"]}
                           for d, h in zip(record["per_image"], host["per_image"])],
-            **(score(record, host) if scored else {"device": point_metrics(record, host)})}
+            **(score(record, host, run.cache.setdefault("host_statistics", {}).setdefault(record["variant_id"], {}))
+               if scored else {"device": point_metrics(record, host)})}
 
 
 def table_cells(found: list[dict[str, Any]]) -> list[list[str]]:
