@@ -6,6 +6,7 @@ Every model is tiny (KBs, ~0.1 s each) and built once per test session (`byo_pac
     enumerated                                         input with enumerated shapes (default 8×8, also 16×16)
     stateful                                           an fp16 accumulator held in an MLState (iOS18)
     image_input                                        an 8×8 RGB image input (a pixel buffer on the device)
+    neural_network                                     an old-style neural network in a single .mlmodel file
     multifunction                                      two functions (the conv net, the adder), default "dense"
 """
 
@@ -89,6 +90,15 @@ def make_packages(folder: Path) -> dict[str, Path]:
 
     save(convert(colour, inputs=[ct.ImageType(name="image", shape=(1, 3, 8, 8), color_layout=ct.colorlayout.RGB)]),
          "image_input")
+
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    network = NeuralNetworkBuilder([("x", datatypes.Array(4))], [("y", datatypes.Array(2))])
+    network.add_inner_product("fc", W=rng.standard_normal((2, 4)).astype(np.float32), b=np.zeros(2, np.float32),
+                              input_channels=4, output_channels=2, has_bias=True, input_name="x", output_name="y")
+    paths["neural_network"] = folder / "neural_network.mlmodel"
+    ct.models.utils.save_spec(network.spec, str(paths["neural_network"]))
 
     descriptor = ct.utils.MultiFunctionDescriptor()
     descriptor.add_function(str(paths["dense"]), src_function_name="main", target_function_name="dense")

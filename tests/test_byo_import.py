@@ -95,6 +95,17 @@ def test_interfaces_of_dtypes_enumerated_shapes_states_and_functions(byo_package
     assert [f["dtype"] for f in multi["functions"]["adder"]["inputs"]] == ["float32", "int32"]
 
 
+def test_a_neural_network_mlmodel_file_is_stored_checked_and_listed(byo_packages, workspace, capsys):
+    result = imported.import_models([byo_packages["neural_network"]], workspace)[0]
+    manifest = result.manifest
+    assert manifest["package"]["path"] == "model.mlmodel" and manifest["interface"]["model_type"] == "neuralNetwork"
+    assert manifest["measured"]["op_counts"] == {"innerProduct": 1}
+    assert list(manifest["integrity"]["files"]) == ["model.mlmodel"]
+    imported.check_imported(manifest["directory"], full=True)
+    assert main(["models", "inspect", "neural_network"]) == 2  # no ML-program tensors: said in one line
+    assert "only ML programs (.mlpackage) are analysed per tensor" in capsys.readouterr().err
+
+
 def test_cli_import_list_inspect_diff_and_the_no_core_ml_line(byo_packages, workspace, capsys):
     assert main(["models", "import", str(byo_packages["dense"]), str(byo_packages["pruned"]), "--family", "conv"]) == 0
     out = capsys.readouterr().out

@@ -85,7 +85,7 @@ def test_dtypes_enumerated_state_and_functions_on_the_phone(mux, byo_packages, w
     from bench.run.targets.iphone import IPhoneTarget
 
     phone = add_phone(mux, 2, output_drift={"cpuOnly": 0.0, "all": 0.02})
-    names = ["two_inputs", "enumerated", "stateful", "multifunction", "image_input"]
+    names = ["two_inputs", "enumerated", "stateful", "multifunction", "image_input", "neural_network"]
     imported.import_models([byo_packages[n] for n in names], workspace)
     config = RunConfig.model_validate({"variants": names, "targets": ["iphone"], "compute_units": ["cpuOnly", "all"],
                                        "rounds": 1, "repeats": 1, "warmup": 1, "evaluate": False, "report": False,
@@ -110,6 +110,8 @@ def test_dtypes_enumerated_state_and_functions_on_the_phone(mux, byo_packages, w
     assert drift[("stateful", "all", "total")]["rel_l2"] == pytest.approx(0.02, rel=0.05)  # fp16 outputs
     assert drift[("multifunction", "all", "scores")]["n_inputs"] == 3
     assert drift[("image_input", "all", "colour")]["rel_l2"] == pytest.approx(0.02, rel=0.01)
+    assert models["neural_network"]["package"].endswith("/model.mlmodel")  # a single file, pushed as one
+    assert drift[("neural_network", "all", "y")]["rel_l2"] == pytest.approx(0.02, rel=0.01)
 
 
 def test_outputs_over_the_cap_and_bad_inputs_on_the_phone(mux, byo_packages, workspace, tmp_path):

@@ -284,10 +284,8 @@ def _copy_hashed(source: Path, folder: Path, stored_name: str) -> dict[str, dict
             shutil.copyfile(source, target)
     except (OSError, shutil.Error) as err:
         raise InputError(f"{source}: cannot be read ({_reason(err)})") from None
-    files = {}
-    for path in sorted(p for p in target.rglob("*") if not p.is_dir()):
-        files[path.relative_to(folder).as_posix()] = digest_file(path)
-    return files
+    stored = [target] if target.is_file() else sorted(p for p in target.rglob("*") if not p.is_dir())
+    return {path.relative_to(folder).as_posix(): digest_file(path) for path in stored}
 
 
 def _reason(err: BaseException) -> str:
@@ -299,7 +297,7 @@ def _reason(err: BaseException) -> str:
 def content_sha256(files: dict[str, dict[str, Any]]) -> str:
     """The variant's content hash: sha256 over its files' relative paths (below the model) and digests."""
     listing = "".join(f"{rel.split('/', 1)[1] if '/' in rel else ''}\0{info['sha256']}\n"
-                      for rel, info in sorted(files.items()))
+                      for rel, info in sorted(files.items()))  # a lone .mlmodel: its digest alone
     return hashlib.sha256(listing.encode()).hexdigest()
 
 

@@ -280,7 +280,8 @@ def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
     check_imported(imported["directory"])  # the stored bytes must still be the ones imported
     if imported["package"]["format"] != "mlpackage" or imported["interface"]["model_type"] != "mlProgram":
         raise InputError(f"{imported['variant_id']}: a {imported['interface']['model_type']} model; only ML "
-                         "programs (.mlpackage) are analysed per tensor")
+                         "programs (.mlpackage) are analysed per tensor — `bench models ls` shows its bytes and "
+                         "layer types")
     return imported["variant_id"], {"model": analyze_package(stored_path(imported), package="model")}
 
 

@@ -593,9 +593,11 @@ def is_throttled(thermal_state: str) -> bool:
 # --------------------------------------------------------------------------------------------------- generic jobs
 
 
-def generic_package_path(sha256: str) -> str:
-    """`models/<content sha256>/model.mlpackage`: an imported model's package on the device."""
-    return f"{MODELS_DIR}/{_checked_sha(sha256)}/{GENERIC_PACKAGE}.mlpackage"
+def generic_package_path(sha256: str, suffix: str = ".mlpackage") -> str:
+    """`models/<content sha256>/model.mlpackage` (or `.mlmodel`): an imported model on the device."""
+    if suffix not in (".mlpackage", ".mlmodel"):
+        raise ContractError(f"an imported model is an .mlpackage or an .mlmodel, not {suffix!r}")
+    return f"{MODELS_DIR}/{_checked_sha(sha256)}/{GENERIC_PACKAGE}{suffix}"
 
 
 def generic_input_path(sha256: str) -> str:
@@ -643,8 +645,9 @@ def validate_generic_job(data: bytes | str | dict | Path, *, source: str | None 
         models[model["variant_id"]] = model
         package = model["package"]
         safe_container_path(package)
-        if package.split("/")[0] != MODELS_DIR or not package.endswith(".mlpackage"):
-            raise ContractError(f"{where}.package: {package!r} must be {MODELS_DIR}/<sha256>/<name>.mlpackage")
+        if package.split("/")[0] != MODELS_DIR or not package.endswith((".mlpackage", ".mlmodel")):
+            raise ContractError(f"{where}.package: {package!r} must be {MODELS_DIR}/<sha256>/<name>.mlpackage "
+                                "(or .mlmodel)")
         seen: set[str] = set()
         names = None
         for number, item in enumerate(model["inputs"]):

@@ -54,7 +54,8 @@ class GenericJobSpec:
     job_id: str | None = None
 
 
-def build_job(spec: GenericJobSpec, job_id: str, package_shas: dict[str, str]) -> dict:
+def build_job(spec: GenericJobSpec, job_id: str, package_shas: dict[str, str],
+              suffixes: dict[str, str] | None = None) -> dict:
     """The bench.generic-job document (made and checked by bench.deploy.contract)."""
     from bench.deploy import contract
     from bench.errors import ContractError
@@ -74,7 +75,8 @@ def build_job(spec: GenericJobSpec, job_id: str, package_shas: dict[str, str]) -
                                 "path": contract.generic_input_path(hashlib.sha256(feature.data).hexdigest())})
             inputs.append({"input_id": input_id, "features": entries})
         models.append({"variant_id": model.variant_id,
-                       "package": contract.generic_package_path(package_shas[model.variant_id]),
+                       "package": contract.generic_package_path(package_shas[model.variant_id],
+                                                                (suffixes or {}).get(model.variant_id, ".mlpackage")),
                        "function": model.function, "stateful": model.stateful, "save_outputs": model.save_outputs,
                        "inputs": inputs})
     return contract.build_generic_job(job_id=job_id, models=models, steps=spec.steps, warmup=spec.warmup,
@@ -93,13 +95,18 @@ async def _deploy(udid: str, spec: GenericJobSpec, packages, bundle_id: str) -> 
     import json
 
     job_id = spec.job_id or new_job_id("generic")
-    job = build_job(spec, job_id, {variant_id: sha for variant_id, (sha, _) in packages.items()})
+    job = build_job(spec, job_id, {variant_id: sha for variant_id, (sha, _) in packages.items()},
+                    {variant_id: Path(path).suffix for variant_id, (_, path) in packages.items()})
     features = {hashlib.sha256(f.data).hexdigest(): f.data
                 for model in spec.models for _, items in model.inputs for f in items}
     async with DeviceSession(udid, bundle_id=bundle_id) as device, device.container() as afc:
         for variant_id, (sha, package) in packages.items():
-            await container.push_tree(afc, Path(package), f"{container.MODELS}/{sha}", udid,
-                                      inner=f"{Path(package).stem}.mlpackage")
+            if Path(package).is_dir():
+                await container.push_tree(afc, Path(package), f"{container.MODELS}/{sha}", udid,
+                                          inner=f"{Path(package).stem}.mlpackage")
+            else:  # a single .mlmodel file (Core ML compiles it like a package)
+                await container.push_bytes(afc, Path(package).read_bytes(), f"{container.MODELS}/{sha}/model.mlmodel",
+                                           udid)
         for sha, data in features.items():
             await container.push_bytes(afc, data, f"{container.INPUTS}/{sha}.bin", udid)
         payload = (json.dumps(job, indent=1) + "\n").encode()

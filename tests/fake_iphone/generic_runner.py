@@ -26,7 +26,8 @@ _DTYPES = {65568: ("float32", "<f4"), 65552: ("float16", "<f2"), 65600: ("float6
 def _declared_outputs(package: Path, function: str | None) -> list[tuple[str, list[int], str, str]]:
     Model_pb2, _ = _proto_modules()
     spec = Model_pb2.Model()
-    spec.ParseFromString((package / "Data" / "com.apple.CoreML" / "model.mlmodel").read_bytes())
+    spec_file = package if package.is_file() else package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec.ParseFromString(spec_file.read_bytes())
     description = spec.description
     outputs = description.output
     if description.functions:
@@ -54,7 +55,7 @@ async def measure_generic(device, job: dict, bench: Path, results: Path, log, ma
     models = {m["variant_id"]: m for m in job["models"]}
     for model in job["models"]:
         package = bench / model["package"]
-        ok = package.is_dir()
+        ok = package.exists()
         if ok:
             device.compiled_packages.append(model["package"])
         compiles.append({"variant_id": model["variant_id"], "compile_ns": 40_000_000 if ok else None,
@@ -67,7 +68,7 @@ async def measure_generic(device, job: dict, bench: Path, results: Path, log, ma
         await asyncio.sleep(device.faults.runner_seconds)
         package = bench / model["package"]
         missing = [f["path"] for item in model["inputs"] for f in item["features"] if not (bench / f["path"]).is_file()]
-        if not package.is_dir() or missing:
+        if not package.exists() or missing:
             steps_out.append(_step(step, f"missing on device: {(missing or [package.name])[0]}"))
             continue
         try:
