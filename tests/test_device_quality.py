@@ -119,7 +119,7 @@ def test_a_run_json_v2_migrates_to_no_device_quality():
 
 
 def test_a_failed_quality_job_leaves_the_run_incomplete_and_says_why(tmp_path, monkeypatch):
-    """The FakeTarget's variants name no source checkpoint: their ids cannot be decoded, so the quality job fails —
+    """The FakeTargets' variants name no source checkpoint: their ids cannot be decoded, so the quality job fails —
     bound as an error in run.json, the run `incomplete` (resume asks again), the timed jobs untouched."""
     from bench.paths import Workspace
     from bench.run import api
@@ -129,11 +129,12 @@ def test_a_failed_quality_job_leaves_the_run_incomplete_and_says_why(tmp_path, m
     config = RunConfig.model_validate({"seed": 1, "rounds": 1, "images": 2, "warmup": 0, "eval_images": 3,
                                        "compute_units": ["all"], "report": False, "adaptive": {"ci_width": None}})
     monkeypatch.setattr(api, "open_images", lambda config, limit=None: (images(3), {"spec": "given", "n": 3}))
-    outcome = api.start_run(config, Workspace(tmp_path), targets=[FakeTarget()], variants=variants("fp16"),
+    phones = [FakeTarget(), FakeTarget(id="iphone-fake2", seed=1)]  # two phones: their quality jobs run in parallel
+    outcome = api.start_run(config, Workspace(tmp_path), targets=phones, variants=variants("fp16"),
                             images=images(2), sleep=lambda s: None, device_quality=True)
     run = json.loads((outcome.run_dir / "run.json").read_text())
-    (binding,) = run["device_quality"].values()
-    assert "source checkpoint" in binding["error"]
+    assert len(run["device_quality"]) == 2  # both bound, neither lost to the other's rewrite
+    assert all("source checkpoint" in binding["error"] for binding in run["device_quality"].values())
     assert outcome.status == "incomplete" and any("quality job" in key for key, _ in outcome.failures)
     assert all(entry["state"] == "done" for entry in run["jobs"].values())
 

@@ -12,6 +12,7 @@ is never redone.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,20 +51,32 @@ def collect(manifest, series: list[Series], targets: list, executor, images: Cal
     if not todo:
         return []
     items, dataset = images()
-    failures: list[tuple[str, str]] = []
     by_target = {t.id: t for t in targets}
-    for target_id in dict.fromkeys(s.target_id for s in todo):
+
+    def on_target(target_id: str) -> list[tuple[str, str]]:
         target = by_target[target_id]
         mine = [s for s in todo if s.target_id == target_id]
         if target_id in quarantined:
             reason = f"{target.name} was quarantined in this run: {manifest.data['targets'][target_id].get('reason')}"
-            failures += [_bind_error(manifest, s, reason) for s in mine]
-            continue
+            return [_bind_error(manifest, s, reason) for s in mine]
+        failures = []
         for variant_id in dict.fromkeys(s.variant.variant_id for s in mine):
             steps = [s for s in mine if s.variant.variant_id == variant_id]
             log(f"quality job: {variant_id} on {target.name} ({', '.join(s.compute_unit for s in steps)}), "
                 f"{len(items)} images…")
             failures += _one_job(manifest, target, executor, steps, items, dataset, should_stop)
+        return failures
+
+    # Phones work in parallel (one thread each, as in the timed rounds); host targets one after another.
+    ids = list(dict.fromkeys(s.target_id for s in todo))
+    parallel = [i for i in ids if getattr(by_target[i], "parallel_safe", False)]
+    failures = [f for i in ids if i not in parallel for f in on_target(i)]
+    if parallel:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(parallel), thread_name_prefix="bench-quality") as pool:
+            for found in pool.map(on_target, parallel):
+                failures += found
     return failures
 
 
@@ -155,10 +168,14 @@ def _tokenizer(variant):
     return _TOKENIZERS[str(path)]
 
 
+_BINDING = threading.Lock()  # device threads bind their records into one run.json field
+
+
 def _bind(manifest, series: Series, binding: dict) -> None:
-    bound = dict(manifest.data.get("device_quality") or {})
-    bound[quality_key(series)] = binding
-    manifest.update(device_quality=bound)
+    with _BINDING:
+        bound = dict(manifest.data.get("device_quality") or {})
+        bound[quality_key(series)] = binding
+        manifest.update(device_quality=bound)
 
 
 def _bind_error(manifest, series: Series, why: str) -> tuple[str, str]:
