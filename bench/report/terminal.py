@@ -10,7 +10,7 @@ from bench.report.escape import rich as esc
 
 
 TEXT_COLUMNS = {"variant", "unit", "device", "captions changed", "flags", "metric", "what", "verdict", "note", "op", "type", "unit(s)", "package",
-                "preferred unit(s)"}
+                "preferred unit(s)", "seed row", "our variant", "agreement", "why"}
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]], *, caption: str | None = None):
@@ -45,6 +45,8 @@ def render_report(report: ReportData, console) -> None:
 
         console.print(_table(device_quality.TITLE, device_quality.COLUMNS,
                              device_quality.table_cells(report.device_quality), caption=device_quality.NOTES[0]))
+    if report.seed:
+        render_seed(report.seed, console)
     if report.baseline:
         title = f"Verdicts vs {report.baseline['kind']} {', '.join(report.baseline['run_ids'])}"
         rows = [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]
@@ -55,6 +57,13 @@ def render_report(report: ReportData, console) -> None:
         console.print(f"[dim]{esc(line)}[/]")
     for note in report.notes:
         console.print(f"[yellow]note:[/] {esc(note)}")
+
+
+def render_seed(seed: dict[str, Any], console) -> None:
+    """The side-by-side with the seed study (bench.report.seed): its table, then the numbered conditions it cites."""
+    console.print(_table(seed["title"], seed["columns"], seed["rows"], caption=seed["summary"]))
+    for line in seed["conditions"]:
+        console.print(f"  {esc(line)}")
 
 
 def render_explanation(explanation: dict[str, Any], console) -> None:
