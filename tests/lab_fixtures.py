@@ -53,10 +53,15 @@ class FakeHost:
     benchmarks; the test then cannot flip faults on them. Default: in this process, faults settable."""
 
     def __init__(self, root: Path, name: str, indices: list[int], model: str = "iPhone14,2", *,
-                 own_process: bool = False, runner_seconds: float = 0.05):
+                 own_process: bool = False, runner_seconds: float = 0.05, mac: bool = False):
         from fake_iphone import FakeIPhone, FakeUsbmuxd
 
         self.name, self.root, self.process, self.mux = name, root, None, None
+        self.mac = None
+        if mac:  # it offers Core ML on "its Mac": the runtime in its workers is FakeCaptionCoreML (fake_mac_runtime)
+            from bench.lab.cluster import LabMac
+
+            self.mac = LabMac(name, "15.1", "arm64")
         (root / "home").mkdir(parents=True)
         self.phones = []
         if own_process:
@@ -88,19 +93,26 @@ class FakeHost:
     def env(self) -> dict[str, str]:
         from bench.lab.cluster import phones_environment
 
+        tests = str(Path(__file__).parent)  # the workers import fake_mac_runtime from here
         return {"HOME": str(self.root / "home"), "USBMUXD_SOCKET_ADDRESS": str(self.root / "mux.sock"),
+                "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p),
                 "BENCH_TUNNELD_ADDRESS": "127.0.0.1:9", "BENCH_LAB_CACHE": str(self.root / "cache"),
                 **phones_environment(self.lab_phones())}
 
     def join(self, cluster):
         """What `bench lab join` does, with Cluster.add_node in place of `ray start` (several nodes, one machine)."""
-        from bench.lab.cluster import check_not_claimed, host_labels, phone_resources, register_phones, worker_slots
+        from bench.lab.cluster import (check_not_claimed, host_labels, phone_resources, register_mac, register_phones,
+                                       worker_slots)
 
         check_not_claimed(self.lab_phones())
-        self.node = cluster.add_node(num_cpus=worker_slots(self.lab_phones()), node_ip_address="127.0.0.1", resources=phone_resources(
-            self.lab_phones()), labels=host_labels(self.lab_phones(), self.name), env_vars=self.env(),
-            object_store_memory=80 * 1024 * 1024)
+        resources = {**phone_resources(self.lab_phones()), **({self.mac.resource: 1.0} if self.mac else {})}
+        self.node = cluster.add_node(num_cpus=worker_slots(self.lab_phones()) + (1 if self.mac else 0),
+                                     node_ip_address="127.0.0.1", resources=resources,
+                                     labels=host_labels(self.lab_phones(), self.name, self.mac), env_vars=self.env(),
+                                     object_store_memory=80 * 1024 * 1024)
         register_phones(self.lab_phones())
+        if self.mac:
+            register_mac(self.mac)
         return self.node
 
     def stop(self):
@@ -115,9 +127,47 @@ class FakeHost:
                 self.process.wait()
 
 
+class FakeCaptionCoreML:
+    """The Core ML runtime of a Mac, which cannot exist on Linux (a test double): `load_package` checks the package
+    is there and answers predictions as a captioner whose caption ends (eos) after three tokens, in a few ms."""
+
+    SECONDS = {"encoder": 0.002, "decoder": 0.001}
+
+    def load_package(self, package: Path, compute_unit: str):
+        if not (Path(package) / "Manifest.json").is_file():
+            raise OSError(f"{package} is not an .mlpackage")
+        return _FakeCaptionModel("encoder" if "encoder" in Path(package).name else "decoder")
+
+
+class _FakeCaptionModel:
+    def __init__(self, role: str):
+        self.role = role
+
+    def predict(self, features: dict) -> dict:
+        import time
+
+        time.sleep(FakeCaptionCoreML.SECONDS[self.role])
+        if self.role == "encoder":
+            return {"image_embeds": np.zeros((1, 4, 8), "f4")}
+        ids = features["input_ids"]
+        length = ids.shape[1]
+        logits = np.zeros((1, length, 128), "f4")
+        for position in range(length):  # next token: 10, 11, then eos (DECODE["eos_id"])
+            logits[0, position, 10 + position if position < 2 else DECODE["eos_id"]] = 1.0
+        return {"logits": logits}
+
+
+def fake_mac_runtime() -> None:
+    """Ray worker setup hook (runtime_env worker_process_setup_hook): the lab host's Mac runtime becomes the fake."""
+    from bench.lab import host
+
+    host.mac_runtime = FakeCaptionCoreML
+
+
 @contextmanager
-def lab_cluster(hosts_spec: dict[str, list[int]], **host_options):
-    """Head + one node per host; yields (cluster, hosts, token file). Everything is stopped by process id."""
+def lab_cluster(hosts_spec: dict[str, list[int]], macs: tuple[str, ...] = (), **host_options):
+    """Head + one node per host; yields (cluster, hosts, token file). Everything is stopped by process id. Hosts
+    named in `macs` also offer Core ML on "their Mac" (FakeCaptionCoreML in their workers)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -134,9 +184,10 @@ def lab_cluster(hosts_spec: dict[str, list[int]], **host_options):
             num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=False, object_store_memory=80 * 1024 * 1024,
             _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 5}))
         ray.init(address=cluster.address, namespace="bench-lab", logging_level="ERROR", log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False,
+                 runtime_env={"worker_process_setup_hook": "lab_fixtures.fake_mac_runtime"} if macs else None)
         for name, indices in hosts_spec.items():
-            hosts[name] = FakeHost(root / name, name, indices, **host_options)
+            hosts[name] = FakeHost(root / name, name, indices, mac=name in macs, **host_options)
             hosts[name].join(cluster)
         yield cluster, hosts, token
     finally:

@@ -30,7 +30,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def lab():
-    with lab_cluster({"host-a": [1, 2], "host-b": [3, 4]}) as running:
+    with lab_cluster({"host-a": [1, 2], "host-b": [3, 4]}, macs=("host-b",)) as running:
         yield running
 
 
@@ -186,6 +186,37 @@ def test_bad_lab_input_is_one_line_each(lab, tmp_path):
     assert len(lines) == 1 and "refused the token" in lines[0], done.stderr[-2000:]
     assert token.read_text().strip() not in done.stderr + done.stdout
     assert isinstance(LabError("x"), BenchError)
+
+
+def test_mac_core_ml_runs_through_the_lab_on_the_mac_that_offers_it(lab, tmp_path):
+    """`macos-coreml` in a lab: host-b offers Core ML on its Mac (resource mac-coreml:host-b); rounds run there on
+    packages from its cache, with pixels the driver prepared. Faked: only the Core ML runtime in host-b's workers
+    (lab_fixtures.FakeCaptionCoreML, via a Ray worker setup hook): coremltools cannot predict on Linux."""
+    from bench.lab.cluster import lab_status
+    from bench.lab.executor import LabExecutor, lab_targets
+    from bench.paths import Workspace
+    from bench.run.api import start_run
+    from bench.run.config import RunConfig
+    from bench.store.runs import read_job_records
+
+    _, hosts, _ = lab
+    (target,) = lab_targets(["macos-coreml"], preprocess=zeros)
+    assert (target.id, target.kind, target.selector) == ("macos-coreml-host-b", "macos-coreml", "macos-coreml:host-b")
+    assert next(h for h in lab_status(health_timeout_s=60) if h.host == "host-b").mac == "Core ML, macOS 15.1 arm64"
+    config = RunConfig.model_validate({**CONFIG, "rounds": 2})
+    outcome = start_run(config, Workspace(tmp_path), targets=[target], variants=lab_variants(tmp_path / "variants"),
+                        images=_images(), executor=LabExecutor(poll_s=0.05, status_timeout_s=60), run_id="mac")
+    assert outcome.status == "complete", outcome.failures
+    records = list(read_job_records(tmp_path / "results" / "mac").values())
+    assert len(records) == 2 * len(UNITS) * 2  # variants × units × rounds
+    b_node = _node_of(hosts["host-b"].phones[0].udid)
+    for record in records:
+        assert record["target"]["kind"] == "macos-coreml" and record["target"]["label"] == "Core ML on macOS host"
+        assert record["conditions"]["lab"]["node_id"] == b_node and record["conditions"]["lab"]["mac"] == "host-b"
+        assert len(record["samples"]) == IMAGES and all(s["tokens"] == [10, 11, 102] for s in record["samples"])
+        assert record["load"]["cold_load_ns"]["total"] > 0
+    with pytest.raises(Exception, match="did you mean|no lab Mac|host-b"):
+        lab_targets(["macos-coreml:host-x"], preprocess=zeros)
 
 
 def test_a_model_target_is_gated_and_measured_on_the_same_phone(lab, tmp_path):

@@ -135,3 +135,18 @@ def test_host_cache_fetches_a_package_once_and_refuses_damaged_bytes(tmp_path):
     with pytest.raises(DeviceError, match="arrived damaged"):
         cache.ensure("fp16-abcd", package_key(other), lambda: bytes(damaged))
     assert not (cache.root / "packages" / package_key(other)).exists()
+
+
+def test_a_mac_host_offers_core_ml_as_one_resource_with_its_label():
+    from bench.lab.cluster import Address, LabMac, join_command
+
+    mac = LabMac("mac mini (2)", "15.1", "arm64")
+    join = join_command(Address("10.0.0.5", 6379), "10.0.0.7", [], mac=mac)
+    resources = next(part for part in join if part.startswith("--resources="))
+    assert resources == '--resources={"mac-coreml:mac_mini__2": 1.0}' and "--num-cpus=1" in join
+    labels = next(part for part in join if part.startswith("--labels="))
+    assert "bench.host=mac_mini__2" in labels and "bench.macos=15.1.arm64" in labels
+    pytest.importorskip("ray")
+    from ray._private.label_utils import parse_node_labels_string, validate_node_labels
+
+    validate_node_labels(parse_node_labels_string(labels.split("=", 1)[1]))  # `ray start` would accept them

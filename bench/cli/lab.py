@@ -48,9 +48,10 @@ def join_command(
     inventory: Annotated[Path | None, typer.Option("--inventory", help="devices.yaml (default: <workspace>/devices.yaml).")] = None,
     node_ip: Annotated[str | None, typer.Option("--node-ip", help="This host's address the others reach it by (default: the one towards the head).")] = None,
 ) -> None:
-    """Join this host to the lab, advertising every attached, healthy iPhone (one at a time each)."""
+    """Join this host to the lab, advertising every attached, healthy iPhone (one at a time each) and, on a Mac, Core
+    ML itself (target macos-coreml)."""
     from bench.cli._common import console
-    from bench.lab.cluster import join_lab, survey_phones
+    from bench.lab.cluster import join_lab, survey_phones, this_mac
     from bench.paths import Workspace
 
     devices_file = inventory or Workspace.current().devices_file
@@ -62,7 +63,11 @@ def join_command(
     phones, skipped = survey_phones(loaded)
     for line in skipped:
         console().print(f"[yellow]not offered:[/] {line}", highlight=False)
-    joined = join_lab(address, _token(token_file), phones, node_ip=node_ip)
+    mac = this_mac()
+    joined = join_lab(address, _token(token_file), phones, node_ip=node_ip, mac=mac)
+    if mac is not None:
+        console().print(f"offering Core ML on this Mac (macOS {mac.os_version}, {mac.machine}) as macos-coreml",
+                        highlight=False)
     for phone in joined:
         console().print(f"offering {phone.name} ({phone.udid}, {phone.model}, iOS build {phone.os_build}, "
                         f"runner {phone.runner_version})", highlight=False)
@@ -88,7 +93,9 @@ def status_command(
         table.add_column(column, overflow="fold")
     for host in hosts:
         alive = "[green]yes[/]" if host.alive else "[red]no[/]"
-        if not host.phones:
+        if host.mac:
+            table.add_row(host.host, alive, "macos-coreml", "", host.mac, "", "", "[green]offered[/]")
+        if not host.phones and not host.mac:
             table.add_row(host.host, alive, "–", "", "", "", "", "")
         for phone in host.phones:
             state = f"running {phone['running']}" if phone["running"] else (phone["health"] or "unknown")

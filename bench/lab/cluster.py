@@ -29,6 +29,7 @@ from bench.errors import BenchError, InputError, PlatformUnavailable
 
 PHONE_RESOURCE = "iphone:"
 MODEL_RESOURCE = "iphone-model:"
+MAC_RESOURCE = "mac-coreml:"  # + host label: Core ML on that Mac (capacity 1: one round at a time on its CPU/GPU/ANE)
 PHONES_ENV = "BENCH_LAB_PHONES"
 TOKEN_ENV = "BENCH_LAB_TOKEN_FILE"
 KV_NAMESPACE = "bench-lab"
@@ -198,14 +199,44 @@ def model_resource(model: str) -> str:
     return MODEL_RESOURCE + model.replace(",", "_")
 
 
-def host_labels(phones: list[LabPhone], host: str) -> dict[str, str]:
-    """Ray node labels (label values allow letters, digits, '-', '_', '.'; at most 63 characters)."""
-    def clean(text: str | None) -> str:  # noqa: E306
-        cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in text or "")[:63]
-        cleaned = cleaned.strip("-_.")  # Ray: a value begins and ends with a letter or digit
-        return cleaned or "unknown"
+def label_value(text: str | None) -> str:
+    """A Ray node label value (letters, digits, '-', '_', '.'; at most 63 characters; a letter or digit at each end)."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in text or "")[:63]
+    return cleaned.strip("-_.") or "unknown"
 
+
+@dataclass(frozen=True)
+class LabMac:
+    """A host's Core ML on macOS (`macos-coreml`), offered to the lab like a phone."""
+
+    host: str
+    os_version: str | None = None
+    machine: str | None = None
+
+    @property
+    def resource(self) -> str:
+        return MAC_RESOURCE + label_value(self.host)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def this_mac() -> LabMac | None:
+    """This host's Core ML target when it is a Mac whose coremltools can predict, else None."""
+    import importlib.util
+    import platform
+
+    if platform.system() != "Darwin" or importlib.util.find_spec("coremltools") is None:
+        return None
+    return LabMac(socket.gethostname(), platform.mac_ver()[0] or None, platform.machine() or None)
+
+
+def host_labels(phones: list[LabPhone], host: str, mac: LabMac | None = None) -> dict[str, str]:
+    """Ray node labels (label values allow letters, digits, '-', '_', '.'; at most 63 characters)."""
+    clean = label_value
     labels = {"bench.host": clean(host)}
+    if mac is not None:
+        labels["bench.macos"] = clean(f"{mac.os_version or '?'}.{mac.machine or '?'}")
     models = sorted({p.model for p in phones if p.model})
     versions = sorted({p.runner_version for p in phones if p.runner_version})
     builds = sorted({p.os_build for p in phones if p.os_build})
@@ -345,12 +376,14 @@ def worker_slots(phones: list[LabPhone]) -> int:
     return max(1, len(phones))
 
 
-def join_command(head: Address, node_ip: str, phones: list[LabPhone], *, num_cpus: int | None = None) -> list[str]:
-    num_cpus = worker_slots(phones) if num_cpus is None else num_cpus
-    host = phones[0].host if phones else socket.gethostname()
-    labels = ",".join(f"{key}={value}" for key, value in host_labels(phones, host or "unknown").items())
+def join_command(head: Address, node_ip: str, phones: list[LabPhone], *, num_cpus: int | None = None,
+                 mac: LabMac | None = None) -> list[str]:
+    num_cpus = (worker_slots(phones) + (1 if mac and phones else 0)) if num_cpus is None else num_cpus
+    host = phones[0].host if phones else (mac.host if mac else socket.gethostname())
+    labels = ",".join(f"{key}={value}" for key, value in host_labels(phones, host or "unknown", mac).items())
+    resources = {**phone_resources(phones), **({mac.resource: 1.0} if mac else {})}
     return [ray_executable(), "start", f"--address={head}", f"--node-ip-address={node_ip}",
-            f"--resources={json.dumps(phone_resources(phones), sort_keys=True)}", f"--labels={labels}",
+            f"--resources={json.dumps(resources, sort_keys=True)}", f"--labels={labels}",
             f"--num-cpus={num_cpus}", "--disable-usage-stats"]
 
 
@@ -363,24 +396,27 @@ def start_head(bind: str, token_file: Path) -> Address:
 
 
 def join_lab(address: str, token_file: Path, phones: list[LabPhone], *, num_cpus: int | None = None,
-             node_ip: str | None = None) -> list[LabPhone]:
-    """`bench lab join`: refuse a host without phones or a phone another host already holds, then start this host's
-    Ray node advertising its phones, and describe them in the lab's key-value store."""
+             node_ip: str | None = None, mac: LabMac | None = None) -> list[LabPhone]:
+    """`bench lab join`: refuse a host with nothing to offer (no phone, no Core ML on a Mac) or a phone another host
+    already holds, then start this host's Ray node advertising its phones and its Mac Core ML target, and describe
+    them in the lab's key-value store."""
     where = parse_address(address)
-    if not phones:
-        raise LabError("no healthy iPhone is attached to this host, so it has nothing to offer the lab; "
-                       "`bench devices` shows what each phone needs")
+    if not phones and mac is None:
+        raise LabError("no healthy iPhone is attached to this host (and it is no Mac with Core ML), so it has "
+                       "nothing to offer the lab; `bench devices` shows what each phone needs")
     connect(where, token_file)
     try:
         check_not_claimed(phones)
     finally:
         disconnect()
     env = phones_environment(phones)
-    _ray_start(join_command(where, node_ip or local_ip_towards(where), phones, num_cpus=num_cpus), token_file,
-               where.loopback, env, joining=True)
+    _ray_start(join_command(where, node_ip or local_ip_towards(where), phones, num_cpus=num_cpus, mac=mac),
+               token_file, where.loopback, env, joining=True)
     connect(where, token_file)
     try:
         register_phones(phones)
+        if mac is not None:
+            register_mac(mac)
     finally:
         disconnect()
     return phones
@@ -433,6 +469,30 @@ def register_phones(phones: list[LabPhone]) -> None:
                                      namespace=KV_NAMESPACE)
 
 
+def register_mac(mac: LabMac) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(f"mac/{label_value(mac.host)}", json.dumps(mac.as_dict()), overwrite=True,
+                                 namespace=KV_NAMESPACE)
+
+
+def lab_macs() -> list[LabMac]:
+    """The Macs live hosts offer now (`mac-coreml:<host>` resources), described as they registered."""
+    import ray
+    from ray.experimental import internal_kv
+
+    macs = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        for resource in node.get("Resources") or {}:
+            if resource.startswith(MAC_RESOURCE):
+                host = resource[len(MAC_RESOURCE):]
+                raw = internal_kv._internal_kv_get(f"mac/{host}", namespace=KV_NAMESPACE)
+                macs.append(LabMac(**json.loads(raw)) if raw else LabMac(host))
+    return sorted(macs, key=lambda mac: mac.host)
+
+
 def registered_phones() -> dict[str, LabPhone]:
     from ray.experimental import internal_kv
 
@@ -452,6 +512,7 @@ class HostStatus:
     alive: bool
     address: str
     phones: list[dict] = field(default_factory=list)  # {udid, name, model, os_build, runner, health, running}
+    mac: str | None = None  # "Core ML, macOS <version> <machine>" when the host offers its Mac
 
 
 def lab_status(*, health_timeout_s: float = 60.0) -> list[HostStatus]:
@@ -471,6 +532,10 @@ def lab_status(*, health_timeout_s: float = 60.0) -> list[HostStatus]:
                             bool(node.get("Alive")), node.get("NodeManagerAddress") or "?")
         if "node:__internal_head__" in (node.get("Resources") or {}):
             status.host += " (head)"
+        macs = [r for r in node.get("Resources") or {} if r.startswith(MAC_RESOURCE)]
+        if macs:
+            mac = next((m for m in lab_macs() if m.resource == macs[0]), None)
+            status.mac = f"Core ML, macOS {mac.os_version or '?'} {mac.machine or ''}".rstrip() if mac else "Core ML"
         for udid in udids:
             phone = known.get(udid)
             status.phones.append({"udid": udid, "name": phone.name if phone else udid,

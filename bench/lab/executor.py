@@ -20,7 +20,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from bench.errors import DeviceError, InputError, did_you_mean
-from bench.lab.cluster import PHONE_RESOURCE, LabError, LabPhone, model_resource, phone_holders, registered_phones
+from bench.lab.cluster import (PHONE_RESOURCE, LabError, LabMac, LabPhone, lab_macs, model_resource, phone_holders,
+                               registered_phones)
 from bench.run.plan import safe_name
 from bench.run.targets.base import Conditions, Interrupted, RoundRequest, StepResult
 from bench.run.targets.iphone import IPhoneTarget, _default_preprocess
@@ -71,7 +72,49 @@ class LabIPhone(IPhoneTarget):
         raise LabError(f"{self.id} is a lab phone: its rounds run on its host (LabExecutor)")
 
 
-LAB_TARGET_NAMES = ("iphone", "iphone:<name or udid>", "model:<ProductType>", "auto")
+class LabMacTarget:
+    """Core ML on a Mac of the lab (`macos-coreml`, `macos-coreml:<host>`): its rounds run on that host, one at a
+    time (resource `mac-coreml:<host>`), on packages from the host's cache and pixels prepared by the driver."""
+
+    kind = "macos-coreml"
+    label = "Core ML on macOS host"
+    compute_units = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
+    parallel_safe = True  # each Mac measures on its own host: Macs (and phones) run side by side
+
+    def __init__(self, mac: LabMac, *, preprocess=_default_preprocess):
+        self.mac, self.host, self.resource = mac, mac.host, mac.resource
+        self.id = f"macos-coreml-{safe_name(mac.host)}"
+        self.name = f"{mac.host} (Core ML, macOS {mac.os_version or '?'})"
+        self.selector, self.udid, self.pool_model = f"macos-coreml:{mac.host}", None, None
+        self.model, self.os_build = mac.machine, mac.os_version
+        self._preprocess = preprocess
+
+    def pixels(self, request: RoundRequest) -> dict:
+        """{(variant_id, image_id): float32 [1, 3, S, S]}: each variant's own preprocessing, done on the driver."""
+        out = {}
+        for step in request.steps:
+            variant = step.variant
+            size = int(variant.image_size or 384)
+            mode = getattr(variant.source, "resize", None) or "resize"
+            for item in request.images:
+                if (variant.variant_id, item.image_id) not in out:
+                    array = self._preprocess([item.load()], size, mode, variant)
+                    array = array.numpy() if hasattr(array, "numpy") else array
+                    out[(variant.variant_id, item.image_id)] = array.astype("float32")
+        return out
+
+    def conditions(self) -> Conditions:  # pragma: no cover - the executor asks the host
+        raise LabError(f"{self.id} is a lab Mac: its conditions come from its host (LabExecutor)")
+
+    def run_round(self, request, should_stop):  # pragma: no cover - see conditions()
+        raise LabError(f"{self.id} is a lab Mac: its rounds run on its host (LabExecutor)")
+
+    def close(self) -> None:
+        pass
+
+
+LAB_TARGET_NAMES = ("iphone", "iphone:<name or udid>", "model:<ProductType>", "macos-coreml",
+                    "macos-coreml:<host>", "auto")
 
 
 def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[LabIPhone]:
@@ -84,11 +127,15 @@ def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[Lab
         raise PhoneClaimedTwice(f"phone {udid} is claimed by lab hosts {' and '.join(hosts)}",
                                 action="stop Ray (`ray stop`) on the host it was unplugged from, then run again")
     phones = sorted((known.get(udid) or LabPhone(udid, udid, None) for udid in holders), key=lambda p: p.name)
-    chosen: dict[str, LabIPhone] = {}
+    chosen: dict[str, LabIPhone | LabMacTarget] = {}
     for raw in names:
         kind, _, which = raw.strip().partition(":")
-        if kind in ("host-torch", "macos-coreml"):
-            raise InputError(f"target {raw!r} measures the host it runs on, not a lab phone; run it without --lab")
+        if kind == "host-torch":
+            raise InputError(f"target {raw!r} measures the host it runs on, not a lab device; run it without --lab")
+        if kind == "macos-coreml":
+            for target in _lab_mac_targets(raw, which, preprocess):
+                chosen.setdefault(target.id, target)
+            continue
         if kind not in ("iphone", "auto", "model"):
             raise did_you_mean("lab target", raw, LAB_TARGET_NAMES)
         if not phones:
@@ -109,6 +156,17 @@ def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[Lab
         if which and not any(which in (p.udid, p.name) for p in phones):
             raise did_you_mean("lab phone", which, [p.name for p in phones] + [p.udid for p in phones])
     return list(chosen.values())
+
+
+def _lab_mac_targets(raw: str, which: str, preprocess) -> list[LabMacTarget]:
+    macs = lab_macs()
+    if not macs:
+        raise LabError("no host of this lab offers Core ML on a Mac; run `bench lab join HEAD` on a Mac with bench "
+                       "installed (`bench lab status` shows the hosts)")
+    chosen = [mac for mac in macs if not which or which == mac.host]
+    if not chosen:
+        raise did_you_mean("lab Mac", which, [mac.host for mac in macs])
+    return [LabMacTarget(mac, preprocess=preprocess) for mac in chosen]
 
 
 # --- the executor -------------------------------------------------------------------------------------------------
@@ -148,6 +206,8 @@ class LabExecutor:
 
     # the scheduler's two calls ---------------------------------------------------------------------------------
     def conditions(self, target: LabIPhone, should_stop: Callable[[], bool] = lambda: False) -> Conditions:
+        if isinstance(target, LabMacTarget):
+            return self._mac_conditions(target, should_stop)
         self._check_holders(target)
         ref = self._status.options(resources={target.resource: 1}).remote(
             target.udid, target.pool_model, self._status_timeout_s, self._poll_s)
@@ -163,6 +223,9 @@ class LabExecutor:
                   should_stop: Callable[[], bool]) -> Iterator[StepResult]:
         if should_stop():
             raise Interrupted()
+        if isinstance(target, LabMacTarget):
+            yield from self._run_mac_round(target, request, should_stop)
+            return
         spec, variant_dirs, inputs, keys = target.job_for(request)
         packages = [(variant_id, *self._package(path)) for variant_id, path in variant_dirs.items()]
         inputs_ref = self._inputs_ref(inputs)
@@ -194,6 +257,51 @@ class LabExecutor:
                "transfer_s": timing["transfer_s"] / len(keys), "deploy_s": timing["deploy_s"] / len(keys),
                "runner_s": timing["runner_s"] / len(keys)}
         for result in target.step_results(answer["result"], keys, started, now_iso(), roundtrip, log_note=where):
+            measured = sum(int(s.get("total_ns") or 0) for s in result.samples) / 1e9
+            result.extra_conditions["lab"] = {**lab, "measure_s": measured}
+            yield result
+
+    # Macs ---------------------------------------------------------------------------------------------------------
+    def _mac_conditions(self, target: LabMacTarget, should_stop: Callable[[], bool]) -> Conditions:
+        from bench.lab import host
+
+        self._check_holders(target)
+        remote = self._ray.remote(num_cpus=0, max_retries=0)(host.mac_conditions)
+        answer = self._wait(remote.options(resources={target.resource: 1}).remote(), target, should_stop,
+                            self._status_timeout_s)
+        if "error" in answer:
+            raise _host_error(answer)
+        return Conditions(**answer["status"])
+
+    def _run_mac_round(self, target: LabMacTarget, request: RoundRequest,
+                       should_stop: Callable[[], bool]) -> Iterator[StepResult]:
+        import dataclasses
+
+        from bench.lab import host
+        from bench.run.targets.base import ImageItem
+
+        pixels = target.pixels(request)
+        variant_dirs = {step.variant.variant_id: step.variant.path for step in request.steps}
+        packages = [(variant_id, *self._package(path)) for variant_id, path in variant_dirs.items()]
+        shipped = dataclasses.replace(request, images=[ImageItem(i.image_id, _not_on_this_host) for i in request.images])
+        self._check_holders(target)
+        started, clock = now_iso(), time.perf_counter()
+        remote = self._ray.remote(num_cpus=0, max_retries=0)(host.run_mac_round)
+        ref = remote.options(resources={target.resource: 1}).remote(shipped, packages, self._ray.put(pixels))
+        answer = self._wait(ref, target, should_stop, self._timeout_s or 3600.0)
+        roundtrip = time.perf_counter() - clock
+        if "error" in answer:
+            raise _host_error(answer)
+        with self._lock:
+            self.fetched_by_host[answer["node_id"]] += answer["fetched_bytes"]
+            self.jobs_by_host[answer["node_id"]] += 1
+        timing, steps = answer["timing"], max(1, len(request.steps))
+        lab = {"host": answer["host"], "node_id": answer["node_id"], "mac": target.host, "steps_in_round": steps,
+               "package_bytes_fetched": answer["fetched_bytes"],
+               "queue_wait_s": (roundtrip - timing["task_s"] + timing["lock_wait_s"]) / steps,
+               "transfer_s": timing["transfer_s"] / steps, "deploy_s": 0.0, "runner_s": timing["runner_s"] / steps}
+        for result in answer["results"]:
+            result.started_at = result.started_at or started
             measured = sum(int(s.get("total_ns") or 0) for s in result.samples) / 1e9
             result.extra_conditions["lab"] = {**lab, "measure_s": measured}
             yield result
@@ -288,6 +396,11 @@ class LabExecutor:
         """The phone (or model) must be held by exactly one live host (a pool by at least one). `udid`: the phone
         of the pool the round was pinned to (it must still be held; else the round is retried, gated afresh)."""
         holders, resources = self._cluster_view()
+        if isinstance(target, LabMacTarget):
+            if not resources.get(target.resource, 0):
+                raise HostLost(f"no live lab host offers Core ML on {target.host} any more (it left the lab)",
+                               action=f"run `bench lab join HEAD` on {target.host}, then `bench run --resume RUN`")
+            return
         if target.pool_model is not None and udid is not None:
             if not holders.get(udid):
                 raise HostLost(f"no live lab host holds the {target.pool_model} the thermal gate chose ({udid}) any "
@@ -318,6 +431,10 @@ def _host_error(answer: dict, log_note: str | None = None) -> LabHostError:
     where = answer.get("host") or "a lab host"
     message = f"on {where}: {error['message']}" + (f"; {log_note}" if log_note else "")
     return LabHostError(error["kind"], message, bool(error["transient"]))
+
+
+def _not_on_this_host():
+    raise LabError("images are preprocessed on the driver; a lab host gets their pixels, not the images")
 
 
 def _warm_up() -> str:

@@ -12,7 +12,7 @@ import socket
 import time
 from contextlib import contextmanager
 
-from bench.errors import DeviceError
+from bench.errors import BenchError, DeviceError
 from bench.lab.cluster import KV_NAMESPACE, LabPhone, phones_here
 from bench.lab.packages import HostCache
 
@@ -106,6 +106,64 @@ def run_job(udid: str | None, model: str | None, spec, packages: list, inputs: d
             "node_id": ray.get_runtime_context().get_node_id(), "fetched_bytes": fetched, "timing": timing,
             "deploy": {"model_bytes_sent": report.model_bytes_sent, "input_bytes_sent": report.input_bytes_sent,
                        "models_skipped": report.models_skipped}, "log": log}
+
+
+def mac_runtime():
+    """Core ML on this Mac (coremltools); PlatformUnavailable elsewhere. Tests on Linux replace this one function in
+    the host's workers with a stand-in for the Core ML runtime, the only thing that cannot exist there."""
+    from bench.run.targets.macos_coreml import CoreMLTools, require_macos
+
+    require_macos()
+    return CoreMLTools()
+
+
+def mac_conditions() -> dict:
+    """What the driver's gate reads of a Mac (no thermal sensor reachable from Python: the gate says so)."""
+    import platform
+
+    from bench.run.targets.macos_coreml import MacCoreMLTarget
+
+    try:
+        conditions = MacCoreMLTarget(core_ml=mac_runtime()).conditions()
+    except BenchError as err:
+        return {"error": {"kind": type(err).__name__, "message": str(err), "transient": False},
+                "host": host_name()}
+    return {"status": conditions.as_dict(), "host": host_name(), "machine": platform.machine()}
+
+
+def run_mac_round(request, packages: list, inputs: dict) -> dict:
+    """One round of the Mac Core ML target on this host: packages from the host cache (fetched once), pixels as the
+    driver prepared them (`inputs`: {(variant_id, image_id): float32 array}), measured by MacCoreMLTarget."""
+    import dataclasses
+
+    import ray
+
+    from bench.run.targets.macos_coreml import MacCoreMLTarget
+
+    clock = time.perf_counter
+    started = clock()
+    cache = HostCache()
+    try:
+        with cache.lock("mac-coreml"):  # one round at a time on this Mac's compute units
+            locked = clock()
+            dirs, fetched = {}, 0
+            for variant_id, key, holder in packages:
+                dirs[variant_id], size = cache.ensure(variant_id, key, lambda holder=holder: ray.get(holder[0]))
+                fetched += size
+            fetched_at = clock()
+            steps = [dataclasses.replace(step, variant=dataclasses.replace(step.variant, path=dirs[step.variant.variant_id]))
+                     for step in request.steps]
+            target = MacCoreMLTarget(core_ml=mac_runtime(),
+                                     pixels=lambda variant, item: inputs[(variant.variant_id, item.image_id)])
+            results = list(target.run_round(dataclasses.replace(request, steps=steps), lambda: False))
+            ran = clock()
+    except BenchError as err:
+        return {"error": {"kind": type(err).__name__, "message": str(err), "transient": isinstance(err, DeviceError)
+                          and bool(getattr(err, "transient", False))}, "host": host_name()}
+    return {"results": results, "host": host_name(), "node_id": ray.get_runtime_context().get_node_id(),
+            "fetched_bytes": fetched, "timing": {"lock_wait_s": locked - started, "transfer_s": fetched_at - locked,
+                                                 "deploy_s": 0.0, "runner_s": ran - fetched_at,
+                                                 "task_s": clock() - started}}
 
 
 def warm_up() -> str:

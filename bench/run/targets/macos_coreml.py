@@ -37,12 +37,15 @@ class MacCoreMLTarget:
     compute_units = tuple(_COMPUTE_UNIT_NAMES)
     parallel_safe = False
 
-    def __init__(self, core_ml: Any = None) -> None:
+    def __init__(self, core_ml: Any = None, pixels: Callable | None = None) -> None:
         """`core_ml`: what loads, compiles and predicts (default: coremltools on this Mac, CoreMLTools below).
-        Tests on Linux give a stand-in for the Core ML runtime, the one thing that cannot exist there."""
+        Tests on Linux give a stand-in for the Core ML runtime, the one thing that cannot exist there.
+        `pixels(variant, image item) -> array`: the captioner's input (default: preprocessed here; a lab host gets
+        them ready from the driver, bench/lab/host.py)."""
         if core_ml is None:
             require_macos()
         self.core_ml = core_ml or CoreMLTools()
+        self._pixels = pixels or self._preprocessed
         self.id = "macos-coreml"
         self.name = f"{platform.node()} (Core ML, macOS {platform.mac_ver()[0] or '?'})"
 
@@ -53,11 +56,6 @@ class MacCoreMLTarget:
         pass
 
     def run_round(self, request: RoundRequest, should_stop: Callable[[], bool]) -> Iterator[StepResult]:
-        if all(is_imported(step.variant) for step in request.steps):
-            ct = None  # generic steps go through self.core_ml only
-        else:
-            import coremltools as ct
-
         for step in request.steps:
             if should_stop():
                 raise Interrupted()
@@ -66,10 +64,9 @@ class MacCoreMLTarget:
                 continue
             started, clock = now_iso(), time.perf_counter()
             try:
-                units = getattr(ct.ComputeUnit, _COMPUTE_UNIT_NAMES[step.compute_unit])
                 begin = time.perf_counter_ns()
-                encoder = ct.models.MLModel(str(step.variant.path / "encoder.mlpackage"), compute_units=units)
-                decoder = ct.models.MLModel(str(step.variant.path / "decoder.mlpackage"), compute_units=units)
+                encoder = self.core_ml.load_package(Path(step.variant.path) / "encoder.mlpackage", step.compute_unit)
+                decoder = self.core_ml.load_package(Path(step.variant.path) / "decoder.mlpackage", step.compute_unit)
                 cold = time.perf_counter_ns() - begin
                 pixels = {item.image_id: self._pixels(step.variant, item) for item in request.images}
                 first = request.images[0].image_id
@@ -91,7 +88,7 @@ class MacCoreMLTarget:
                                    "first_prediction_ns": warmup[0]["total_ns"] if warmup else None},
                              started_at=started, finished_at=now_iso(), elapsed_s=time.perf_counter() - clock)
 
-    def _pixels(self, variant, item):
+    def _preprocessed(self, variant, item):
         """Pixel values as the variant was built for (its manifest's preprocessing), from the built-in captioner."""
         from bench.run.targets.iphone import _default_preprocess
 
@@ -218,6 +215,13 @@ class CoreMLTools:
         import coremltools as ct
 
         return Path(ct.utils.compile_model(str(package)))
+
+    def load_package(self, package: Path, compute_unit: str):
+        """An .mlpackage loaded for predictions with `compute_unit` (coremltools compiles it on the way)."""
+        import coremltools as ct
+
+        units = getattr(ct.ComputeUnit, _COMPUTE_UNIT_NAMES[compute_unit])
+        return ct.models.MLModel(str(package), compute_units=units)
 
     def load(self, compiled: Path, compute_unit: str, function: str):
         import coremltools as ct
