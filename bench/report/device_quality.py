@@ -258,10 +258,16 @@ def _match(row: dict[str, Any]) -> tuple:
 def nightly_verdicts(current, baselines: list) -> list[stats.Verdict]:
     """Tonight's device captions against the latest baseline run that has the same variant × device model × unit:
     BLEU and CIDEr-D by paired bootstrap over images (verdicts.compare_quality, as for the host reference)."""
+    wanted = {_match(row) for row in rows(current)}
     past: dict[tuple, dict] = {}
-    for run in baselines:  # oldest first: the latest run wins
-        for row in rows(run, scored=False):
-            past[_match(row)] = row
+    for run in reversed(baselines):  # newest first: the latest run with the record wins; older ones are not scored
+        def needed(record: dict, run=run) -> bool:
+            key = (variant_name(record["variant_id"], run.variants.get(record["variant_id"])),
+                   record["target"]["kind"], record["target"].get("model"), record["compute_unit"])
+            return key in wanted and key not in past
+
+        for row in rows(run, scored=False, only=needed):
+            past.setdefault(_match(row), row)
     found = []
     for row in rows(current):
         base = past.get(_match(row))
