@@ -75,6 +75,8 @@ def test_damaged_imported_bytes_are_refused(byo_packages, workspace, capsys):
     capsys.readouterr()
     assert main(["models", "inspect", "pruned"]) == 2
     assert "weight.bin" in capsys.readouterr().err
+    assert main(["models", "verify", "--full"]) == 1  # verify covers imported variants too
+    assert "DAMAGED" in capsys.readouterr().out
     # importing the intact package again replaces the damaged copy
     assert imported.import_models([byo_packages["pruned"]], workspace)[0].status == "imported"
     imported.check_imported(directory, full=True)

@@ -225,9 +225,12 @@ def import_models(paths: list[Path | str], workspace: Workspace | None = None, *
 
     Every path is checked first, so a bad one stores nothing; each variant is then written in a temporary folder
     and renamed into place (never half-stored)."""
+    from bench.build.builder import _exclusive_build
+
     ws = workspace or Workspace.current()
-    return [store_candidate(candidate, ws) for candidate in plan_imports(paths, name=name, family=family,
-                                                                       reference=reference)]
+    candidates = plan_imports(paths, name=name, family=family, reference=reference)
+    with _exclusive_build(ws.variants_dir):  # one build or import per workspace at a time (a kernel lock)
+        return [store_candidate(candidate, ws) for candidate in candidates]
 
 
 def store_candidate(candidate: Candidate, workspace: Workspace) -> ImportResult:
@@ -447,3 +450,21 @@ def families(workspace: Workspace | None = None) -> dict[str, dict[str, Any]]:
     return {family: {"reference": family_reference(members)["variant_id"],
                      "members": [m["variant_id"] for m in members]}
             for family, members in sorted(grouped.items())}
+
+
+def verify_imported(workspace: Workspace | None = None, names: list[str] | None = None, *,
+                    full: bool = False) -> list[tuple[str, Any]]:
+    """(variant id, what was checked or the DamagedError) for every imported variant, or those named (name, id or
+    id prefix); as bench.build.integrity.verify_workspace does for built ones."""
+    root = imported_root(workspace or Workspace.current())
+    folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
+    if names:
+        folders = [d for d in folders if any(d.name == n or d.name.startswith(f"{n}-") or d.name.startswith(n)
+                                             for n in names)]
+    results: list[tuple[str, Any]] = []
+    for folder in folders:
+        try:
+            results.append((folder.name, check_imported(folder, full=full)))
+        except DamagedError as err:
+            results.append((folder.name, err))
+    return results

@@ -236,13 +236,21 @@ def verify_command(
     """Check stored variants against the hashes recorded when they were built; exit 1 when any is damaged."""
     from bench.build.integrity import verify_workspace
     from bench.cli._common import console
-    from bench.errors import DamagedError
+    from bench.errors import DamagedError, InputError
     from bench.paths import Workspace
 
     from bench.report.escape import rich as esc
 
+    from bench.build.imported import verify_imported
+
     out = console()
-    results = verify_workspace(Workspace.current(), names or None, full=full)
+    try:
+        results = verify_workspace(Workspace.current(), names or None, full=full)
+    except InputError:  # none of the names is a built variant: they may all be imported ones
+        results = []
+    results += verify_imported(Workspace.current(), names or None, full=full)
+    if names and not results:
+        results = verify_workspace(Workspace.current(), names, full=full)  # the built variants' did-you-mean
     if not results:
         out.print("no variants yet; build some with `bench models build`")
         return
