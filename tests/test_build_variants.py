@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from build_fixtures import TEST_MATRIX, quiet_torch, save_tiny_captioner
+from tiny_blip import save_random_blip
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -406,3 +407,24 @@ def test_coreml_predict_says_it_needs_macos(variants):
         pytest.skip("on macOS this path runs for real")
     with pytest.raises(PlatformUnavailable, match="needs macOS"):
         load_coreml_captioner(variants["fp32"], "cpuOnly")
+
+
+def test_entries_build_from_their_own_source_at_their_own_input(checkpoint, tmp_path_factory):
+    """The base-vs-large axis: an entry's `source` overrides the matrix's; the manifest names the source captioner,
+    its parameter count and size label, and the input size and crop every consumer preprocesses with."""
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import matrix_from_dict
+
+    wider = save_random_blip(tmp_path_factory.mktemp("wider"), words=("a", "red", "circle"), name="tiny-wider",
+                             image_size=32, hidden=48, text_intermediate=96)
+    matrix = matrix_from_dict({"source": str(checkpoint), "variants": [
+        {"name": "base"},
+        {"name": "other", "source": str(wider), "image_sizes": [48], "resizes": ["center_crop"],
+         "crop_fraction": 0.75}]})
+    report = build_matrix(matrix, tmp_path_factory.mktemp("workspace-two-sources"))
+    assert not report.failed, [(r.name, r.error) for r in report.failed]
+    base, other = report.by_name()["base"].manifest, report.by_name()["other-48-crop"].manifest
+    assert base.source["path"] == str(checkpoint) and other.source["path"] == str(wider)
+    assert base.source["params"] > other.source["params"] > 0  # the wider one has a 3-word vocabulary
+    assert (other.image_size, other.resize, other.io["preprocessing"]["crop_fraction"]) == (48, "center_crop", 0.75)
+    assert base.source["model_size"] is None  # neither a built-in nor a BLIP-base/-large architecture

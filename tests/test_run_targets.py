@@ -258,3 +258,19 @@ def test_a_broken_devices_yaml_is_reported_not_taken_for_no_iphone(tmp_path):
     (tmp_path / "devices.yaml").write_text("devices:\n  - name: lab1\n    udid: not-a-udid\n")
     with pytest.raises(InputError, match="devices.yaml:3: devices.0.udid: not a UDID"):
         resolve_targets(["auto"], workspace=Workspace(tmp_path))
+
+
+def test_phone_inputs_of_a_cropped_and_a_resized_variant_of_one_size_are_kept_apart():
+    """Two variants of one round at the same size, one centre-cropped: their input tensors differ, so they must not
+    share a name in the job (it used to be `<image>@<size>`, the crop was then measured on resized pixels)."""
+    from types import SimpleNamespace
+
+    from bench.run.targets.iphone import _preparation, _preparation_label
+
+    def variant(resize, fraction=None, size=64):
+        io = {"preprocessing": {"crop_fraction": fraction}} if fraction is not None else {}
+        return SimpleNamespace(image_size=size, source=SimpleNamespace(resize=resize, io=io))
+
+    labels = {_preparation_label(_preparation(v)) for v in (
+        variant("resize"), variant("center_crop", 1.0), variant("center_crop", 0.875), variant("resize", size=48))}
+    assert labels == {"64", "64-crop", "64-crop0.875", "48"}

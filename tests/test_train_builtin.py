@@ -53,3 +53,30 @@ def test_shipped_files_and_metadata_agree(builtin):
     assert builtin.model.config.vision_config.initializer_range == 0.02
     assert builtin.decode.max_length == meta["decode"]["max_length"]
     assert (BUILTIN_CAPTIONER_DIR / "reproduce.sh").is_file()
+
+
+def test_large_builtin_architecture_is_the_seeds_base_vs_large_step():
+    """`bench train-builtin --size large`: the same seeded recipe on a wider, deeper vision encoder with the same text
+    decoder (as BLIP-large vs -base); its config is told apart from base's by what it is, never by a folder name."""
+    from bench.errors import InputError
+    from bench.train.builtin import builtin_architecture, builtin_name, new_builtin_captioner
+    from bench.train.captioner import model_size_label
+
+    def params(size, tmp):
+        model = new_builtin_captioner(builtin_architecture(size), 0, tmp).model
+        return model, sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.vision_model.parameters())
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base, base_total, base_vision = params("base", Path(tmp) / "b")
+        large, large_total, large_vision = params("large", Path(tmp) / "l")
+    assert (base_total, large_total) == (1_448_232, 2_698_728)  # 1.86x, as BLIP-large/base (470 M / 247 M)
+    assert large_total - large_vision - (base_total - base_vision) < 0.05 * base_total  # text side alike
+    assert [model_size_label(m.config.to_dict()) for m in (base, large)] == ["base", "large"]
+    assert model_size_label({"vision_config": {"hidden_size": 1024, "num_hidden_layers": 24}}) == "large"
+    assert model_size_label({"vision_config": {"hidden_size": 32, "num_hidden_layers": 1}}) is None
+    assert builtin_name("large") == "builtin-captioner-large"
+    with pytest.raises(InputError, match="did you mean 'large'"):
+        builtin_architecture("larg")
