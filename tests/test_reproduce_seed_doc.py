@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reproduce-seed.md"
 AFFORDABLE = ("--steps 1250", "--steps 2")
