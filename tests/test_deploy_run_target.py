@@ -78,3 +78,8 @@ def test_a_run_compiles_each_package_once_per_device(mux, tmp_path):
         assert load["reused_compiled"] == ([] if first_round else ["encoder", "decoder"])
         assert all(load["warm_load_ns"][p] for p in ("encoder", "decoder"))
     assert int(run.jobs["compiles"].sum()) == len(packages)
+    from bench.report.data import build_report
+
+    rows = build_report(str(run.run_dir)).table  # the report keeps the compile and cold-load times of the round that compiled
+    assert len(rows) == 3 * 2 and rows["compile_ms"].notna().all() and rows["cold_load_ms"].notna().all()
+    assert rows["warm_load_ms"].notna().all()

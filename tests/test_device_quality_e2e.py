@@ -16,6 +16,7 @@ the ids the runner writes into result.json; it must find exactly those images an
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -86,6 +87,8 @@ def test_captions_decoded_on_the_phone_are_scored_and_neural_engine_changes_foun
     chosen = sorted(host_tokens)[3:3 + CHANGED]
     unchanged_night = CaptionScenario(tokens=host_tokens)
     first = _run(ws, mux, unchanged_night)
+    phone = next(iter(mux.devices.values()))  # the timed round compiled each package; the quality job reused them
+    assert phone.compiled_packages and set(Counter(phone.compiled_packages).values()) == {1}
     changed_night = CaptionScenario(tokens=host_tokens, changed={
         "cpuAndNeuralEngine": {image: _cut_short(host_tokens[image], eos) for image in chosen}})
     second = _run(ws, mux, changed_night)

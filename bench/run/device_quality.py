@@ -89,7 +89,8 @@ def _one_job(manifest, target, executor, series: list[Series], items: list[Image
     except BenchError as err:
         return [_bind_error(manifest, s, f"cannot decode its ids: {err}") for s in series]
     steps = [Step(f"{quality_key(s)}--quality", s.key, s.variant, s.compute_unit, 0) for s in series]
-    request = RoundRequest(0, steps, items, warmup=0, repeats=1, compute_plan=False)
+    # run_id: the phone reuses the packages it compiled for the timed rounds (compiled once per device per run)
+    request = RoundRequest(0, steps, items, warmup=0, repeats=1, compute_plan=False, run_id=manifest.run_id)
     by_job = {step.job_key: s for step, s in zip(steps, series)}
     failures, answered = [], set()
     try:
