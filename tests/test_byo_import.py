@@ -222,3 +222,16 @@ def test_imported_manifest_is_sealed(byo_packages, workspace):
     path.write_text(json.dumps(record))
     with pytest.raises(DamagedError, match="its own hash differs"):
         imported.check_imported(path.parent)
+
+
+def test_the_default_run_says_which_imported_models_it_left_out(byo_packages, workspace):
+    from bench.run.api import _imported_not_measured
+    from bench.run.config import RunConfig
+
+    assert _imported_not_measured(RunConfig(targets=["host-torch"]), workspace) == []  # none imported
+    imported.import_models([byo_packages["dense"]], workspace)
+    (here,) = _imported_not_measured(RunConfig(targets=["host-torch"]), workspace)
+    assert "1 imported model not measured by the default run" in here and "needs Core ML" in here
+    (phone,) = _imported_not_measured(RunConfig(targets=["iphone"]), workspace)
+    assert "name them with --variants" in phone
+    assert _imported_not_measured(RunConfig(targets=["iphone"], variants=["dense"]), workspace) == []

@@ -576,7 +576,7 @@ def _imported_named(config: RunConfig, workspace: Workspace) -> list[str]:
     """Names of the run's variants that are imported models (not built captioners)."""
     from bench.build.imported import find_imported
 
-    built = {v.name for v in built_variants(workspace)} | {v.variant_id for v in built_variants(workspace)}
+    built = {name for v in built_variants(workspace) for name in (v.name, v.variant_id)}
     return [name for name in config.variants if name not in built and find_imported(name, workspace) is not None]
 
 
@@ -600,14 +600,15 @@ def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) ->
 
 
 def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]:
-    """A note when imported models exist but this run did not measure them (no Core ML target)."""
+    """A note when the workspace holds imported models that this run (no variants named) left out."""
     from bench.build.imported import MEASURE_NEEDS, list_imported
 
     imported = list_imported(workspace)
-    if not imported or config.variants or _core_ml_targets(config, workspace):
+    if not imported or config.variants:
         return []
-    return [f"{len(imported)} imported model{'s' if len(imported) > 1 else ''} not measured: {MEASURE_NEEDS} "
-            "(static analysis: `bench models inspect NAME`, `bench models diff A B`)"]
+    how = "name them with --variants" if _core_ml_targets(config, workspace) else MEASURE_NEEDS
+    return [f"{len(imported)} imported model{'s' if len(imported) > 1 else ''} not measured by the default run: "
+            f"{how} (static analysis: `bench models inspect NAME`, `bench models diff A B`)"]
 
 
 def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str | None) -> None:
