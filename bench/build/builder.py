@@ -259,21 +259,20 @@ def build_matrix(matrix: Matrix, workspace: Workspace | Path | str | None = None
 def _import_packages(matrix: Matrix, imports: list, ws: Workspace, progress: Progress | None) -> list[VariantResult]:
     """The matrix's `package:` entries, imported (bench.build.imported); the same bytes already stored are reused.
     Every package is checked before any is stored: a bad path is one line and nothing is imported."""
-    from bench.build.imported import Candidate, plan_imports, store_candidate
+    from bench.build.imported import Candidate, plan_imports, store_candidates
 
     notify = progress or (lambda event: None)
     candidates: list[Candidate] = []
     for item in imports:
         candidates += plan_imports([matrix.package_path(item, ws.root)], name=item.name, family=item.family,
                                    reference=item.reference)
+    stored = store_candidates(candidates, ws, on_staged=lambda index, candidate: notify(
+        ProgressEvent("start", candidate.name, index, len(candidates))))
     results = []
-    for index, candidate in enumerate(candidates):
-        notify(ProgressEvent("start", candidate.name, index, len(candidates)))
-        stored = store_candidate(candidate, ws)
-        result = VariantResult(candidate.name, stored.variant_id, stored.status, stored.seconds,
-                               manifest=_ImportedView(stored.manifest))
-        results.append(result)
-        notify(ProgressEvent("done", candidate.name, index, len(candidates), stored.status))
+    for index, (candidate, one) in enumerate(zip(candidates, stored)):
+        results.append(VariantResult(candidate.name, one.variant_id, one.status, one.seconds,
+                                     manifest=_ImportedView(one.manifest)))
+        notify(ProgressEvent("done", candidate.name, index, len(candidates), one.status))
     return results
 
 

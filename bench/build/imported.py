@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.errors import DamagedError, InputError, RecordError, did_you_mean
 from bench.paths import Workspace
@@ -177,6 +177,7 @@ class Candidate:
     reference: bool
     interface: dict[str, Any]
     metadata: dict[str, Any]
+    family_given: bool = False  # --family (or a matrix entry's family:) asked for, not defaulted to the name
 
 
 @dataclass
@@ -215,7 +216,7 @@ def plan_imports(paths: list[Path | str], *, name: str | None = None, family: st
         spec = read_spec(path, kind)
         chosen = check_name(name or default_name(path))
         candidates.append(Candidate(path.resolve(), kind, chosen, check_name(family or chosen, "family"), reference,
-                                    describe_interface(spec), package_metadata(spec)))
+                                    describe_interface(spec), package_metadata(spec), family is not None))
     return candidates
 
 
@@ -223,21 +224,53 @@ def import_models(paths: list[Path | str], workspace: Workspace | None = None, *
                   family: str | None = None, reference: bool = False) -> list[ImportResult]:
     """Register Core ML models as imported variants; returns one result per path, in order.
 
-    Every path is checked first, so a bad one stores nothing; each variant is then written in a temporary folder
-    and renamed into place (never half-stored)."""
+    Every path is checked first, then every model is copied, hashed and analysed in a temporary folder; only when all
+    of them are sound is any renamed into place, so a bad one (even one found bad only by the analysis, e.g. a
+    truncated weight file) stores nothing."""
     from bench.build.builder import _exclusive_build
 
     ws = workspace or Workspace.current()
     candidates = plan_imports(paths, name=name, family=family, reference=reference)
     with _exclusive_build(ws.variants_dir):  # one build or import per workspace at a time (a kernel lock)
-        return [store_candidate(candidate, ws) for candidate in candidates]
+        return store_candidates(candidates, ws)
 
 
 def store_candidate(candidate: Candidate, workspace: Workspace) -> ImportResult:
-    """Copy, hash, analyse and seal one checked model; the bytes already stored under the same id are reused.
+    """One checked model stored (bench.build.imported.store_candidates of one)."""
+    return store_candidates([candidate], workspace)[0]
 
-    Written in a scratch folder (`.import-….tmp`) and renamed to its content address once sealed: a folder with a
-    manifest is always complete. Its name is known only once its bytes are hashed, hence no atomic.directory."""
+
+def store_candidates(candidates: list[Candidate], workspace: Workspace,
+                     on_staged: Callable[[int, Candidate], None] | None = None) -> list[ImportResult]:
+    """Copy, hash, analyse and seal every checked model, all or nothing; the bytes already stored under the same id
+    are reused. `on_staged(index, candidate)` is told before each model is staged (progress).
+
+    Each is written in a scratch folder (`.import-….tmp`) and renamed to its content address once all are sealed: a
+    folder with a manifest is always complete. Its name is known only once its bytes are hashed, hence no
+    atomic.directory."""
+    staged: list[_Staged] = []
+    try:
+        for index, candidate in enumerate(candidates):
+            if on_staged:
+                on_staged(index, candidate)
+            staged.append(_stage(candidate, workspace))
+        return [_commit(one) for one in staged]
+    finally:
+        for one in staged:
+            shutil.rmtree(one.scratch, ignore_errors=True)
+
+
+@dataclass
+class _Staged:
+    candidate: Candidate
+    scratch: Path
+    final: Path
+    variant_id: str
+    cached: bool
+    started: float
+
+
+def _stage(candidate: Candidate, workspace: Workspace) -> _Staged:
     import tempfile
 
     from bench.build import integrity
@@ -253,15 +286,39 @@ def store_candidate(candidate: Candidate, workspace: Workspace) -> ImportResult:
         variant_id = f"{candidate.name}-{content[:12]}"
         final = root / variant_id
         if _intact(final):
-            return ImportResult(candidate.name, variant_id, "cached", read_imported(final), 0.0)
-        manifest = _manifest(candidate, scratch, stored_name, files, content, variant_id)
+            _refuse_regrouping(candidate, read_imported(final))
+            return _Staged(candidate, scratch, final, variant_id, True, started)
+        try:
+            manifest = _manifest(candidate, scratch, stored_name, files, content, variant_id)
+        except InputError as err:  # name the user's package, not the scratch copy that is about to vanish
+            raise InputError(str(err).replace(str(scratch / stored_name), str(candidate.source))) from None
         records.write(scratch / MANIFEST, KIND, integrity.seal(records.stamp(KIND, manifest), files))
-        if os.path.lexists(final):  # damaged or half-removed: replaced by this fresh, verified copy
-            shutil.rmtree(final)
-        os.replace(scratch, final)
-    finally:
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
-    return ImportResult(candidate.name, variant_id, "imported", read_imported(final), time.perf_counter() - started)
+        raise
+    return _Staged(candidate, scratch, final, variant_id, False, started)
+
+
+def _refuse_regrouping(candidate: Candidate, stored: dict[str, Any]) -> None:
+    """A stored variant is immutable: asking for another family or for the reference mark is refused, not ignored."""
+    wrong_family = candidate.family_given and stored["family"] != candidate.family
+    unmarked = candidate.reference and not stored.get("reference")
+    if wrong_family or unmarked:
+        wanted = f"family {candidate.family!r}" if wrong_family else "the family's reference"
+        raise InputError(f"{candidate.source}: already imported as {stored['variant_id']} in family "
+                         f"{stored['family']!r}{' (not marked reference)' if unmarked else ''}; a "
+                         f"stored variant is not changed — import it with another --name to make it {wanted}")
+
+
+def _commit(staged: _Staged) -> ImportResult:
+    name = staged.candidate.name
+    if staged.cached or _intact(staged.final):  # stored meanwhile, e.g. the same bytes twice in one import
+        return ImportResult(name, staged.variant_id, "cached", read_imported(staged.final), 0.0)
+    if os.path.lexists(staged.final):  # damaged or half-removed: replaced by this fresh, verified copy
+        shutil.rmtree(staged.final)
+    os.replace(staged.scratch, staged.final)
+    return ImportResult(name, staged.variant_id, "imported", read_imported(staged.final),
+                        time.perf_counter() - staged.started)
 
 
 def _intact(directory: Path) -> bool:

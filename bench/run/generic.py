@@ -122,8 +122,12 @@ def _generated(feature: dict[str, Any], settings: GenericSettings, index: int):
 
 def _from_npz(path: Path, features: list[dict[str, Any]]) -> list[InputSet]:
     """Input sets from an .npz: one array per input, named like it; shape = one input, or [N, …shape] = N inputs."""
+    import zipfile
+
     import numpy as np
 
+    if path.is_file() and not zipfile.is_zipfile(path):  # else numpy reads it as a lone .npy, or talks of pickles
+        raise InputError(f"{path}: not an .npz archive (numpy.savez: one array per input, named like it)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}

@@ -1,0 +1,103 @@
+"""Bring your own model, as a hostile new user tries it (review of issue 11): inputs that look fine until the
+analysis reads them, imports that ask to change a stored variant, and .npz files that are not .npz files. Packages are
+made with coremltools inside the session (tests/byo_fixtures.py); nothing here needs Core ML's runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.build import imported
+from bench.cli import main
+from bench.errors import InputError
+from bench.paths import Workspace
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    root.mkdir()
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "250")
+    return Workspace(root)
+
+
+def everything_under(workspace: Workspace) -> list[str]:
+    """Every file and folder of the imported area, scratch folders included (what a failure may leave behind)."""
+    root = imported.imported_root(workspace)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.is_dir() else []
+
+
+def truncated_copy(byo_packages, tmp_path: Path) -> Path:
+    """A package whose weight file was cut short (an interrupted copy): its description reads fine, its weights not."""
+    copy = tmp_path / "truncated.mlpackage"
+    shutil.copytree(byo_packages["dense"], copy)
+    weights = next(copy.rglob("weight.bin"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    return copy
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_a_truncated_package_after_a_good_one_stores_nothing_and_names_the_users_file(byo_packages, workspace,
+                                                                                     tmp_path, capsys):
+    bad = truncated_copy(byo_packages, tmp_path)
+    capsys.readouterr()
+    assert main(["models", "import", str(byo_packages["two_inputs"]), str(bad)]) == 2
+    err = one_error_line(capsys)
+    assert str(bad) in err and ".import-" not in err, err  # not the scratch copy, which is gone by now
+    assert everything_under(workspace) == []  # the good one before it was not stored either
+
+
+def test_a_truncated_matrix_package_stores_none_of_the_matrix_packages(byo_packages, workspace, tmp_path):
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import load_matrix
+
+    bad = truncated_copy(byo_packages, tmp_path)
+    matrix = workspace.root / "matrix.yaml"
+    matrix.write_text(f"variants:\n  - package: {byo_packages['two_inputs']}\n  - package: {bad}\n")
+    with pytest.raises(InputError, match="truncated.mlpackage"):
+        build_matrix(load_matrix(matrix), workspace)
+    assert everything_under(workspace) == []
+
+
+def test_reimporting_under_another_family_or_as_reference_is_refused_not_ignored(byo_packages, workspace, capsys):
+    first = imported.import_models([byo_packages["pruned"]], workspace, family="conv")[0]
+    manifest = (Path(first.manifest["directory"]) / imported.MANIFEST).read_bytes()
+    capsys.readouterr()
+    assert main(["models", "import", str(byo_packages["pruned"]), "--family", "other"]) == 2
+    assert "in family 'conv'" in one_error_line(capsys)
+    assert main(["models", "import", str(byo_packages["pruned"]), "--family", "conv", "--reference"]) == 2
+    assert "another --name" in one_error_line(capsys)
+    assert (Path(first.manifest["directory"]) / imported.MANIFEST).read_bytes() == manifest  # unchanged
+    assert len(imported.list_imported(workspace)) == 1
+    # what the line suggests works; the same request again without a new family is simply the stored copy
+    assert main(["models", "import", str(byo_packages["pruned"]), "--name", "pruned-ref", "--family", "conv",
+                 "--reference"]) == 0
+    assert imported.families(workspace)["conv"]["reference"].startswith("pruned-ref-")
+    assert imported.import_models([byo_packages["pruned"]], workspace)[0].status == "cached"
+
+
+@pytest.mark.parametrize("name, write", [
+    ("inputs.npz", lambda path: path.write_text("x = [1, 2, 3, 4]\n")),  # numpy: "contains pickled data… unsafely"
+    ("inputs.npy", lambda path: __import__("numpy").save(path, __import__("numpy").zeros((1, 4), "float32"))),
+])  # a lone .npy loads as an array, not an archive: it was a TypeError traceback
+def test_a_file_that_is_not_an_npz_is_one_line_without_suggesting_pickle(tmp_path, name, write):
+    from bench.run.generic import GenericSettings, make_inputs
+
+    interface = {"default_function": "main", "functions": {"main": {"inputs": [
+        {"name": "x", "kind": "multiarray", "dtype": "float32", "shape": [1, 4], "optional": False}],
+        "outputs": [], "states": []}}}
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(InputError) as caught:
+        make_inputs(interface, GenericSettings(source=str(path)))
+    message = str(caught.value)
+    assert "not an .npz" in message and "pickle" not in message and "\n" not in message
