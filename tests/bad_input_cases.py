@@ -285,6 +285,13 @@ def matrix_yaml_broken(ws):
     return ["models", "build", str(ws / "matrix.yaml")]
 
 
+@case("matrix.yaml:3")
+def kv_cache_decoder_below_ios18(ws):
+    """Core ML state needs iOS 18: refused before any conversion (issue 14)."""
+    _write(ws / "matrix.yaml", "variants:\n  - name: ok\n  - name: kv\n    target: iOS17\n    decoder: kv_cache\n")
+    return ["models", "build", str(ws / "matrix.yaml")]
+
+
 @case("devices.yaml:3")
 def devices_yaml_wrong_types(ws):
     _write(ws / "devices.yaml", "devices:\n  - udid: 5\n    name: [x]\n")

@@ -125,3 +125,40 @@ def test_bad_input_axis_values_are_one_line_with_file_and_line(tmp_path, entry, 
         load_matrix(path)
     assert str(err.value).startswith(f"{path}:{line}:") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_decoder_axis_composes_with_sparsity_lists_and_names_the_cached_variant():
+    matrix = matrix_from_dict({"defaults": {"target": "iOS18"}, "variants": [
+        {"name": "p", "prune": {"sparsities": [0.2, 0.4]}, "decoder": ["recompute", "kv_cache"]},
+        {"name": "q", "quantize": {"bits": 4, "granularity": "per_block"}, "decoder": "kv_cache"},
+        {"name": "s", "image_sizes": [48, 80], "decoder": ["recompute", "kv_cache"]}]})
+    planned = {p.name: p.recipe for p in matrix.planned()}
+    assert list(planned) == ["p-0.2", "p-0.2+kv", "p-0.4", "p-0.4+kv", "q", "s-48", "s-48+kv", "s-80", "s-80+kv"]
+    assert [planned[n].decoder for n in ("p-0.2", "p-0.2+kv", "q")] == ["recompute", "kv_cache", "kv_cache"]
+    assert planned["p-0.4+kv"].prune.sparsity == 0.4 and planned["s-80+kv"].image_size == 80
+    # The default decoder is not in the cache key: variants built before the axis existed keep their ids.
+    assert "decoder" not in planned["p-0.2"].key_fields() and planned["q"].key_fields()["decoder"] == "kv_cache"
+
+
+def test_default_matrix_measures_both_decoders_for_its_ios18_variants():
+    planned = {p.name: p.recipe for p in load_matrix(DEFAULT_MATRIX).planned()}
+    ios18 = [name for name, recipe in planned.items() if recipe.target == "iOS18" and recipe.decoder == "recompute"]
+    assert ios18 and all(planned[f"{name}+kv"].decoder == "kv_cache" for name in ios18)
+    assert all(recipe.target == "iOS18" for recipe in planned.values() if recipe.decoder == "kv_cache")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("variants:\n  - name: ok\n  - name: kv\n    decoder: kv_cache\n", 3),
+    ("defaults: {target: iOS17, decoder: [recompute, kv_cache]}\nvariants:\n  - name: a\n", 3),
+])
+def test_kv_cache_below_ios18_is_refused_with_file_and_line(tmp_path, text, line):
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        load_matrix(path)
+    message = str(err.value)
+    assert f"{path}:{line}:" in message and "kv_cache" in message and "iOS18" in message and "\n" not in message
+
+
+def test_decoder_lists_name_each_decoder_once():
+    with pytest.raises(InputError, match="each once"):
+        matrix_from_dict({"variants": [{"name": "x", "target": "iOS18", "decoder": ["kv_cache", "kv_cache"]}]})

@@ -68,6 +68,7 @@ class PackageAnalysis:
     decompression_ops: dict[str, int]
     tensors: list[TensorAnalysis]
     duplicated_tensors: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, list[int]] = field(default_factory=dict)  # Core ML state (MLState) tensors, iOS 18+
 
     @property
     def params(self) -> int:
@@ -350,6 +351,7 @@ def _analyze(path, package, spec, MIL_pb2, blobs, hash_duplicates) -> PackageAna
         outputs={o.name: list(o.type.multiArrayType.shape) for o in description.output},
         op_counts=dict(sorted(op_counts.items())), decompression_ops=decompression, tensors=tensors,
         duplicated_tensors=_duplicates(producers, MIL_pb2, blobs) if hash_duplicates else [],
+        states={s.name: list(s.type.stateType.arrayType.shape) for s in description.state},
     )
 
 

@@ -190,7 +190,7 @@ class _Session:
 
     def exported(self, recipe: Recipe, image_size: int, decoder_length: int) -> tuple[_Export, float]:
         """The conversion's saved packages, weights map and candidates; seconds converting (first use only)."""
-        key = (recipe.precision, recipe.target, image_size, decoder_length)
+        key = (recipe.precision, recipe.target, image_size, decoder_length, recipe.decoder)
         if key not in self._exports:
             self._exports[key] = self._export(key)
         export = self._exports[key]
@@ -207,7 +207,7 @@ class _Session:
         from bench.build.torch_weights import map_weights, resize_vision_input
         from bench.build.variants import PACKAGES
 
-        precision, target, image_size, decoder_length = key
+        precision, target, image_size, decoder_length, decoder = key
         started = time.perf_counter()
         folder = Path(self._folder.name) / "-".join(map(str, key))
         folder.mkdir()
@@ -215,7 +215,8 @@ class _Session:
         for package in PACKAGES:
             model = resize_vision_input(self._source_model(), image_size)
             paths[package] = export_package(package, model, folder, image_size=image_size,
-                                            decoder_length=decoder_length, target=target, precision=precision)
+                                            decoder_length=decoder_length, target=target, precision=precision,
+                                            decoder=decoder)
             reader = ConstantReader(paths[package])
             maps[package], unmapped[package] = map_weights(reader, model)
             cands[package] = candidates(analyze_package(paths[package], hash_duplicates=False), reader, maps[package])
@@ -404,7 +405,6 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
     from bench import atomic
     from bench.build import integrity
     from bench.build.analyze import analyze_package, tree_sha256
-    from bench.build.export import DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT
     from bench.build.variants import KIND, MANIFEST, PACKAGES, WEIGHTS_MAP, VariantManifest
     from bench.build.verify import measured_summary, verify_variant
     from bench.store import records
@@ -452,12 +452,7 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
             source={"path": str(session.checkpoint), "name": captioner.name,
                     "weights_sha256": session.weights_sha256, "params": session.params,
                     "model_size": _model_size(session.checkpoint)},
-            io={"encoder": {"inputs": analyses["encoder"].inputs, "outputs": analyses["encoder"].outputs,
-                            "input": ENCODER_INPUT, "output": ENCODER_OUTPUT},
-                "decoder": {"inputs": analyses["decoder"].inputs, "outputs": analyses["decoder"].outputs,
-                            "input_names": list(DECODER_INPUTS), "output": DECODER_OUTPUT,
-                            "usage": "step t: input_ids[0..t] filled (ids[0]=bos), attention_mask 1 up to t, "
-                                     "read logits[0, t]"},
+            io={**_graph_io(recipe.decoder, analyses),
                 "preprocessing": {**captioner.preprocessing.to_dict(), "image_size": image_size,
                                   "resize": recipe.resize, "crop_fraction": recipe.crop_fraction}},
             packages=packages, measured=measured_summary(analyses, plans), verification=verification,
@@ -471,6 +466,28 @@ def _build_one(session: _Session, item: PlannedVariant, key: dict[str, Any], var
         manifest.integrity = sealed["integrity"]
     manifest._directory = final
     return manifest
+
+
+def _graph_io(decoder: str, analyses: dict) -> dict[str, Any]:
+    """The manifest's `io` for both graphs: feature names, shapes, states and how one decoding step is fed."""
+    from bench.build import kv_cache
+    from bench.build.export import DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT
+
+    encoder, step = analyses["encoder"], analyses["decoder"]
+    if decoder == "kv_cache":
+        return {"decoding": "kv_cache",
+                "encoder": {"inputs": encoder.inputs, "outputs": encoder.outputs, "input": ENCODER_INPUT,
+                            "output_names": list(kv_cache.CROSS_OUTPUTS)},
+                "decoder": {"inputs": step.inputs, "outputs": step.outputs, "states": step.states,
+                            "input_names": list(kv_cache.DECODER_INPUTS), "output": kv_cache.DECODER_OUTPUT,
+                            "usage": kv_cache.USAGE}}
+    return {"decoding": "recompute",
+            "encoder": {"inputs": encoder.inputs, "outputs": encoder.outputs, "input": ENCODER_INPUT,
+                        "output": ENCODER_OUTPUT},
+            "decoder": {"inputs": step.inputs, "outputs": step.outputs, "input_names": list(DECODER_INPUTS),
+                        "output": DECODER_OUTPUT,
+                        "usage": "step t: input_ids[0..t] filled (ids[0]=bos), attention_mask 1 up to t, "
+                                 "read logits[0, t]"}}
 
 
 def _compress_package(source: Path, destination: Path, recipe: Recipe, cands: dict, package: str,

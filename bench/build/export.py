@@ -87,16 +87,23 @@ def export_pair(model, *, image_size: int, decoder_length: int, target: str, pre
 
 
 def export_package(package: str, model, folder, *, image_size: int, decoder_length: int, target: str,
-                   precision: str):
+                   precision: str, decoder: str = "recompute"):
     """Convert one graph ("encoder" or "decoder") and save it to `folder/<package>.mlpackage` at once, releasing the
-    converted program (an MLModel from the converter keeps every converted weight in memory). Returns the path."""
+    converted program (an MLModel from the converter keeps every converted weight in memory). Returns the path.
+    `decoder`: "recompute" (this module's graphs) or "kv_cache" (bench.build.kv_cache: stateful, iOS 18)."""
     import gc
     from pathlib import Path
 
-    if package == "encoder":
-        mlmodel = _convert_encoder(model, image_size, target, precision)
+    from bench.build import kv_cache
+
+    if decoder == "kv_cache":
+        convert_encoder, convert_decoder = kv_cache.convert_encoder, kv_cache.convert_decoder
     else:
-        mlmodel = _convert_decoder(model, image_size, decoder_length, target, precision)
+        convert_encoder, convert_decoder = _convert_encoder, _convert_decoder
+    if package == "encoder":
+        mlmodel = convert_encoder(model, image_size, target, precision)
+    else:
+        mlmodel = convert_decoder(model, image_size, decoder_length, target, precision)
     path = Path(folder) / f"{package}.mlpackage"
     mlmodel.save(str(path))
     del mlmodel

@@ -10,11 +10,13 @@ variants:
   - {name: conv-prune, prune: {sparsities: [0.2, 0.4]}, layers: {select: conv}}
   - {name: input, image_sizes: [48, 64, 80], resizes: [resize, center_crop], crop_fraction: 0.875}
   - {name: large-fp32, source: builtin-large}  # another captioner: the seed's base-vs-large axis
+  - {name: int4, target: iOS18, quantize: {bits: 4, granularity: per_block}, decoder: [recompute, kv_cache]}
 ```
 
 Axes combine within one entry; lists of sparsities and schedules expand into one variant each (named
 `<name>-<sparsity>`), lists of input sizes and resize modes into one variant per combination (named
-`<name>-<size>-<resize|crop>`). Unsupported combinations are rejected here, before any conversion, with the reason;
+`<name>-<size>-<resize|crop>`), a decoder list [recompute, kv_cache] into the recomputing decoder and the kv_cache one
+(named `<name>+kv`; Core ML state, iOS18 only). Unsupported combinations are rejected here, before any conversion, with the reason;
 input sizes outside 16..1024 px and unknown resize modes are named with the file and line. A size that is not a
 multiple of the patch size is allowed, as the seed's 348 px on BLIP's 16-px patches was: the encoder sees 21 x 21
 patches (336 px) and the last 12 px of each row and column are never read.
@@ -36,7 +38,11 @@ RESIZE_MODES = ("resize", "center_crop")
 RESIZE_SUFFIX = {"resize": "resize", "center_crop": "crop"}
 # Recipe fields added after variants were first built, with their default: left out of the cache key at that default,
 # so every variant built before keeps its id (and cache) — a new axis only adds variants.
-ADDED_FIELDS = {"crop_fraction": 1.0}
+ADDED_FIELDS = {"crop_fraction": 1.0, "decoder": "recompute"}
+# How the decoder is exported: one fixed-length step that recomputes every position (any target), or the
+# self-attention key/value cache kept in Core ML state (bench.build.kv_cache; iOS 18+).
+Decoder = Literal["recompute", "kv_cache"]
+KV_SUFFIX = "+kv"  # name of the kv_cache variant when an entry lists both decoders
 
 
 class _Strict(BaseModel):
@@ -158,6 +164,7 @@ class Recipe(_Strict):
     prune: Prune | None = None
     layers: Layers | None = None
     min_elements: int = Field(2048, ge=0)  # smaller weights are left alone (coremltools' weight_threshold)
+    decoder: Decoder = "recompute"
 
     @field_validator("target")
     @classmethod
@@ -189,10 +196,16 @@ class Recipe(_Strict):
         return {k: v for k, v in dumped.items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 
 
+def _decoders(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 def unsupported_reason(recipe: Recipe) -> str | None:
     """Why a combination cannot be built for its target (None if it can)."""
     ios = TARGET_ORDER[recipe.target]
     q, p, pr = recipe.quantize, recipe.palettize, recipe.prune
+    if "kv_cache" in _decoders(recipe.decoder) and ios < 18:
+        return f"decoder kv_cache keeps its cache in Core ML state (MLState), which needs target iOS18, not {recipe.target}"
     if q and p:
         return "quantize and palettize cannot be combined on one weight; choose one"
     if q and q.bits == 4 and ios < 18:
@@ -215,8 +228,8 @@ def unsupported_reason(recipe: Recipe) -> str | None:
 
 
 class Entry(Recipe):
-    """A matrix entry: a named recipe whose prune lists/schedules and input-size / resize-mode lists expand into
-    several variants, `source` (default: the matrix's) the captioner it compresses — or Core ML models made elsewhere
+    """A matrix entry: a named recipe whose prune lists/schedules, input-size / resize-mode lists and decoder list
+    expand into several variants, `source` (default: the matrix's) the captioner it compresses — or Core ML models made elsewhere
     (`package: PATH` or `packages: [PATH, …]`, relative to the matrix file), imported as variants
     (bench.build.imported) with an optional `name` (one package), `family` and `reference`."""
 
@@ -228,6 +241,14 @@ class Entry(Recipe):
     source: str | None = Field(None, min_length=1)
     image_sizes: list[int] | None = Field(None, min_length=1)
     resizes: list[str] | None = Field(None, min_length=1)
+    decoder: Decoder | list[Decoder] = "recompute"
+
+    @field_validator("decoder")
+    @classmethod
+    def _distinct_decoders(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("decoder: give recompute, kv_cache or a list of both, each once")
+        return value
 
     @field_validator("image_sizes")
     @classmethod
@@ -277,6 +298,8 @@ class Entry(Recipe):
             return self
         recipe = [k for k in ("quantize", "palettize", "prune", "layers", "image_size", "decoder_length", "source",
                               "image_sizes", "resizes") if getattr(self, k) is not None]
+        if self.decoder != "recompute":
+            recipe.append("decoder")
         if recipe:
             raise ValueError(f"`{recipe[0]}` is a build recipe; an imported package is measured as it is")
         if self.packages is not None and (self.name is not None or self.reference):
@@ -312,6 +335,7 @@ class Defaults(_Strict):
     resize: str | None = None
     decoder_length: int | None = Field(None, ge=2, le=512)
     min_elements: int | None = Field(None, ge=0)
+    decoder: Decoder | list[Decoder] | None = None
 
     @field_validator("target")
     @classmethod
@@ -411,9 +435,13 @@ class PlannedVariant(BaseModel):
 
 
 def _expand(entry: Entry) -> list[PlannedVariant]:
-    """One variant per input size × resize mode × sparsity of the entry (only axes given as lists add a suffix)."""
+    """One variant per input size × resize mode × sparsity × decoder of the entry (only axes given as lists add a
+    suffix; of a decoder list, the kv_cache one is `…+kv`)."""
     body = entry.model_dump(exclude={"name", "package", "packages", "family", "reference", "source", "image_sizes",
-                                     "resizes"})
+                                     "resizes", "decoder"})
+    decoders = _decoders(entry.decoder)
+    kinds = [(KV_SUFFIX if decoder == "kv_cache" and len(decoders) > 1 else "", {"decoder": decoder})
+             for decoder in decoders]
     sizes = [(f"-{size}", {"image_size": size}) for size in entry.image_sizes] if entry.image_sizes else [("", {})]
     modes = [(f"-{RESIZE_SUFFIX[mode]}", {"resize": mode, "crop_fraction": entry.crop_fraction if mode == "center_crop"
                                           else 1.0}) for mode in entry.resizes] if entry.resizes else [("", {})]
@@ -426,9 +454,10 @@ def _expand(entry: Entry) -> list[PlannedVariant]:
     for size_suffix, size in sizes:
         for mode_suffix, mode in modes:
             for sparsity_suffix, sparsity in sparsities:
-                recipe = Recipe.model_validate({**body, **size, **mode, **sparsity})
-                variants.append(PlannedVariant(name=f"{entry.name}{size_suffix}{mode_suffix}{sparsity_suffix}",
-                                               recipe=recipe, source=entry.source))
+                for kind_suffix, kind in kinds:
+                    recipe = Recipe.model_validate({**body, **size, **mode, **sparsity, **kind})
+                    name = f"{entry.name}{size_suffix}{mode_suffix}{sparsity_suffix}{kind_suffix}"
+                    variants.append(PlannedVariant(name=name, recipe=recipe, source=entry.source))
     return variants
 
 
