@@ -283,3 +283,33 @@ def test_reused_needs_a_compiled_path_in_the_job(result, job):
 def test_compiled_paths_outside_the_layout(job, path):
     job["models"][0]["compiled"]["encoder"] = path
     assert "models[0].compiled.encoder" in refused(contract.validate_job, job)
+
+
+# ----------------------------------------------------------------------------------------------- kv_cache (issue 14)
+
+
+def test_kv_cache_model_without_its_cache_length_is_refused(job):
+    job["models"][0]["decoding"] = "kv_cache"
+    job["models"][0].pop("decoder_length", None)
+    assert "models[0].decoder_length: kv_cache decoding needs it" in refused(contract.validate_job, job)
+    job["models"][0]["decoder_length"] = job["models"][0]["decode"]["max_length"]
+    assert contract.validate_job(job)["models"][0]["decoding"] == "kv_cache"
+    job["models"][0]["decoding"] = "kv-cache"
+    assert "models[0].decoding" in refused(contract.validate_job, job)
+
+
+def test_state_time_counts_toward_the_caption_total(result):
+    sample = result["steps"][0]["samples"][0]
+    parts = sample["encoder_ns"] + sum(sample["decoder_ns"])
+    sample["state_ns"] = sample["total_ns"] - parts  # exactly fits
+    contract.validate_result(result)
+    sample["state_ns"] += 1
+    assert "steps[0].samples[0].total_ns" in refused(contract.validate_result, result)
+    assert "encoder_ns + state_ns + sum(decoder_ns)" in refused(contract.validate_result, result)
+
+
+def test_results_of_older_runners_without_state_ns_still_validate(result):
+    for step in result["steps"]:
+        for sample in step["warmup"] + step["samples"]:
+            sample.pop("state_ns")
+    contract.validate_result(result)

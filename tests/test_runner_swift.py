@@ -487,7 +487,7 @@ def test_runner_uses_the_apis_the_contract_relies_on():
                    'Logger(subsystem: "bench.runner"', '"--job"', '"BENCH_JOB"', '"BENCH_JOB_ID"', "rename(",
                    "UIApplication.shared.applicationState", "UIApplication.didEnterBackgroundNotification",
                    "UIApplication.willResignActiveNotification", "UIApplication.didBecomeActiveNotification",
-                   "beginBackgroundTask(withName:"):
+                   "beginBackgroundTask(withName:", "makeState()", "prediction(from: decoderInput, using: state)"):
         assert needle in source, needle
 
 
@@ -779,14 +779,35 @@ def test_fit_text_counts_unicode_scalars_like_json_schema():
 def test_predictions_run_only_inside_caption():
     users = [(file, f) for file, root in all_sources() for f in descendants(root, "function_declaration")
              if calls_to(f, "prediction")]
-    assert [(file, text(f.child_by_field_name("name"))) for file, f in users] == [("Captioner.swift", "caption"),
-                                                                                 ("GenericJobRunner.swift", "predict")]
+    assert [(file, text(f.child_by_field_name("name"))) for file, f in users] == [
+        ("Captioner.swift", "caption"), ("Captioner.swift", "cachedCaption"), ("GenericJobRunner.swift", "predict")]
     callers = [text(f.child_by_field_name("name")) for _, root in all_sources()
                for f in descendants(root, "function_declaration") if calls_to(f, "caption")]
     assert callers == ["sample"]
     callers = [text(f.child_by_field_name("name")) for _, root in all_sources()
                for f in descendants(root, "function_declaration") if calls_to(f, "predict")]
     assert callers == ["foregroundPrediction"]
+    cached_callers = [text(f.child_by_field_name("name")) for _, root in all_sources()
+                      for f in descendants(root, "function_declaration") if calls_to(f, "cachedCaption")]
+    assert cached_callers == ["caption"]
+
+
+def test_cached_decoding_makes_one_state_per_caption_and_feeds_one_token_per_step():
+    """kv_cache (issue 14): makeState inside the caption (never shared between captions), every decoder call
+    through that state, one-token inputs written by key (stride-safe), encoder cross keys/values fed by name."""
+    cached = the_function("cachedCaption", "Captioner.swift")
+    body = text(cached)
+    assert "@available(iOS 18.0, *)" in text(cached.parent) or "@available(iOS 18.0, *)" in body
+    assert len(calls_to(cached, "makeState")) == 1
+    (decoder_call,) = [c for c in calls_to(cached, "prediction") if "using: state" in text(c)]
+    assert "decoder.prediction(from: decoderInput, using: state)" in text(decoder_call)
+    assert body.index("makeState") < body.index("while true")  # one state for all steps of this caption
+    assert "token[Self.position(0)]" in body and "position[[0] as [NSNumber]]" in body
+    assert "names.crossKeys, names.crossValues" in body and "Self.argmax(logits, position: 0)" in body
+    assert "stateNs: stateNs" in body
+    inits = descendants(parse(SOURCES.joinpath("Captioner.swift").read_bytes()).root_node, "init_declaration")
+    init = next(text(f) for f in inits if "decoder: MLModel" in text(f))
+    assert 'model.decoding == "kv_cache"' in init and "MeasureError.needsIOS18" in init
 
 
 def test_samples_are_measured_on_the_measurement_thread():

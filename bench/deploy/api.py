@@ -78,6 +78,7 @@ class ModelSpec:
     inputs: tuple[str, ...]  # image ids, keys of the `inputs` mapping given to deploy()
     decoder_length: int | None = None
     io: dict | None = None  # Core ML feature names when they differ from the defaults (job schema "io")
+    decoding: str = "recompute"  # or "kv_cache": the decoder's self-attention cache in Core ML state (iOS 18)
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,8 @@ def build_job(spec: JobSpec, job_id: str, packages: dict[str, dict[str, str]], i
             variant_id=model.variant_id, encoder_sha256=packages[model.variant_id]["encoder"],
             decoder_sha256=packages[model.variant_id]["decoder"], image_size=model.image_size, decode=model.decode,
             inputs=[(image_id, input_hashes[image_id]) for image_id in model.inputs], io=model.io,
-            decoder_length=model.decoder_length, compile_scope=spec.compile_scope))
+            decoder_length=model.decoder_length, compile_scope=spec.compile_scope,
+            decoding=model.decoding))
     return contract.build_job(job_id=job_id, models=models, steps=spec.steps, mode=spec.mode, warmup=spec.warmup,
                               repeats=spec.repeats, compute_plan=spec.compute_plan)
 

@@ -82,7 +82,13 @@ DEFAULT_IO = {
     # Fed only when the decoder declares it (the builder's decoder step takes one; older exports may not).
     "decoder_attention_mask": "attention_mask",
     "decoder_output": "logits",
+    # kv_cache decoding (models[].decoding, iOS 18): the step's position input, and the encoder's cross-attention
+    # keys/values, fed to the decoder under the same names at every step.
+    "decoder_position": "position",
+    "encoder_cross_keys": "cross_keys",
+    "encoder_cross_values": "cross_values",
 }
+DECODINGS = ("recompute", "kv_cache")
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -319,6 +325,8 @@ def _check_job_semantics(job: dict, label: str) -> None:
         decode = model["decode"]
         if decode["eos_id"] == decode["bos_id"]:
             raise ContractError(f"{where}.decode: eos_id equals bos_id ({decode['eos_id']})")
+        if model.get("decoding") == "kv_cache" and "decoder_length" not in model:
+            raise ContractError(f"{where}.decoder_length: kv_cache decoding needs it (the cache's slots)")
         if model.get("decoder_length", decode["max_length"]) < decode["max_length"]:
             raise ContractError(f"{where}.decoder_length: shorter than decode.max_length ({decode['max_length']})")
         seen_images: set[str] = set()
@@ -434,6 +442,7 @@ def model_entry(
     io: Mapping[str, str] | None = None,
     decoder_length: int | None = None,
     compile_scope: str | None = None,
+    decoding: str | None = None,
 ) -> dict:
     """One job model entry from content hashes; `inputs` are (image_id, sha256 of the .f32 bytes) pairs.
 
@@ -457,6 +466,8 @@ def model_entry(
     if compile_scope is not None:
         entry["compiled"] = {"encoder": compiled_model_path(compile_scope, encoder_sha256, "encoder"),
                              "decoder": compiled_model_path(compile_scope, decoder_sha256, "decoder")}
+    if decoding is not None and decoding != "recompute":  # the default stays implicit: older runners read the job
+        entry["decoding"] = decoding
     return entry
 
 
@@ -535,11 +546,11 @@ def _check_sample(sample: dict, where: str) -> None:
             f"{where}.tokens: {len(sample['tokens'])} tokens but {len(sample['decoder_ns'])} decoder steps "
             "(each decoder step yields one token)"
         )
-    parts = sample["encoder_ns"] + sum(sample["decoder_ns"])
+    state = sample.get("state_ns") or 0
+    parts = sample["encoder_ns"] + state + sum(sample["decoder_ns"])
     if sample["total_ns"] < parts:
-        raise ContractError(
-            f"{where}.total_ns: {sample['total_ns']} is less than encoder_ns + sum(decoder_ns) = {parts}"
-        )
+        named = "encoder_ns + state_ns + sum(decoder_ns)" if state else "encoder_ns + sum(decoder_ns)"
+        raise ContractError(f"{where}.total_ns: {sample['total_ns']} is less than {named} = {parts}")
 
 
 def _check_result_answers_job(result: dict, job: Mapping[str, Any], label: str) -> None:

@@ -7,6 +7,7 @@ enum MeasureError: LocalizedError {
     case badLogits(String)
     case badDecoderLength(Int)
     case noInputs(String)
+    case needsIOS18(String)
 
     var errorDescription: String? {
         switch self {
@@ -20,6 +21,8 @@ enum MeasureError: LocalizedError {
             return "decoder input_ids length \(length) is too short for greedy decoding"
         case .noInputs(let variant):
             return "model \(variant) has no inputs to measure"
+        case .needsIOS18(let variant):
+            return "model \(variant) decodes with a kv_cache in Core ML state, which needs iOS 18 or later"
         }
     }
 }
@@ -126,6 +129,8 @@ struct CaptionTiming {
     var decoderNs: [UInt64]
     var totalNs: UInt64
     var tokens: [Int]
+    /// kv_cache decoding only: making the caption's MLState (included in totalNs).
+    var stateNs: UInt64? = nil
 }
 
 /// A loaded encoder/decoder pair and the greedy decoding loop the host reproduces in PyTorch.
@@ -135,7 +140,10 @@ final class Captioner {
     let names: ResolvedFeatureNames
     let decode: DecodeSettings
     let decoderLength: Int
+    /// The job's `decoding` is "kv_cache": one MLState per caption, one token per step (cachedCaption).
+    let cached: Bool
     private let idsType: MLMultiArrayDataType
+    private let positionType: MLMultiArrayDataType
 
     init(encoder: MLModel, decoder: MLModel, model: JobModel) throws {
         let names = ResolvedFeatureNames(model.io)
@@ -143,6 +151,14 @@ final class Captioner {
         self.decoder = decoder
         self.names = names
         self.decode = model.decode
+        self.cached = model.decoding == "kv_cache"
+        if cached {
+            guard #available(iOS 18.0, *) else {
+                throw MeasureError.needsIOS18(model.variant_id)
+            }
+        }
+        let positionConstraint = decoder.modelDescription.inputDescriptionsByName[names.decoderPosition]?.multiArrayConstraint
+        self.positionType = positionConstraint?.dataType ?? .int32
         let constraint = decoder.modelDescription.inputDescriptionsByName[names.decoderInputIds]?.multiArrayConstraint
         // The decoder was exported with fixed-length input_ids: the job may say how long, else the model does.
         let modelLength = constraint?.shape.last?.intValue ?? 0
@@ -155,6 +171,9 @@ final class Captioner {
     }
 
     func caption(_ pixels: MLMultiArray) throws -> CaptionTiming {
+        if cached, #available(iOS 18.0, *) {
+            return try cachedCaption(pixels)
+        }
         let start = Monotonic.now()
         let encoderInput = try MLDictionaryFeatureProvider(
             dictionary: [names.encoderInput: MLFeatureValue(multiArray: pixels)])
@@ -213,6 +232,58 @@ final class Captioner {
         }
         return CaptionTiming(
             encoderNs: encoderNs, decoderNs: decoderNs, totalNs: Monotonic.elapsed(since: start), tokens: tokens)
+    }
+
+    /// kv_cache decoding (iOS 18): the encoder gives the image's cross-attention keys/values once; a new MLState per
+    /// caption holds the self-attention cache (zeros: nothing leaks from the previous caption); step t feeds token
+    /// t (t = 0: bos) at position t with the same cross keys/values and reads logits[0, 0]. The state's slots are
+    /// the job's decoder_length (the contract requires it for kv_cache).
+    @available(iOS 18.0, *)
+    private func cachedCaption(_ pixels: MLMultiArray) throws -> CaptionTiming {
+        let start = Monotonic.now()
+        let encoderInput = try MLDictionaryFeatureProvider(
+            dictionary: [names.encoderInput: MLFeatureValue(multiArray: pixels)])
+        let encoderStart = Monotonic.now()
+        let encoded = try encoder.prediction(from: encoderInput)
+        let encoderNs = Monotonic.elapsed(since: encoderStart)
+        var features: [String: MLFeatureValue] = [:]
+        for name in [names.crossKeys, names.crossValues] {
+            guard let value = encoded.featureValue(for: name) else {
+                throw MeasureError.missingOutput(name)
+            }
+            features[name] = value
+        }
+        let stateStart = Monotonic.now()
+        let state = decoder.makeState()
+        let stateNs = Monotonic.elapsed(since: stateStart)
+        let token = try MLMultiArray(shape: [1, 1], dataType: idsType)
+        let position = try MLMultiArray(shape: [1], dataType: positionType)
+        let limit = min(decode.max_length, decoderLength)
+        var tokens: [Int] = []
+        var decoderNs: [UInt64] = []
+        var current = decode.bos_id
+        while true {
+            token[Self.position(0)] = NSNumber(value: current)
+            position[[0] as [NSNumber]] = NSNumber(value: tokens.count)
+            features[names.decoderInputIds] = MLFeatureValue(multiArray: token)
+            features[names.decoderPosition] = MLFeatureValue(multiArray: position)
+            let decoderInput = try MLDictionaryFeatureProvider(dictionary: features)
+            let stepStart = Monotonic.now()
+            let output = try decoder.prediction(from: decoderInput, using: state)
+            decoderNs.append(Monotonic.elapsed(since: stepStart))
+            guard let logits = output.featureValue(for: names.decoderOutput)?.multiArrayValue else {
+                throw MeasureError.missingOutput(names.decoderOutput)
+            }
+            let next = try Self.argmax(logits, position: 0)
+            tokens.append(next)
+            if next == decode.eos_id || tokens.count + 1 >= limit {
+                break
+            }
+            current = next
+        }
+        return CaptionTiming(
+            encoderNs: encoderNs, decoderNs: decoderNs, totalNs: Monotonic.elapsed(since: start), tokens: tokens,
+            stateNs: stateNs)
     }
 
     /// The key of column `index` in a [1, L] array.

@@ -45,6 +45,8 @@ struct JobModel: Decodable {
     let decoder: String
     let image_size: Int
     let decoder_length: Int?
+    /// "recompute" (default) or "kv_cache": the decoder keeps its self-attention cache in Core ML state (iOS 18).
+    let decoding: String?
     let decode: DecodeSettings
     let io: FeatureNames?
     /// Where to keep the compiled packages for later jobs of the same run (compile once per device per run);
@@ -74,6 +76,9 @@ struct FeatureNames: Decodable {
     let decoder_image_embeds: String?
     let decoder_attention_mask: String?
     let decoder_output: String?
+    let decoder_position: String?
+    let encoder_cross_keys: String?
+    let encoder_cross_values: String?
 }
 
 struct JobInput: Decodable {
@@ -95,6 +100,9 @@ struct ResolvedFeatureNames {
     let decoderImageEmbeds: String
     let decoderAttentionMask: String
     let decoderOutput: String
+    let decoderPosition: String
+    let crossKeys: String
+    let crossValues: String
 
     init(_ names: FeatureNames?) {
         encoderInput = names?.encoder_input ?? "pixel_values"
@@ -103,6 +111,9 @@ struct ResolvedFeatureNames {
         decoderImageEmbeds = names?.decoder_image_embeds ?? "image_embeds"
         decoderAttentionMask = names?.decoder_attention_mask ?? "attention_mask"
         decoderOutput = names?.decoder_output ?? "logits"
+        decoderPosition = names?.decoder_position ?? "position"
+        crossKeys = names?.encoder_cross_keys ?? "cross_keys"
+        crossValues = names?.encoder_cross_values ?? "cross_values"
     }
 }
 
@@ -181,6 +192,8 @@ struct Sample: Encodable {
     var thermal_state: String
     var t_ns: UInt64
     var tokens: [Int]
+    /// kv_cache decoding: making the caption's MLState (part of total_ns); null for recomputing decoders.
+    @Nullable var state_ns: UInt64? = nil
 }
 
 struct OpRecord: Encodable {

@@ -286,7 +286,7 @@ final class JobRunner {
         return Sample(
             image_id: images.imageId(index), repeat: number, encoder_ns: timing.encoderNs,
             decoder_ns: timing.decoderNs, total_ns: timing.totalNs, thermal_state: thermal, t_ns: t,
-            tokens: timing.tokens)
+            tokens: timing.tokens, state_ns: timing.stateNs)
     }
 
     private func readComputePlan(urls: (encoder: URL, decoder: URL), units: MLComputeUnits, into record: inout StepRecord) async {

@@ -248,7 +248,8 @@ class IPhoneTarget:
             models.append(deploy_api.ModelSpec(variant_id=variant.variant_id, image_size=size,
                                                decode=dict(variant.decode), inputs=tuple(ids),
                                                decoder_length=getattr(variant.source, "decoder_length", None),
-                                               io=_runner_io(getattr(variant.source, "io", None))))
+                                               io=_runner_io(getattr(variant.source, "io", None)),
+                                               decoding=variant_decoding(variant)))
         # Compile once per device per run: the runner keeps what it compiles under the run's scope for the next
         # rounds (docs/runner.md); a request outside a run compiles in its own job, as before.
         spec = deploy_api.JobSpec(warmup=request.warmup, repeats=request.repeats, compute_plan=request.compute_plan,
@@ -322,7 +323,15 @@ def _compiles_by_variant(records: list[dict]) -> dict[str, dict]:
 
 
 RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decoder_image_embeds",
-                  "decoder_attention_mask", "decoder_output")
+                  "decoder_attention_mask", "decoder_output", "decoder_position", "encoder_cross_keys",
+                  "encoder_cross_values")
+
+
+def variant_decoding(variant) -> str:
+    """"kv_cache" when the variant's decoder keeps its cache in Core ML state (manifest io.decoding), else
+    "recompute" (also for manifests written before the decoder axis existed)."""
+    io = getattr(variant.source, "io", None) if variant is not None else None
+    return str((io or {}).get("decoding") or "recompute")
 
 
 def _runner_io(io: dict | None) -> dict | None:
@@ -335,6 +344,12 @@ def _runner_io(io: dict | None) -> dict | None:
         return dict(io)  # already in the runner's terms
     encoder, decoder = io.get("encoder") or {}, io.get("decoder") or {}
     decoder_inputs = list(decoder.get("input_names") or decoder.get("inputs") or [])
+    if io.get("decoding") == "kv_cache":
+        keys, values = list(encoder.get("output_names") or ("cross_keys", "cross_values"))
+        names = {"encoder_input": encoder.get("input"), "decoder_input_ids": "input_ids",
+                 "decoder_position": "position", "encoder_cross_keys": keys, "encoder_cross_values": values,
+                 "decoder_output": decoder.get("output")}
+        return {key: str(value) for key, value in names.items() if value}
     names = {"encoder_input": encoder.get("input"), "encoder_output": encoder.get("output"),
              "decoder_input_ids": next((n for n in decoder_inputs if "ids" in n), None),
              "decoder_image_embeds": next((n for n in decoder_inputs if "embed" in n), None),
