@@ -64,10 +64,10 @@ def test_an_old_history_is_migrated_and_a_newer_one_refused(tmp_path):
     con.execute("INSERT INTO samples (run_id, latency_ns, is_warmup) VALUES ('old', 5, false)")
     con.close()
     con = history.connect(path)
-    assert history.schema_version(con) == history.SCHEMA_VERSION == 3
+    assert history.schema_version(con) == history.SCHEMA_VERSION == 4
     columns = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
-    assert "decoder_steps" in columns
-    assert con.execute("SELECT latency_ns FROM samples WHERE run_id = 'old'").fetchone() == (5,)  # data kept
+    assert {"decoder_steps", "decoding", "state_ns", "first_token_ns", "token_ns"} <= columns
+    assert con.execute("SELECT latency_ns, decoding FROM samples WHERE run_id = 'old'").fetchone() == (5, "recompute")
     con.execute("INSERT INTO schema_version (version) VALUES (99)")
     con.close()
     with pytest.raises(RecordError, match="schema v99 is newer than this bench"):

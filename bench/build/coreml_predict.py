@@ -63,7 +63,26 @@ class CoreMLCaptioner:
         if batch.ndim != 4 or batch.shape[0] != 1:
             raise InputError(f"Core ML packages take one image at a time, shape [1,3,S,S]; got {list(batch.shape)}")
         decode = self.variant.decode if max_length is None else {**self.variant.decode, "max_length": max_length}
+        if (self.variant.io or {}).get("decoding") == "kv_cache":
+            return self._cached_tokens(batch, decode)
         return greedy_tokens(encode, step, batch, decode, self.variant.decoder_length)
+
+    def _cached_tokens(self, batch, decode: dict) -> list[int]:
+        """kv_cache variants (macOS 15+): one Core ML state per caption, one token per step (bench.build.kv_cache)."""
+        import numpy as np
+
+        from bench.build.kv_cache import CROSS_OUTPUTS, greedy_cached
+
+        encoded = self.encoder.predict({"pixel_values": batch})
+        cross = {name: encoded[name] for name in CROSS_OUTPUTS}
+        state = self.decoder.make_state()
+
+        def step(token, position):
+            features = {"input_ids": np.array([[token]], dtype=np.int32),
+                        "position": np.array([position], dtype=np.int32), **cross}
+            return self.decoder.predict(features, state=state)["logits"]
+
+        return greedy_cached(step, decode, self.variant.decoder_length)
 
 
 def load_coreml_captioner(variant, compute_unit: str = "all", workspace=None) -> CoreMLCaptioner:

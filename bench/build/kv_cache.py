@@ -43,8 +43,9 @@ def cross_encoder_module(model):
             self.vision_model = model.vision_model
             self.text_decoder = model.text_decoder
 
-        def forward(self, pixel_values):
-            embeds = self.vision_model(pixel_values=pixel_values)[0]
+        def forward(self, pixel_values, interpolate: bool = False):
+            # interpolate: host emulation of an image size other than the model's (never in an exported graph)
+            embeds = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)[0]
             attentions = [layer.crossattention.self for layer in self.text_decoder.bert.encoder.layer]
             keys = torch.stack([attention.key(embeds) for attention in attentions])
             values = torch.stack([attention.value(embeds) for attention in attentions])
@@ -186,11 +187,11 @@ class CachedDecoding:
         self.decoder.self_keys.zero_()
         self.decoder.self_values.zero_()
 
-    def encode(self, pixel_values) -> Any:
+    def encode(self, pixel_values, interpolate: bool = False) -> Any:
         import torch
 
         with torch.inference_mode():
-            return self.encoder(torch.as_tensor(pixel_values))
+            return self.encoder(torch.as_tensor(pixel_values), interpolate)
 
     def step(self, token: int, position: int, cross) -> Any:
         import torch
@@ -198,6 +199,10 @@ class CachedDecoding:
         with torch.inference_mode():
             ids = torch.tensor([[token]], dtype=torch.int32)
             return self.decoder(ids, torch.tensor([position], dtype=torch.int32), *cross)
+
+    def next_token(self, token: int, position: int, cross) -> int:
+        """One decoder step and its greedy choice (what the device times as one decoder call + argmax)."""
+        return int(self.step(token, position, cross)[0, -1].argmax())
 
     def caption(self, pixel_values, decode: dict[str, int]) -> list[int]:
         cross = self.encode(pixel_values)

@@ -27,6 +27,7 @@ COLUMNS = [
     "throttled_fraction", "stop_reason", "compile_ms", "cold_load_ms", "warm_load_ms", "first_prediction_ms",
     "total_bytes", "size_mb", "sparsity", "bits_per_weight", *FACT_COLUMNS, "bleu", "bleu_lo", "bleu_hi",
     "bleu_signature", "cider", "cider_lo", "cider_hi", "cider_scorer", "dataset",
+    "decoding", "encoder_ms", "first_token_ms", "token_ms", "tokens_per_s",
 ]
 
 
@@ -44,6 +45,7 @@ class ReportData:
     seed: dict[str, Any] | None = None  # bench.report.seed.seed_comparison: the seed study's figures next to ours
     drift: list[dict[str, Any]] = field(default_factory=list)  # imported models' output drift (bench.report.drift)
     device_quality: list[dict[str, Any]] = field(default_factory=list)  # bench.report.device_quality.rows
+    decoders: list[dict[str, Any]] = field(default_factory=list)  # bench.report.decoders.decoder_pairs
 
     @property
     def regressions(self) -> list[stats.Verdict]:
@@ -64,6 +66,7 @@ class ReportData:
             "seed": self.seed,
             "drift": self.drift,
             "device_quality": [{k: v for k, v in row.items() if k != "per_image"} for row in self.device_quality],
+            "decoders": self.decoders,
         })
 
 
@@ -94,7 +97,8 @@ def _jsonable(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- merged table
-SERIES_FIELDS = {"latency": "latency_ns", "encoder": "encoder_ns", "decoder": "decoder_ns", "steps": "decoder_steps"}
+SERIES_FIELDS = {"latency": "latency_ns", "encoder": "encoder_ns", "decoder": "decoder_ns", "steps": "decoder_steps",
+                 "first_token": "first_token_ns"}
 
 
 def series_samples(run: RunData) -> dict[tuple, dict[str, Any]]:
@@ -131,6 +135,7 @@ def merge_table(run: RunData):
         throttled = series["throttled"]
         summary["throttled_fraction"] = float(throttled.mean()) if len(throttled) else 0.0
         summary["tokens"] = float(np.median(series["steps"])) if len(series.get("steps", ())) else None
+        summary.update(decode_summary(series))
         summaries[key] = summary
     jobs_by_group: dict[tuple, list[dict]] = {}
     for job in run.jobs:
@@ -155,6 +160,8 @@ def merge_table(run: RunData):
             "emulated": kind == "host-torch",
             **{k: summary[k] for k in ("n", "median_ms", "p90_ms", "p99_ms", "iqr_ms", "ci_lo_ms", "ci_hi_ms")},
             "tokens": summary.get("tokens"),
+            "decoding": first.get("decoding") or ((manifest or {}).get("io") or {}).get("decoding") or "recompute",
+            **{k: summary.get(k) for k in ("encoder_ms", "first_token_ms", "token_ms", "tokens_per_s")},
             "unstable": any(bool(j.get("unstable")) for j in jobs),
             "throttled_fraction": summary.get("throttled_fraction", 0.0),
             "stop_reason": ",".join(sorted({str(j.get("stop_reason")) for j in jobs if j.get("stop_reason")})) or None,
@@ -170,6 +177,22 @@ def merge_table(run: RunData):
                              UNIT_ORDER.get(r["compute_unit"], 9), plan_order.get(r["variant_id"], 10**6), r["variant"]))
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.replace({np.nan: None}) if table.empty else table
+
+
+def decode_summary(series: dict[str, Any]) -> dict[str, float | None]:
+    """Medians of one series' decode figures (issue 14): encoder, time to first token, per-token decode time (the
+    decoder steps' mean per caption) and tokens per second of the whole caption. None where not stored."""
+    import numpy as np
+
+    def median(values) -> float | None:
+        return float(np.median(values)) if values is not None and len(values) else None
+
+    steps, latency = series.get("steps"), series.get("latency")
+    per_token = series["decoder"] / np.maximum(steps, 1) if "decoder" in series and steps is not None else None
+    rate = steps / (latency / 1e9) if steps is not None and latency is not None and len(latency) else None
+    scale = lambda v: None if v is None else v / 1e6  # noqa: E731
+    return {"encoder_ms": scale(median(series.get("encoder"))), "first_token_ms": scale(median(series.get("first_token"))),
+            "token_ms": scale(median(per_token)), "tokens_per_s": median(rate)}
 
 
 def _load_times(jobs: list[dict]) -> dict[str, float | None]:
@@ -382,6 +405,9 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
 
     report.drift, drift_notes = drift_rows(current)
     report.notes.extend(drift_notes)
+    from bench.report.decoders import decoder_pairs
+
+    report.decoders = decoder_pairs(current, table)
     earlier = [p for p in list_runs(current.workspace.results_dir) if p != current.run_dir.resolve()]
     earlier = [p for p in earlier if _created(p) <= current.created_at]
     if baseline is not None and history is not None:

@@ -108,7 +108,8 @@ def _median_ms(frame, column: str) -> float | None:
 def _series(frame) -> dict[str, Any]:
     """A job's samples as the arrays bench.report.verdicts.latency_verdicts reads."""
     series = {"latency": frame["latency_ns"].to_numpy(dtype="float64"), "image": _image_ids(frame)}
-    for name, column in (("encoder", "encoder_ns"), ("decoder", "decoder_ns"), ("steps", "decoder_steps")):
+    for name, column in (("encoder", "encoder_ns"), ("decoder", "decoder_ns"), ("steps", "decoder_steps"),
+                         ("first_token", "first_token_ns")):
         if column in frame.columns and len(frame) and not frame[column].isna().any():
             series[name] = frame[column].to_numpy(dtype="float64")
     return series
@@ -506,7 +507,7 @@ def sweep_explanations(run: RunData, table) -> list[dict[str, Any]]:
         twins = [r for r in rows if not r["target_sparsity"] and r["precision"] == row["precision"]
                  and (r["image_size"], r["resize"], r["model"]) == (row["image_size"], row["resize"], row["model"])
                  and r["target_id"] == row["target_id"]
-                 and r["compute_unit"] == row["compute_unit"]]
+                 and r["compute_unit"] == row["compute_unit"] and r.get("decoding") == row.get("decoding")]
         if twins:
             explanations.append(explain(run, row["variant_id"], twins[0]["variant_id"], device=row["target_id"],
                                         compute_unit=row["compute_unit"], check_variants=False))

@@ -54,6 +54,16 @@ def view_model(report: ReportData) -> dict[str, Any]:
                          "tables": [{"title": "Output drift vs the family reference on cpuOnly",
                                      "columns": DRIFT_COLUMNS, "rows": [drift_cells(r) for r in report.drift]}],
                          "figures": ["drift"] if "drift" in figs else []})
+    if report.decoders:
+        from bench.report import decoders
+
+        sections.append({"id": "decoders", "title": "Decoder: recompute vs kv_cache",
+                         "notes": ["The same compressed weights decoded two ways: recomputing every position per "
+                                   "token vs the self-attention cache in Core ML state (iOS 18). Paired by image; "
+                                   "the recomputing decoder is the baseline.",
+                                   *(decoders.verdict_line(pair) for pair in report.decoders)],
+                         "tables": [{"title": "recompute vs kv_cache", "columns": decoders.COLUMNS,
+                                     "rows": [r for pair in report.decoders for r in decoders.pair_cells(pair)]}]})
     if report.baseline:
         regressions = report.regressions
         sections.append({"id": "verdicts", "title": f"Verdicts vs {report.baseline['kind']} "

@@ -15,10 +15,12 @@ from bench.errors import InputError
 from bench.paths import Workspace
 from bench.store import records
 
-KINDS = {"bench.run": 3, "bench.jobresult": 1, "bench.variant": 1, "bench.eval": 1}
+KINDS = {"bench.run": 3, "bench.jobresult": 2, "bench.variant": 1, "bench.eval": 1}
 SAMPLE_COLUMNS = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
                   "compute_unit", "image_id", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns", "thermal_state",
                   "throttled", "decoder_steps"]
+# Per-token timings (issue 14), absent from tables written before it: such runs derive them from their job records.
+TOKEN_COLUMNS = ["decoding", "state_ns", "first_token_ns", "token_ns"]
 
 
 def _ensure_kinds() -> None:
@@ -167,18 +169,21 @@ def _read_run_dir(run_dir: Path):
     if manifest.get("tables_written") and parquet.is_file():
         store.verify_tables(run_dir, manifest, (store.SAMPLES_FILE,))
         samples = _read_samples_parquet(parquet)  # only the columns the report needs: most of a big run's read time
+        if any(column not in samples.columns for column in TOKEN_COLUMNS):
+            samples = store.build_tables(manifest, job_records)[0]  # written before issue 14: from the records
     else:
         samples = store.build_tables(manifest, job_records)[0]  # unfinished run: derived from the job records
-    return manifest, jobs, samples[[c for c in SAMPLE_COLUMNS if c in samples.columns]]
+    return manifest, jobs, samples[[c for c in SAMPLE_COLUMNS + TOKEN_COLUMNS if c in samples.columns]]
 
 
 def _read_samples_parquet(path: Path):
-    from bench.store.runs import read_table
+    from bench.store.runs import check_table, read_table
 
     keys = ["job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
             "compute_unit", "image_id", "thermal_state"]
     # only the columns the report needs (most of a big run's read time), checked like every reader's
-    frame = read_table(path, SAMPLE_COLUMNS, read_dictionary=keys)
+    present = set(check_table(path, SAMPLE_COLUMNS).names)
+    frame = read_table(path, SAMPLE_COLUMNS + [c for c in TOKEN_COLUMNS if c in present], read_dictionary=keys)
     for key in keys:  # categoricals group fast; plain strings compare like the job records' values
         if key in frame.columns and hasattr(frame[key], "cat"):
             frame[key] = frame[key].cat.remove_unused_categories()

@@ -38,6 +38,12 @@ def render_report(report: ReportData) -> str:
 
         lines += ["### Output drift vs the family reference on cpuOnly (imported models)", ""]
         lines += _table(DRIFT_COLUMNS, [drift_cells(row) for row in report.drift]) + [""]
+    if report.decoders:
+        from bench.report import decoders
+
+        lines += ["### Decoder: recompute vs kv_cache (same weights, paired by image)", ""]
+        lines += _table(decoders.COLUMNS, [r for pair in report.decoders for r in decoders.pair_cells(pair)]) + [""]
+        lines += [f"- {esc(decoders.verdict_line(pair))}" for pair in report.decoders] + [""]
     if report.baseline:
         lines += [f"### Verdicts vs {esc(report.baseline['kind'])} {esc(', '.join(report.baseline['run_ids']))}", ""]
         regressions = report.regressions

@@ -9,7 +9,7 @@ from bench.report.data import ReportData
 from bench.report.escape import rich as esc
 
 
-TEXT_COLUMNS = {"variant", "unit", "device", "captions changed", "flags", "metric", "what", "verdict", "note", "op", "type", "unit(s)", "package",
+TEXT_COLUMNS = {"variant", "unit", "decoder", "device", "captions changed", "flags", "metric", "what", "verdict", "note", "op", "type", "unit(s)", "package",
                 "preferred unit(s)", "seed row", "our variant", "agreement", "why"}
 
 
@@ -47,6 +47,13 @@ def render_report(report: ReportData, console) -> None:
                              device_quality.table_cells(report.device_quality), caption=device_quality.NOTES[0]))
     if report.seed:
         render_seed(report.seed, console)
+    if report.decoders:
+        from bench.report import decoders
+
+        rows = [r for pair in report.decoders for r in decoders.pair_cells(pair)]
+        console.print(_table("Decoder: recompute vs kv_cache (same weights, paired by image)", decoders.COLUMNS, rows))
+        for pair in report.decoders:
+            console.print(esc(decoders.verdict_line(pair)))
     if report.baseline:
         title = f"Verdicts vs {report.baseline['kind']} {', '.join(report.baseline['run_ids'])}"
         rows = [cells.verdict_cells(v) for v in cells.shown_verdicts(report)]

@@ -434,6 +434,10 @@ def latency_verdicts(past: list[dict], now: dict, *, key: str) -> list[Verdict]:
     # the token counts differ (otherwise it is the whole-caption verdict again).
     for part in parts[:2] + ([] if tokens_differ else parts[2:]):
         part.regression = False
+    if all("first_token" in s for s in sides):  # issue 14: what a user waits for before the caption starts
+        first = _compare(past, now, lambda s: s["first_token"], key=key, metric="latency: time to first token")
+        first.regression = False  # a part: the encoder and per-step verdicts say where a regression is
+        parts.insert(1, first)
     return [whole, tokens, *parts]
 
 

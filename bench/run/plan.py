@@ -96,9 +96,11 @@ def variant_ref(manifest: Any, path: Path | None = None) -> VariantRef:
     if not isinstance(decode, dict):
         decode = decode.model_dump() if hasattr(decode, "model_dump") else dict(decode.__dict__)
     directory = path or get("path") or get("directory")
+    io = get("io") or {}
     return VariantRef(variant_id=variant_id, name=get("name") or variant_id, variant_hash=variant_hash,
                       path=Path(directory) if directory else None, image_size=get("image_size"),
-                      decode={k: int(v) for k, v in decode.items() if v is not None}, source=manifest)
+                      decode={k: int(v) for k, v in decode.items() if v is not None}, source=manifest,
+                      decoding=str(io.get("decoding") or "recompute") if isinstance(io, dict) else "recompute")
 
 
 def select_variants(available: list[VariantRef], wanted: list[str]) -> list[VariantRef]:

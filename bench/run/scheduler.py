@@ -30,7 +30,9 @@ from bench.run.executor import Executor, LocalExecutor
 from bench.run.manifest import RunManifest
 from bench.run.plan import Series, round_order
 from bench.run.stats import StopRule, median_ci, stop_reason
-from bench.run.targets.base import Conditions, ImageItem, Interrupted, RoundRequest, Step, StepResult
+from bench.run.targets.base import (
+    Conditions, ImageItem, Interrupted, RoundRequest, Step, StepResult, variant_decoding,
+)
 from bench.run.targets.iphone import is_transient
 from bench.store import records
 from bench.store.environment import now_iso
@@ -378,7 +380,7 @@ class Scheduler:
         record = {
             "job_key": step.job_key, "series_key": step.series_key, "round": step.round,
             "variant_id": step.variant.variant_id, "variant_name": step.variant.name,
-            "variant_hash": step.variant.variant_hash,
+            "variant_hash": step.variant.variant_hash, "decoding": variant_decoding(step.variant),
             "target": {"kind": target.kind, "id": target.id, "name": target.name, "label": target.label,
                        "model": conditions.device_model or getattr(target, "model", None),
                        "os_build": conditions.os_build or getattr(target, "os_build", None)},

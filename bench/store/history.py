@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.errors import InputError, RecordError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SAMPLES_V1_DDL = """CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR, job_key VARCHAR, variant_id VARCHAR, variant_hash VARCHAR, target_kind VARCHAR,
@@ -53,7 +53,15 @@ def _v3(con) -> None:
                    tokens JSON, caption VARCHAR)""")
 
 
-MIGRATIONS: dict[int, Callable] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(con) -> None:
+    """v4 (issue 14): how each sample was decoded (recompute | kv_cache), the Core ML state's creation, time to first
+    token and per-token decode time. Older rows were all recomputing decoders."""
+    for column, kind in (("decoding", "VARCHAR DEFAULT 'recompute'"), ("state_ns", "BIGINT"),
+                         ("first_token_ns", "BIGINT"), ("token_ns", "DOUBLE")):
+        con.execute(f"ALTER TABLE samples ADD COLUMN IF NOT EXISTS {column} {kind}")
+
+
+MIGRATIONS: dict[int, Callable] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def connect(path: Path | str, *, read_only: bool = False):

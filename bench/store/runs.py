@@ -34,7 +34,8 @@ from bench.errors import RecordError
 from bench.store import records
 
 RUN_KIND, RUN_VERSION = "bench.run", 3
-JOB_KIND, JOB_VERSION = "bench.jobresult", 1
+JOB_KIND, JOB_VERSION = "bench.jobresult", 2
+DECODINGS = ("recompute", "kv_cache")
 
 
 @records.migration(RUN_KIND, 1)
@@ -53,6 +54,15 @@ def _run_v2_to_v3(run: dict[str, Any]) -> dict[str, Any]:
     run.setdefault("device_quality", None)
     return run
 
+
+@records.migration(JOB_KIND, 1)
+def _job_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """v2 says how the variant decoded (`decoding`: recompute | kv_cache, issue 14) and its samples may carry
+    `state_ns` (making the caption's Core ML state). Every v1 job ran a recomputing decoder: there was no other."""
+    record.setdefault("decoding", "recompute")
+    return record
+
+
 MANIFEST_NAME = "run.json"
 JOBS_DIR = "jobs"
 SAMPLES_FILE, JOBS_FILE, PLANS_FILE = "samples.parquet", "jobs.parquet", "compute_plans.parquet"
@@ -60,8 +70,11 @@ SAMPLES_FILE, JOBS_FILE, PLANS_FILE = "samples.parquet", "jobs.parquet", "comput
 SAMPLE_COLUMNS = (
     "run_id", "job_key", "variant_id", "variant_hash", "target_kind", "target_id", "device_model", "os_build",
     "compute_unit", "round", "image_id", "repeat", "is_warmup", "latency_ns", "encoder_ns", "decoder_ns",
-    "decoder_steps", "thermal_state", "throttled", "t_ns",
+    "decoder_steps", "thermal_state", "throttled", "t_ns", "decoding", "state_ns", "first_token_ns", "token_ns",
 )
+# Appended by issue 14 (decoder: recompute | kv_cache); a table written before lacks them and is rebuilt from the job
+# records, which hold every per-token time (samples[].decoder_ns), when a reader needs them.
+SAMPLE_COLUMNS_SINCE_DECODING = ("decoding", "state_ns", "first_token_ns", "token_ns")
 JOB_COLUMNS = (
     "run_id", "job_key", "series_key", "round", "variant_id", "variant_name", "variant_hash", "target_kind",
     "target_id", "target_name", "target_label", "device_model", "os_build", "compute_unit", "n_samples", "n_warmup",
@@ -70,7 +83,7 @@ JOB_COLUMNS = (
     "cold_load_encoder_ns", "cold_load_decoder_ns", "warm_load_encoder_ns", "warm_load_decoder_ns",
     "first_prediction_ns", "charging", "battery_level", "battery_temperature_c", "low_power_mode",
     "thermal_state_start", "gate_wait_s", "gate_outcome", "coremltools", "torch", "bench_version", "git_commit",
-    "started_at", "finished_at", "elapsed_s", "compiles",
+    "started_at", "finished_at", "elapsed_s", "compiles", "decoding",
 )
 PLAN_COLUMNS = ("run_id", "variant_id", "target_id", "compute_unit", "package", "op_name", "op_type", "preferred",
                 "supported", "cost")
@@ -235,6 +248,8 @@ def load_run(run_dir: Path | str) -> RunData:
     if all(path.exists() for path in tables) and manifest.get("tables_written"):
         verify_tables(run_dir, manifest)
         samples, jobs, plans = (read_table(path) for path in tables)
+        if any(column not in samples.columns for column in SAMPLE_COLUMNS_SINCE_DECODING):
+            samples = build_tables(manifest, job_records)[0]  # written before issue 14: derive from the records
     else:
         samples, jobs, plans = build_tables(manifest, job_records)
     return RunData(run_dir, manifest, samples, jobs, plans, job_records)
@@ -246,8 +261,10 @@ _TYPED_COLUMNS = {"is_warmup": "bool", "throttled": "bool", "unstable": "bool", 
 # The columns readers cannot do without. Later columns (appended, never renamed) may be absent from older tables.
 _REQUIRED_JOB_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in (
     "median_ns", "series_n", "series_median_ns", "series_ci_low_ns", "series_ci_high_ns", "series_ci_rel",
-    "battery_temperature_c", "gate_wait_s", "gate_outcome", "started_at", "finished_at", "elapsed_s", "compiles"))
-_TABLE_COLUMNS = {SAMPLES_FILE: SAMPLE_COLUMNS, JOBS_FILE: _REQUIRED_JOB_COLUMNS, PLANS_FILE: PLAN_COLUMNS}
+    "battery_temperature_c", "gate_wait_s", "gate_outcome", "started_at", "finished_at", "elapsed_s", "compiles",
+    "decoding"))
+_REQUIRED_SAMPLE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in SAMPLE_COLUMNS_SINCE_DECODING)
+_TABLE_COLUMNS = {SAMPLES_FILE: _REQUIRED_SAMPLE_COLUMNS, JOBS_FILE: _REQUIRED_JOB_COLUMNS, PLANS_FILE: PLAN_COLUMNS}
 
 
 def check_table(path: Path, columns: tuple[str, ...] | list[str] | None = None):
@@ -364,6 +381,7 @@ def _sample_rows(run_id: str, record: dict) -> list[dict]:
         "round": record["round"],
     }
     rows = []
+    decoding = record.get("decoding") or "recompute"
     for is_warmup, samples in ((True, record.get("warmup") or []), (False, record.get("samples") or [])):
         for sample in samples:
             decoder = sample.get("decoder_ns") or []
@@ -373,8 +391,21 @@ def _sample_rows(run_id: str, record: dict) -> list[dict]:
                 "decoder_ns": int(sum(decoder)), "decoder_steps": len(decoder),
                 "thermal_state": sample.get("thermal_state"),
                 "throttled": sample.get("thermal_state") not in (None, "nominal"), "t_ns": sample.get("t_ns"),
+                "decoding": decoding, **token_timings(sample),
             })
     return rows
+
+
+def token_timings(sample: dict) -> dict[str, int | float | None]:
+    """A caption's decode timings from its per-token times (`decoder_ns`, one per generated token):
+    state_ns (kv_cache: making the Core ML state), first_token_ns = time to first token (encoder + state + the first
+    decoder step), token_ns = mean time of the steps after the first (per-token decode time; None with one step).
+    None where the sample lacks the parts (a target that does not time the encoder)."""
+    decoder = sample.get("decoder_ns") or []
+    encoder, state = sample.get("encoder_ns"), sample.get("state_ns")
+    first = encoder + (state or 0) + decoder[0] if decoder and encoder is not None else None
+    rest = decoder[1:]
+    return {"state_ns": state, "first_token_ns": first, "token_ns": sum(rest) / len(rest) if rest else None}
 
 
 def _job_row(run_id: str, record: dict) -> dict:
@@ -412,6 +443,7 @@ def _job_row(run_id: str, record: dict) -> dict:
         "elapsed_s": record.get("elapsed_s"),
         # packages compiled on the device for this job (iPhone: each once per device per run), None when not told
         "compiles": load.get("compiles"),
+        "decoding": record.get("decoding") or "recompute",
     }
 
 

@@ -143,6 +143,47 @@ class Placement:
                  "cost": op.cost} for op in self.ops]
 
 
+@dataclass(frozen=True)
+class Interface:
+    """A package's feature description, as Core ML's MLModelDescription shows it: inputs, outputs, and the state
+    tensors (iOS 18 MLState; `stateDescriptionsByName`) — what `makeState()` allocates."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    states: dict  # name -> shape
+    state_bytes: int
+
+
+def read_interface(package: Path) -> Interface:
+    """The package's description read from its protobuf (Model.description: input, output, state)."""
+    spec_file = Path(package) / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    try:
+        stat = spec_file.stat()
+    except OSError as err:
+        raise ModelUnreadable(f"{spec_file.name}: {err.strerror}") from None
+    return _read_interface_cached(str(spec_file), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _read_interface_cached(spec_file: str, _mtime_ns: int, _size: int) -> Interface:
+    Model_pb2, _ = _proto_modules()
+    model = Model_pb2.Model()
+    try:
+        model.ParseFromString(Path(spec_file).read_bytes())
+    except Exception as err:  # protobuf's DecodeError and friends: a corrupt or foreign file
+        raise ModelUnreadable(f"cannot parse the model specification ({type(err).__name__})") from None
+    description = model.description
+    states, state_bytes = {}, 0
+    for state in description.state:
+        array = state.type.stateType.arrayType
+        shape = [int(d) for d in array.shape]
+        states[state.name] = shape
+        bits = 16 if array.dataType == Model_pb2.ArrayFeatureType.FLOAT16 else 32
+        state_bytes += _count(shape) * bits // 8
+    return Interface(tuple(i.name for i in description.input), tuple(o.name for o in description.output), states,
+                     state_bytes)
+
+
 def read_program(package: Path) -> tuple[Op, ...]:
     """The operations of `main` (program order, nested blocks included) with their work and weight traffic."""
     spec_file = Path(package) / "Data" / "com.apple.CoreML" / "model.mlmodel"

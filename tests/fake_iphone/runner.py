@@ -26,12 +26,15 @@ import os
 import random
 from pathlib import Path
 
-from .coreml_model import CoreMLRules, ModelUnreadable, Placement, place, read_program
+from .coreml_model import CoreMLRules, ModelUnreadable, Placement, place, read_interface, read_program
 
 UNIT_FACTOR = {"cpuOnly": 1.0, "cpuAndGPU": 0.55, "cpuAndNeuralEngine": 0.3, "all": 0.28}  # unreadable packages only
 RUNNER_PROCESS = "BenchRunner"
 COMPUTE_PLAN_MIN_IOS = (17, 4)
 RUNNER_OVERHEAD_NS = 40_000  # the runner's own work per caption (argmax, building inputs) outside the predictions
+STATE_MIN_IOS = (18, 0)  # MLState (kv_cache decoding)
+MAKE_STATE_NS = 15_000  # makeState(): allocating and zeroing the state buffers, plus this per byte
+MAKE_STATE_NS_PER_BYTE = 0.05
 
 
 def launch(device, bundle_id: str, arguments: list[str], environment: dict, options: dict):
@@ -165,12 +168,15 @@ async def _measure(device, job: dict, bench: Path, results: Path, log) -> None:
         if faults.unplug_while_running:
             faults.unplug_while_running = False
             device.unplug()
+        stateful, state_error = (None, None) if missing else _stateful(device, model, encoder, decoder)
         if missing:
             steps_out.append(_step(model, unit, f"missing on device: {', '.join(p.name for p in missing)}", [], []))
+        elif state_error is not None:
+            steps_out.append(_step(model, unit, state_error, [], []))
         else:
             size = _tree_bytes(encoder) + _tree_bytes(decoder)
             placements, unreadable = _placements(encoder, decoder, unit, device.coreml)
-            timing = (size, placements)
+            timing = (size, placements, stateful)
             warm = [_sample(device, model, unit, i, r, timing, clock + r) for r in range(job["warmup"])
                     for i in model["inputs"][:1]]
             samples = []
@@ -243,6 +249,31 @@ def _placements(encoder: Path, decoder: Path, unit: str,
         return None, str(err)
 
 
+def _stateful(device, model: dict, encoder: Path, decoder: Path):
+    """For a kv_cache model (job `decoding`), what the Swift runner's cachedCaption meets: iOS 18 or the step fails;
+    the decoder's state description (read from its protobuf, what makeState allocates) must exist; the encoder must
+    output, and the decoder take, the job's feature names. Returns (decoder interface or None, step error or None)."""
+    if model.get("decoding") != "kv_cache":
+        return None, None
+    if _ios_version(device.ios) < STATE_MIN_IOS:
+        return None, f"model {model['variant_id']} decodes with a kv_cache in Core ML state, which needs iOS 18 or later"
+    try:
+        outputs, step = read_interface(encoder).outputs, read_interface(decoder)
+    except ModelUnreadable as err:
+        return None, f"cannot load the model: {err}"
+    if not step.states:
+        return None, "MLModel.makeState: the decoder declares no state (not a kv_cache package)"
+    io = model.get("io") or {}
+    cross = [io.get("encoder_cross_keys", "cross_keys"), io.get("encoder_cross_values", "cross_values")]
+    for name in cross:
+        if name not in outputs:
+            return None, f"the model has no output named {name} (set the job's io names to match the exported model)"
+    for name in [io.get("decoder_input_ids", "input_ids"), io.get("decoder_position", "position"), *cross]:
+        if name not in step.inputs:
+            return None, f"the decoder has no input named {name}"
+    return step, None
+
+
 def _compute_plan(device, placements, unreadable) -> tuple[dict | None, str | None]:
     """What the Swift runner's readComputePlan writes: the plan, or null and why (old iOS, unreadable model)."""
     if _ios_version(device.ios) < COMPUTE_PLAN_MIN_IOS:
@@ -258,7 +289,7 @@ def _ios_version(text: str) -> tuple[int, ...]:
 
 
 def _sample(device, model: dict, unit: str, image: dict, repeat: int, timing, clock: int) -> dict:
-    size, placements = timing
+    size, placements, stateful = timing
     rng = _seeded(device.udid, model["variant_id"], unit, image["image_id"], repeat)
     # The caption is a property of the model and the image, not of the repeat or compute unit: its length (decoder
     # calls) depends on the image only, so latency differences between variants come from their placement.
@@ -278,9 +309,13 @@ def _sample(device, model: dict, unit: str, image: dict, repeat: int, timing, cl
     # Generated ids without bos, eos included: one per decoder step (docs/runner.md).
     tokens = decoded or [words.randint(1000, 30000) for _ in range(steps - 1)] + [model["decode"]["eos_id"]]
     overhead = 0 if placements is None else RUNNER_OVERHEAD_NS * steps
+    # kv_cache: one makeState() per caption (Swift: cachedCaption), timed apart and part of the total; else null.
+    state_ns = None if stateful is None else \
+        int((MAKE_STATE_NS + stateful.state_bytes * MAKE_STATE_NS_PER_BYTE) * _noise(rng))
     return {"image_id": image["image_id"], "repeat": repeat, "encoder_ns": encoder_ns, "decoder_ns": decoder_ns,
-            "total_ns": encoder_ns + sum(decoder_ns) + overhead,
-            "thermal_state": "fair" if clock % 7 == 6 else "nominal", "t_ns": clock * 50_000_000, "tokens": tokens}
+            "total_ns": encoder_ns + (state_ns or 0) + sum(decoder_ns) + overhead,
+            "thermal_state": "fair" if clock % 7 == 6 else "nominal", "t_ns": clock * 50_000_000, "tokens": tokens,
+            "state_ns": state_ns}
 
 
 def _noise(rng: random.Random) -> float:

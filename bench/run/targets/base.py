@@ -46,6 +46,7 @@ class VariantRef:
     image_size: int | None = None
     decode: dict[str, int] = field(default_factory=dict)
     source: Any = field(default=None, compare=False, repr=False)
+    decoding: str = "recompute"  # or "kv_cache": the decoder's self-attention cache in Core ML state (issue 14)
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,12 @@ def describe(target: Target) -> dict[str, Any]:
                  "compute_units": list(target.compute_units)}
     selector = getattr(target, "selector", None)  # how to find it again on resume (lab phones: iphone:…, model:…)
     return {**described, "selector": selector} if selector else described
+
+
+def variant_decoding(variant) -> str:
+    """"kv_cache" when the variant's decoder keeps its cache in Core ML state (manifest io.decoding), else
+    "recompute" (also for manifests written before the decoder axis existed)."""
+    if variant is None:
+        return "recompute"
+    io = getattr(variant.source, "io", None) or {}
+    return str(io.get("decoding") or getattr(variant, "decoding", None) or "recompute")

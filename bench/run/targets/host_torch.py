@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.run.targets.base import (
-    HOST_EMULATION_LABEL, Conditions, Interrupted, RoundRequest, StepResult, VariantRef,
+    HOST_EMULATION_LABEL, Conditions, Interrupted, RoundRequest, StepResult, VariantRef, variant_decoding,
 )
 from bench.store.environment import now_iso
 
@@ -224,6 +224,50 @@ class HostTorchTarget:
         return warmup, samples, quality
 
     def _predict(self, captioner, variant: VariantRef, pixel_values, image_id: str, repeat: int) -> dict:
+        if variant_decoding(variant) == "kv_cache":
+            return self._predict_cached(captioner, variant, pixel_values, image_id, repeat)
+        return self._predict_recomputing(captioner, variant, pixel_values, image_id, repeat)
+
+    def _cached_decoding(self, captioner, variant: VariantRef):
+        """The exported kv_cache modules around this variant's resident model (made once per loaded model)."""
+        from bench.build.kv_cache import CachedDecoding
+
+        cached = getattr(captioner, "_bench_cached_decoding", None)
+        if cached is None:
+            length = int(getattr(variant.source, "decoder_length", None) or _decode_ids(captioner, variant)["max_length"])
+            cached = CachedDecoding(captioner.model, int(variant.image_size or captioner.image_size), length)
+            object.__setattr__(captioner, "_bench_cached_decoding", cached)  # Captioner may be a frozen dataclass
+        return cached
+
+    def _predict_cached(self, captioner, variant: VariantRef, pixel_values, image_id: str, repeat: int) -> dict:
+        """kv_cache variants: the device's cached loop (bench.build.kv_cache) — the encoder graph once (vision +
+        the cross-attention keys/values), a fresh float16 cache per caption (the device's makeState, `state_ns`),
+        then one single-token step per generated token."""
+        cached = self._cached_decoding(captioner, variant)
+        decode = _decode_ids(captioner, variant)
+        interpolate = int(pixel_values.shape[-1]) != int(captioner.model.config.vision_config.image_size)
+        t_start = time.perf_counter_ns()
+        begin = time.perf_counter_ns()
+        cross = cached.encode(pixel_values, interpolate)
+        encoder_ns = time.perf_counter_ns() - begin
+        begin = time.perf_counter_ns()
+        cached.reset()
+        state_ns = time.perf_counter_ns() - begin
+        decoder_ns: list[int] = []
+        generated: list[int] = []
+        token = decode["bos_id"]
+        for position in range(min(cached.decoder_length, decode["max_length"]) - 1):
+            begin = time.perf_counter_ns()
+            token = cached.next_token(token, position, cross)
+            decoder_ns.append(time.perf_counter_ns() - begin)
+            generated.append(token)
+            if token == decode["eos_id"]:
+                break
+        total = time.perf_counter_ns() - t_start
+        return {"image_id": image_id, "repeat": repeat, "encoder_ns": encoder_ns, "decoder_ns": decoder_ns,
+                "total_ns": total, "thermal_state": None, "t_ns": t_start, "tokens": generated, "state_ns": state_ns}
+
+    def _predict_recomputing(self, captioner, variant: VariantRef, pixel_values, image_id: str, repeat: int) -> dict:
         """Encoder once, then one decoder call per token with the deployed decoder's fixed input length.
 
         The Core ML decoder takes `input_ids` and `attention_mask` of shape [1, decoder_length] (ids after step t

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import DeviceError
-from bench.run.targets.base import COMPUTE_UNITS, Conditions, Interrupted, RoundRequest, StepResult
+from bench.run.targets.base import (
+    COMPUTE_UNITS, Conditions, Interrupted, RoundRequest, StepResult, variant_decoding,
+)
 from bench.store.environment import now_iso
 
 # Failures of transport or of a runner process: worth retrying with backoff. The others (not paired, Developer Mode
@@ -326,12 +328,6 @@ RUNNER_IO_KEYS = ("encoder_input", "encoder_output", "decoder_input_ids", "decod
                   "decoder_attention_mask", "decoder_output", "decoder_position", "encoder_cross_keys",
                   "encoder_cross_values")
 
-
-def variant_decoding(variant) -> str:
-    """"kv_cache" when the variant's decoder keeps its cache in Core ML state (manifest io.decoding), else
-    "recompute" (also for manifests written before the decoder axis existed)."""
-    io = getattr(variant.source, "io", None) if variant is not None else None
-    return str((io or {}).get("decoding") or "recompute")
 
 
 def _runner_io(io: dict | None) -> dict | None:

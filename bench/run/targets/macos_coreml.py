@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, PlatformUnavailable
 from bench.run.generic import GenericSettings, InputSet, capped, function_of, is_imported, make_inputs
-from bench.run.targets.base import Conditions, Interrupted, RoundRequest, Step, StepResult
+from bench.run.targets.base import Conditions, Interrupted, RoundRequest, Step, StepResult, variant_decoding
 from bench.store.environment import now_iso
 
 _COMPUTE_UNIT_NAMES = {"cpuOnly": "CPU_ONLY", "cpuAndGPU": "CPU_AND_GPU", "cpuAndNeuralEngine": "CPU_AND_NE",
@@ -97,6 +97,47 @@ class MacCoreMLTarget:
         return array.numpy() if hasattr(array, "numpy") else array
 
     def _predict(self, encoder, decoder, variant, pixel_values, image_id: str, repeat: int) -> dict:
+        if variant_decoding(variant) == "kv_cache":
+            return self._predict_cached(encoder, decoder, variant, pixel_values, image_id, repeat)
+        return self._predict_recomputing(encoder, decoder, variant, pixel_values, image_id, repeat)
+
+    def _predict_cached(self, encoder, decoder, variant, pixel_values, image_id: str, repeat: int) -> dict:
+        """kv_cache variants (macOS 15+): the runner's cached loop through coremltools' state API — the encoder
+        once (cross-attention keys/values), `decoder.make_state()` per caption (`state_ns`), then one
+        `decoder.predict(..., state=state)` per token with [[token]] at [position], read at logits[0, 0]
+        (manifest io.decoder.usage). Unverified here: needs macOS."""
+        import numpy as np
+
+        io = getattr(variant.source, "io", None) or {}
+        enc_io, dec_io = io.get("encoder", {}), io.get("decoder", {})
+        ids_name, position_name, *cross_names = dec_io.get("input_names",
+                                                           ["input_ids", "position", "cross_keys", "cross_values"])
+        decode = variant.decode
+        length = int(getattr(variant.source, "decoder_length", None) or decode["max_length"])
+        t_start = time.perf_counter_ns()
+        begin = time.perf_counter_ns()
+        encoded = encoder.predict({enc_io.get("input", "pixel_values"): pixel_values})
+        encoder_ns = time.perf_counter_ns() - begin
+        cross = {name: encoded[name] for name in cross_names}
+        begin = time.perf_counter_ns()
+        state = decoder.make_state()
+        state_ns = time.perf_counter_ns() - begin
+        decoder_ns, tokens, token = [], [], decode["bos_id"]
+        for position in range(min(length, decode["max_length"]) - 1):
+            features = {ids_name: np.array([[token]], dtype=np.int32),
+                        position_name: np.array([position], dtype=np.int32), **cross}
+            begin = time.perf_counter_ns()
+            logits = decoder.predict(features, state=state)[dec_io.get("output", "logits")]
+            token = int(np.argmax(logits[0, -1]))
+            decoder_ns.append(time.perf_counter_ns() - begin)
+            tokens.append(token)
+            if token == decode["eos_id"]:
+                break
+        return {"image_id": image_id, "repeat": repeat, "encoder_ns": encoder_ns, "decoder_ns": decoder_ns,
+                "total_ns": time.perf_counter_ns() - t_start, "thermal_state": None, "t_ns": t_start,
+                "tokens": tokens, "state_ns": state_ns}
+
+    def _predict_recomputing(self, encoder, decoder, variant, pixel_values, image_id: str, repeat: int) -> dict:
         """Same loop as the runner: encoder once, then fixed-length decoder calls read at logits[0, t]
         (manifest io.decoder.usage). Unverified here: needs macOS."""
         import numpy as np
