@@ -112,6 +112,8 @@ def test_stateful_package_on_a_fake_iphone_gives_per_token_samples_to_store_repo
     metrics = {part["metric"]: part for part in answer["measured"]["parts"]}
     assert "latency: time to first token" in metrics
     assert metrics["latency: decoder per step"]["relative"] < 0
+    assert (answer["a"]["decoding"], answer["b"]["decoding"]) == ("kv_cache", "recompute")
+    assert any(line.startswith("The decoders differ: fp32+kv keeps the self-attention cache") for line in answer["answer"])
 
 
 def test_kv_cache_on_an_ios17_phone_fails_its_steps_with_the_reason_and_keeps_the_other(

@@ -122,6 +122,7 @@ def explanation_summary(explanation: dict) -> str:
 def shown_verdicts(report: ReportData) -> list:
     """Whole-caption latency verdicts always; latency parts and tokens per caption when DIFFERENT (they say where a
     change is); size, sparsity and quality when not SAME (they are SAME for a rerun)."""
-    parts = ("latency: encoder", "latency: decoder per step", "latency at fixed length", "tokens per caption")
+    parts = ("latency: encoder", "latency: time to first token", "latency: decoder per step", "latency at fixed length",
+             "tokens per caption")
     return [v for v in report.verdicts if v.metric == "latency median"
             or (v.outcome == "DIFFERENT" if v.metric in parts else v.outcome != "SAME")]

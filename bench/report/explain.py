@@ -290,7 +290,8 @@ def explain(run: RunData, a: str, b: str, *, device: str | None = None, compute_
     plan = compute_plan_difference(job_a.get("compute_plan"), job_b.get("compute_plan"), package_ms_a, package_ms_b)
     target = job_a.get("target") or {}
     result = {
-        "run_id": run.run_id, "a": {"name": name_a, "variant_id": a_id}, "b": {"name": name_b, "variant_id": b_id},
+        "run_id": run.run_id, "a": {"name": name_a, "variant_id": a_id, "decoding": job_a.get("decoding")},
+        "b": {"name": name_b, "variant_id": b_id, "decoding": job_b.get("decoding")},
         "target": target_label(target.get("kind"), target.get("model"), target.get("name")),
         "target_kind": target.get("kind"), "compute_unit": job_a["compute_unit"],
         "measured": measured, "static": static, "compute_plan": plan,
@@ -336,6 +337,7 @@ def summarize(result: dict[str, Any]) -> list[str]:
         lines.append("These are host-torch numbers: host emulation (not Core ML) — dense PyTorch weights on the host "
                      "CPU; they say nothing about a phone.")
     lines += _part_sentences(result)
+    lines += _decoding_sentences(result)
     lines += _size_sentences(result["static"], phone_note=on_host)
     if not on_host:
         lines += _plan_sentences(result)
@@ -388,7 +390,8 @@ def _part_sentences(result: dict[str, Any]) -> list[str]:
         lines.append(f"Token counts differ — {tokens['detail']}: whole-caption times are not like for like; the "
                      "latency of a caption of fixed length is the fair comparison.")
     described = []
-    for metric, label in (("latency: encoder", "encoder"), ("latency: decoder per step", "decoder per step"),
+    for metric, label in (("latency: encoder", "encoder"), ("latency: time to first token", "time to first token"),
+                          ("latency: decoder per step", "decoder per step"),
                           ("latency at fixed length", "caption of fixed length")):
         part = parts.get(metric)
         if part and part.get("relative") is not None:
@@ -399,6 +402,19 @@ def _part_sentences(result: dict[str, Any]) -> list[str]:
     if described:
         lines.append("By part (medians): " + "; ".join(described) + ".")
     return lines
+
+
+def _decoding_sentences(result: dict[str, Any]) -> list[str]:
+    """When the two jobs decoded differently (recorded per job, issue 14), say how: it changes what a step is."""
+    a, b = result["a"], result["b"]
+    if (a.get("decoding") or "recompute") == (b.get("decoding") or "recompute"):
+        return []
+    how = {"kv_cache": "keeps the self-attention cache in Core ML state (one token per decoder step, the image's "
+                       "cross-attention keys/values computed once by the encoder)",
+           "recompute": "recomputes every position at each decoder step"}
+    return [f"The decoders differ: {a['name']} {how.get(a.get('decoding') or 'recompute', a.get('decoding'))}; "
+            f"{b['name']} {how.get(b.get('decoding') or 'recompute', b.get('decoding'))}. Compare time to first "
+            "token and decoder per step."]
 
 
 def _size_sentences(static: dict | None, *, phone_note: bool) -> list[str]:

@@ -200,10 +200,9 @@ def _read_contract(run_dir: Path):
         jobs.append(job)
         inline_samples.append((job, warmup, samples))
     parquet = run_dir / "samples.parquet"
-    if parquet.is_file():
-        samples = _read_samples_parquet(parquet)
-    else:
-        samples = _samples_from_jobs(inline_samples)
+    samples = _read_samples_parquet(parquet) if parquet.is_file() else None
+    if samples is None or any(column not in samples.columns for column in TOKEN_COLUMNS):
+        samples = _samples_from_jobs(inline_samples)  # no table, or one written before issue 14
     return run_record, jobs, samples
 
 
@@ -224,8 +223,18 @@ def _samples_from_jobs(inline: list) -> Any:
                              "decoder_ns": sum(decoder) if isinstance(decoder, list) else decoder,
                              "decoder_steps": len(decoder) if isinstance(decoder, list) else None,
                              "thermal_state": s.get("thermal_state"),
-                             "throttled": s.get("thermal_state") in ("serious", "critical")})
-    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+                             "throttled": s.get("thermal_state") in ("serious", "critical"),
+                             "decoding": job.get("decoding") or "recompute", **_token_timings(s)})
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS + TOKEN_COLUMNS)
+
+
+def _token_timings(sample: dict) -> dict[str, Any]:
+    """The §6 definitions (docs/contracts.md) of state_ns, first_token_ns and token_ns, from one sample."""
+    decoder = sample.get("decoder_ns") if isinstance(sample.get("decoder_ns"), list) else []
+    encoder, state = sample.get("encoder_ns"), sample.get("state_ns")
+    first = encoder + (state or 0) + decoder[0] if decoder and encoder is not None else None
+    rest = decoder[1:]
+    return {"state_ns": state, "first_token_ns": first, "token_ns": sum(rest) / len(rest) if rest else None}
 
 
 def load_manifest(workspace: Workspace, variant_id: str) -> dict[str, Any] | None:
