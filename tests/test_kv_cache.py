@@ -12,31 +12,13 @@ import os
 
 import pytest
 
-from build_fixtures import quiet_torch, save_tiny_captioner
-
 pytestmark = pytest.mark.slow
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-KV_MATRIX = {
-    "defaults": {"target": "iOS18"},
-    "variants": [
-        {"name": "fp32", "decoder": ["recompute", "kv_cache"]},
-        {"name": "int4", "quantize": {"bits": 4, "granularity": "per_block"}, "decoder": "kv_cache"},
-    ],
-}
-
 
 @pytest.fixture(scope="module")
-def kv_variants(tmp_path_factory):
-    from bench.build.builder import build_matrix
-    from bench.build.matrix import matrix_from_dict
-
-    quiet_torch()
-    checkpoint = save_tiny_captioner(tmp_path_factory.mktemp("tiny-captioner"))
-    workspace = tmp_path_factory.mktemp("workspace")
-    report = build_matrix(matrix_from_dict({"source": str(checkpoint), **KV_MATRIX}), workspace)
-    assert not report.failed, [(r.name, r.error) for r in report.failed]
-    return {r.name: r.manifest for r in report.results}
+def kv_variants(kv_workspace):
+    return kv_workspace[1]
 
 
 def test_matrix_axis_names_and_cache_ids(kv_variants):

@@ -21,25 +21,7 @@ from deploy_fixtures import add_phone, mux, tunneld  # noqa: F401  (fixtures)
 from fake_iphone.coreml_model import SPARSE_SLOWER
 
 pytestmark = pytest.mark.slow
-MATRIX = {"defaults": {"target": "iOS18"}, "variants": [{"name": "fp32", "decoder": ["recompute", "kv_cache"]}]}
-
-
-@pytest.fixture(scope="module")
-def kv_workspace(tmp_path_factory) -> Path:
-    """fp32 of the tiny captioner for iOS 18, decoded both ways (built for real, ~15 s on one thread)."""
-    import torch
-
-    from bench.build.builder import build_matrix
-    from bench.build.matrix import matrix_from_dict
-    from bench.paths import Workspace
-    from build_fixtures import save_tiny_captioner
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("kv-ws")
-    checkpoint = save_tiny_captioner(root / "tiny")
-    report = build_matrix(matrix_from_dict({"source": str(checkpoint), **MATRIX}), Workspace(root))
-    assert not report.failed, [r.error for r in report.failed]
-    return root
+PAIR = ("fp32", "fp32+kv")  # the same weights decoded both ways (tests/kv_fixtures.py also builds int4, kv only)
 
 
 def _run(workspace_root: Path, targets, *, rounds: int = 2, images: int = 8, units=("all",)):
@@ -51,7 +33,8 @@ def _run(workspace_root: Path, targets, *, rounds: int = 2, images: int = 8, uni
                                        "compute_units": list(units), "evaluate": False, "report": False,
                                        "adaptive": {"ci_width": None}})
     workspace = Workspace(workspace_root)
-    return start_run(config, workspace, targets=targets, variants=built_variants(workspace))
+    variants = [v for v in built_variants(workspace) if v.name in PAIR]
+    return start_run(config, workspace, targets=targets, variants=variants)
 
 
 def _iphone(mux, tunneld, index: int, ios: str, build: str):  # noqa: F811
@@ -72,7 +55,7 @@ def test_stateful_package_on_a_fake_iphone_gives_per_token_samples_to_store_repo
     from bench.store.runs import load_run as store_load_run
 
     phone, target = _iphone(mux, tunneld, 1, "18.1", "22B83")
-    outcome = _run(kv_workspace, [target])
+    outcome = _run(kv_workspace[0], [target])
     assert outcome.status == "complete", outcome.failures
 
     # The job told the runner to decode with state; the runner made one state per caption and timed it.
@@ -119,7 +102,7 @@ def test_stateful_package_on_a_fake_iphone_gives_per_token_samples_to_store_repo
 def test_kv_cache_on_an_ios17_phone_fails_its_steps_with_the_reason_and_keeps_the_other(
         kv_workspace, mux, tunneld):  # noqa: F811
     _, target = _iphone(mux, tunneld, 2, "17.5.1", "21F90")
-    outcome = _run(kv_workspace, [target], rounds=1, images=2)
+    outcome = _run(kv_workspace[0], [target], rounds=1, images=2)
     failures = " ".join(str(f) for f in outcome.failures)
     assert "needs iOS 18" in failures
     records = [r for r in outcome.data.job_records.values() if r["samples"]]
@@ -135,7 +118,7 @@ def test_host_torch_emulates_cached_decoding_with_the_stored_weights(kv_workspac
     from bench.run.targets.base import HOST_EMULATION_LABEL
 
     (target,) = resolve_targets(["host-torch"])
-    outcome = _run(kv_workspace, [target], rounds=1, images=2, units=("cpuOnly",))
+    outcome = _run(kv_workspace[0], [target], rounds=1, images=2, units=("cpuOnly",))
     assert outcome.status == "complete", outcome.failures
     records = {r["decoding"]: r for r in outcome.data.job_records.values()}
     assert records["kv_cache"]["target"]["label"] == HOST_EMULATION_LABEL
@@ -145,6 +128,6 @@ def test_host_torch_emulates_cached_decoding_with_the_stored_weights(kv_workspac
     assert records["kv_cache"]["quality"]["captions"] == records["recompute"]["quality"]["captions"]
     import torch
 
-    manifest = load_variant("fp32+kv", Workspace(kv_workspace))
+    manifest = load_variant("fp32+kv", Workspace(kv_workspace[0]))
     cache = CachedDecoding(captioner_from_variant(manifest).model, 32, 12).decoder
     assert cache.self_keys.dtype == torch.float16 and tuple(cache.self_keys.shape) == (2, 1, 12, 64)  # as the state

@@ -309,7 +309,9 @@ def inspect_command(
         out.print(f"\n[bold]{esc(name)}[/] {esc(a.path)}: {_mb(a.bytes)} MB on disk, weight.bin {_mb(a.weight_bytes)} "
                   f"MB, opset {esc(a.opset)}, {a.params:,} weights, {a.nonzero_params:,} non-zero", highlight=False)
         out.print(esc("  inputs " + ", ".join(f"{k}{v}" for k, v in a.inputs.items())
-                      + "; outputs " + ", ".join(f"{k}{v}" for k, v in a.outputs.items())), highlight=False)
+                      + "; outputs " + ", ".join(f"{k}{v}" for k, v in a.outputs.items())
+                      + ("; states (Core ML state, float16) " + ", ".join(f"{k}{v}" for k, v in a.states.items())
+                         if getattr(a, "states", None) else "")), highlight=False)
         ops = sorted(a.op_counts.items(), key=lambda kv: (-kv[1], kv[0]))
         out.print(table("op types", ("op", "count"), ops, numeric=("count",), show_edge=False))
         for d in a.duplicated_tensors:
