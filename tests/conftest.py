@@ -52,6 +52,9 @@ def default_run(tmp_path_factory):
     outcome = run_pipeline(config, Workspace(tmp_path_factory.mktemp("default-run")), log=lambda *_: None)
     assert outcome.status == "complete", outcome.failures
     return outcome
+
+
+@pytest.fixture(scope="session")
 def kv_workspace(tmp_path_factory):
     """(root, {name: manifest}): the tiny captioner for iOS 18 with recompute and kv_cache decoders
     (tests/kv_fixtures.py); built once per session."""
