@@ -6,6 +6,9 @@ one fixed-length decoder call per generated token — with the weights decompres
 (`bench.build.torch_weights.captioner_from_variant`), so quality describes the deployed bytes. Its latencies say
 nothing about the Neural Engine or the GPU; every table and plot labels them "host emulation (not Core ML)".
 There is no compile step (compile_ns None). Only compute unit `cpuOnly` exists.
+kv_cache variants (issue 14) run the device's cached loop instead (bench.build.kv_cache.CachedDecoding, the modules
+that were converted): the encoder graph once (vision + cross-attention keys/values), a fresh float16 cache per
+caption (`state_ns`, the device's makeState), then one single-token step per generated token.
 
 Loads, and what their figures include (`load["method"]` says so in every job record):
 - Before any timed window, once per process: the imports (torch, transformers' BLIP) and, per variant, its host
