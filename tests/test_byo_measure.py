@@ -175,3 +175,13 @@ def test_damaged_outputs_are_refused_not_compared(byo_packages, workspace):
     stored.write_bytes(bytes(data))
     report = report_of(outcome, workspace)
     assert any("changed since the run stored it" in note for note in report.notes)
+
+
+def test_the_family_reference_joins_a_run_that_names_only_a_compressed_variant(byo_packages, workspace):
+    imported.import_models([byo_packages["dense"], byo_packages["int8"]], workspace, family="conv")
+    outcome = run(workspace, ["int8"], FakeCoreML({"cpuOnly": 0.0, "cpuAndNeuralEngine": 0.04}),
+                  units=["cpuOnly", "cpuAndNeuralEngine"])
+    assert outcome.status == "complete", outcome.failures
+    assert any(note.startswith("added dense-") for note in outcome.notes)
+    drift = {(r["variant"], r["compute_unit"]): r for r in report_of(outcome, workspace).drift}
+    assert drift[("int8", "cpuAndNeuralEngine")]["rel_l2"] == pytest.approx(0.04, rel=0.01)

@@ -82,6 +82,28 @@ def imported_variants(workspace: Workspace, names: list[str]) -> list[VariantRef
     return list(refs.values())
 
 
+def _with_family_references(variants: list[VariantRef], workspace: Workspace) -> tuple[list[VariantRef], list[str]]:
+    """The run's variants plus the reference of every imported family in it (drift is measured against the
+    reference on cpuOnly, so it must be measured too), and a note for each one added."""
+    from bench.build.imported import families, find_imported
+    from bench.run.generic import is_imported
+
+    chosen = {v.variant_id for v in variants}
+    references = {family: info["reference"] for family, info in families(workspace).items()}
+    added, notes = [], []
+    for variant in variants:
+        if not is_imported(variant):
+            continue
+        reference = references.get(variant.source["family"])
+        if reference and reference not in chosen:
+            manifest = find_imported(reference, workspace)
+            added.append(variant_ref(manifest, Path(manifest["directory"])))
+            chosen.add(reference)
+            notes.append(f"added {reference}, the reference of family {variant.source['family']}: drift is measured "
+                         "against it on cpuOnly")
+    return [*variants, *added], notes
+
+
 def _imported_plan(variants: list[VariantRef], workspace: Workspace) -> dict[str, Any]:
     """For run.json: each imported variant's family and the reference its drift is measured against, fixed now."""
     from bench.build.imported import families
@@ -204,6 +226,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     variants = [*variants, *extra]
     wanted, left_out = _leave_out_unreadable(config.variants, variants, workspace)
     variants = select_variants(variants, wanted)
+    variants, references_added = _with_family_references(variants, workspace)
+    left_out += references_added
     if targets is None:
         targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
