@@ -185,3 +185,17 @@ def test_the_family_reference_joins_a_run_that_names_only_a_compressed_variant(b
     assert any(note.startswith("added dense-") for note in outcome.notes)
     drift = {(r["variant"], r["compute_unit"]): r for r in report_of(outcome, workspace).drift}
     assert drift[("int8", "cpuAndNeuralEngine")]["rel_l2"] == pytest.approx(0.04, rel=0.01)
+
+
+def test_an_input_that_cannot_be_generated_is_one_line(byo_packages, workspace):
+    """A string input (what describe_interface reports for a stringType feature): nothing to seed it from."""
+    import copy
+
+    from bench.errors import InputError
+    from bench.run.generic import GenericSettings, make_inputs
+
+    interface = copy.deepcopy(imported.import_models([byo_packages["two_inputs"]], workspace)[0].manifest["interface"])
+    interface["functions"]["main"]["inputs"][1] = {"name": "b", "optional": False, "kind": "scalar", "dtype": "string"}
+    with pytest.raises(InputError, match=r"input 'b' \(string\) cannot be generated; give your own") as caught:
+        make_inputs(interface, GenericSettings())
+    assert "\n" not in str(caught.value)
