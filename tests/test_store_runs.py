@@ -74,6 +74,26 @@ def test_an_old_history_is_migrated_and_a_newer_one_refused(tmp_path):
         history.connect(path)
 
 
+def test_a_reader_upgrades_an_older_history_instead_of_calling_it_damaged(tmp_path):
+    # `bench report --history` after upgrading bench: the lab's past nights must survive, not be "moved aside".
+    import duckdb
+
+    path = tmp_path / "history.duckdb"
+    con = duckdb.connect(str(path))
+    history.migrate(con, path, target=2)
+    con.execute("INSERT INTO samples (run_id, latency_ns, is_warmup) VALUES ('old', 5, false)")
+    con.close()
+    con = history.connect(path, read_only=True)
+    try:
+        assert history.schema_version(con) == history.SCHEMA_VERSION
+        assert con.execute("SELECT latency_ns FROM samples WHERE run_id = 'old'").fetchone() == (5,)
+    finally:
+        con.close()
+    path.write_bytes(b"not a database")
+    with pytest.raises(RecordError, match="history database"):
+        history.connect(path, read_only=True)
+
+
 def test_comparing_runs_from_different_devices_or_builds_is_refused_unless_forced(tmp_path):
     base = load_run(make_run(tmp_path, run_id="base").run_dir)
     same = load_run(make_run(tmp_path, scale=1.1, run_id="same").run_dir)

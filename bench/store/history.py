@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import atomic
 from bench.errors import InputError, RecordError
 
 SCHEMA_VERSION = 4
@@ -72,10 +73,10 @@ def connect(path: Path | str, *, read_only: bool = False):
     if read_only and not path.exists():
         raise InputError(f"{path}: no run history yet (run `bench run` first)")
     if not read_only:
-        from bench import atomic
-
         atomic.check_target(path)  # duckdb would follow a link or open a device: bench writes only regular files
     path.parent.mkdir(parents=True, exist_ok=True)
+    if read_only:
+        _upgrade_if_older(path)
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as err:
@@ -95,6 +96,22 @@ def connect(path: Path | str, *, read_only: bool = False):
         con.close()
         raise
     return con
+
+
+def _upgrade_if_older(path: Path) -> None:
+    """A reader meeting a history written by an older bench migrates it (as the next `bench run` would), rather
+    than calling it damaged: its runs are the lab's trend and must survive an upgrade of bench."""
+    import duckdb
+
+    try:
+        with duckdb.connect(str(path), read_only=True) as probe:
+            older = 1 <= _check_version(probe, path) < SCHEMA_VERSION
+    except duckdb.Error:
+        return  # the read-only open below says what is wrong, in one line
+    if older:
+        atomic.check_target(path)
+        with duckdb.connect(str(path)) as con:
+            migrate(con, path)
 
 
 _TABLES = {"runs", "jobs", "samples", "device_captions", "schema_version"}
