@@ -150,3 +150,19 @@ def test_a_mac_host_offers_core_ml_as_one_resource_with_its_label():
     from ray._private.label_utils import parse_node_labels_string, validate_node_labels
 
     validate_node_labels(parse_node_labels_string(labels.split("=", 1)[1]))  # `ray start` would accept them
+
+
+def test_joining_a_loopback_head_where_ray_would_rewrite_it_is_one_line(tmp_path):
+    """On a machine with a routable interface Ray swaps a loopback head address for it when a host joins, then waits
+    minutes for a head that is not there: refused at once, saying what to do (no head is needed to say so)."""
+    from bench.errors import BenchError
+    from bench.lab.cluster import LabPhone, join_lab, routable_address
+
+    routable = routable_address()
+    if routable is None:
+        pytest.skip("loopback is the only interface here: Ray keeps a loopback head address, so joining works")
+    phone = LabPhone("00008110-01", "bench-01", "iPhone15,2", "22A3354", "0.3", "mac-1")
+    with pytest.raises(BenchError) as caught:
+        join_lab("127.0.0.1:6379", tmp_path / "no-token", [phone])
+    message = str(caught.value)
+    assert "\n" not in message and f"bench lab up {routable}:6379" in message and "network namespace" in message

@@ -93,6 +93,18 @@ def check_reachable(address: Address, timeout_s: float = CONNECT_TIMEOUT_S) -> N
                        f"TCP port {address.port} open in its firewall?") from None
 
 
+def routable_address() -> str | None:
+    """The address Ray's own lookup would take for this machine (the interface towards the internet; a UDP
+    connect sends nothing), or None where loopback is all there is (an isolated network namespace)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 53))
+            found = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(found).is_loopback else found
+
+
 def local_ip_towards(address: Address) -> str:
     """The address this host uses to reach the head: the one to advertise (loopback stays loopback)."""
     if address.loopback:
@@ -404,6 +416,11 @@ def join_lab(address: str, token_file: Path, phones: list[LabPhone], *, num_cpus
     if not phones and mac is None:
         raise LabError("no healthy iPhone is attached to this host (and it is no Mac with Core ML), so it has "
                        "nothing to offer the lab; `bench devices` shows what each phone needs")
+    if where.loopback and (routable := routable_address()) is not None:
+        # `ray start --address=127.0.0.1:…` swaps in this address and then waits minutes for a head that is not there
+        raise LabError(f"a host cannot join a head on loopback ({where}) on this machine: Ray replaces it with "
+                       f"{routable} when joining; start the head on an address the hosts reach (`bench lab up "
+                       f"{routable}:{where.port}`), or run head and hosts in one network namespace (docs/lab.md)")
     connect(where, token_file)
     try:
         check_not_claimed(phones)
