@@ -101,3 +101,26 @@ def test_a_file_that_is_not_an_npz_is_one_line_without_suggesting_pickle(tmp_pat
         make_inputs(interface, GenericSettings(source=str(path)))
     message = str(caught.value)
     assert "not an .npz" in message and "pickle" not in message and "\n" not in message
+
+
+def test_an_import_named_like_a_built_variant_is_refused(bad_input_template, byo_packages, tmp_path, monkeypatch,
+                                                         capsys):
+    root = tmp_path / "built"
+    shutil.copytree(bad_input_template, root)  # holds the built variant "tiny"
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    capsys.readouterr()
+    assert main(["models", "import", str(byo_packages["dense"]), "--name", "tiny"]) == 2
+    assert "name of a built variant" in one_error_line(capsys)
+    assert everything_under(Workspace(root)) == []
+
+
+def test_a_name_shared_by_a_built_and_an_imported_variant_means_the_built_one():
+    # the imported one was there first (its name free then); `bench models build` later made a built one of that
+    # name. Picked by the last id, the run measured whichever hash sorted last: here the imported model.
+    from bench.run.plan import select_variants
+    from bench.run.targets.base import VariantRef
+
+    built = VariantRef("fp32-0000aaaa0000", "fp32", "0000aaaa0000")
+    imported_one = VariantRef("fp32-ffffbbbbffff", "fp32", "ffffbbbbffff", source={"origin": "imported"})
+    assert select_variants([built, imported_one], ["fp32"]) == [built]
+    assert select_variants([built, imported_one], ["fp32-ffffbbbbffff"]) == [imported_one]  # still by its id

@@ -248,6 +248,7 @@ def store_candidates(candidates: list[Candidate], workspace: Workspace,
     Each is written in a scratch folder (`.import-….tmp`) and renamed to its content address once all are sealed: a
     folder with a manifest is always complete. Its name is known only once its bytes are hashed, hence no
     atomic.directory."""
+    _refuse_built_names(candidates, workspace)
     staged: list[_Staged] = []
     try:
         for index, candidate in enumerate(candidates):
@@ -297,6 +298,18 @@ def _stage(candidate: Candidate, workspace: Workspace) -> _Staged:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return _Staged(candidate, scratch, final, variant_id, False, started)
+
+
+def _refuse_built_names(candidates: list[Candidate], workspace: Workspace) -> None:
+    """A run picks variants by name: an imported model named like a built variant would make `--variants NAME`
+    ambiguous, so the name is refused before anything is stored."""
+    from bench.build.variants import list_variants
+
+    built = {manifest.name for manifest in list_variants(workspace)}
+    for candidate in candidates:
+        if candidate.name in built:
+            raise InputError(f"{candidate.source}: {candidate.name!r} is the name of a built variant in this "
+                             "workspace; import it with another --name")
 
 
 def _refuse_regrouping(candidate: Candidate, stored: dict[str, Any]) -> None:

@@ -107,9 +107,12 @@ def select_variants(available: list[VariantRef], wanted: list[str]) -> list[Vari
     """The variants named by id or matrix name (a name with several builds picks the last id); unknown → did-you-mean."""
     if not wanted:
         return sorted(available, key=lambda v: v.variant_id)
+    from bench.run.generic import is_imported
+
     by_id = {v.variant_id: v for v in available}
     by_name: dict[str, VariantRef] = {}
-    for variant in sorted(available, key=lambda v: v.variant_id):
+    # built last, so a name shared with an imported model (imported first, built later) means the built variant
+    for variant in sorted(available, key=lambda v: (not is_imported(v), v.variant_id)):
         by_name[variant.name] = variant
     chosen: dict[str, VariantRef] = {}
     for name in wanted:
