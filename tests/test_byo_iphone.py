@@ -145,3 +145,22 @@ def test_outputs_over_the_cap_and_bad_inputs_on_the_phone(mux, byo_packages, wor
     (why,) = [reason for _, reason in outcome.failures]
     assert "missing 'b'" in why and "\n" not in why
     assert phone.measure_jobs == jobs_before  # refused on the host: nothing was sent
+
+
+def test_bench_devices_prune_keeps_the_packages_of_imported_variants(mux, byo_packages, workspace, capsys):
+    """A prune keeps what local variants use, imported ones included: the next run pushes nothing again."""
+    phone = add_phone(mux, 1)
+    (dense,) = imported.import_models([byo_packages["dense"]], workspace)
+    run = ["run", "--variants", "dense", "--targets", "iphone", "--compute-units", "cpuOnly", "--fixed", "--rounds",
+           "1", "--no-eval", "--no-report", "--seed", "3"]
+    assert main(run) == 0, capsys.readouterr().err
+    from bench.deploy import api
+
+    assert dense.manifest["content_sha256"] in api.held(phone.udid).models
+    pushed = phone.model_bytes_written()
+    assert main(["devices", "prune", "--device", phone.udid]) == 0, capsys.readouterr().err
+    assert api.held(phone.udid).models == (dense.manifest["content_sha256"],)
+    assert main(run) == 0, capsys.readouterr().err
+    assert phone.model_bytes_written() == pushed  # kept on the phone: nothing pushed again
+    assert main(["devices", "prune", "--device", phone.udid, "--all"]) == 0
+    assert api.held(phone.udid).models == ()  # --all still removes it

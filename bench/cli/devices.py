@@ -187,7 +187,7 @@ def prune_command(
     keep: Annotated[list[str] | None, typer.Option(
         "--keep", help="Also keep this model package hash (repeatable).")] = None,
     everything: Annotated[bool, typer.Option(
-        "--all", help="Remove every model package, even those of local variants.")] = False,
+        "--all", help="Remove every model package, even those of local (built or imported) variants.")] = False,
     keep_jobs: Annotated[bool, typer.Option("--keep-jobs", help="Keep old jobs and results.")] = False,
 ) -> None:
     """Delete model packages no local variant uses, inputs, interrupted pushes, and old jobs/results."""
@@ -196,7 +196,7 @@ def prune_command(
     from bench.paths import Workspace
 
     udid = resolve_device(device, _inventory(inventory))
-    kept = set(keep or ()) | (set() if everything else workspace_package_hashes(Workspace.current().variants_dir))
+    kept = set(keep or ()) | (set() if everything else workspace_package_hashes(Workspace.current()))
     removed = prune(udid, kept, set(), jobs=not keep_jobs)
     console().print(f"{udid}: removed {len(removed)} item(s)", markup=False, highlight=False)
 

@@ -465,15 +465,33 @@ def held(udid: str, *, bundle_id: str = RUNNER_BUNDLE_ID) -> container.Held:
     return _run(go(), udid)
 
 
-def workspace_package_hashes(variants_dir: Path) -> set[str]:
-    """Package hashes recorded by every built variant under `variants_dir` (what a prune keeps by default)."""
+def workspace_package_hashes(workspace) -> set[str]:
+    """Package hashes of every variant in `workspace` (a bench.paths.Workspace; what a prune keeps by default): the
+    built variants' (one per encoder/decoder package) and the imported ones' (the content hash they are pushed under),
+    so a prune does not make the next run push them again."""
+    from bench.build.imported import imported_root
+
     hashes: set[str] = set()
-    for manifest in sorted(Path(variants_dir).glob("*/manifest.json")):
+    for manifest in sorted(workspace.variants_dir.glob("*/manifest.json")):
         try:
             hashes |= set(_recorded_hashes(manifest).values())
         except (OSError, ValueError):
             continue  # an unreadable manifest keeps nothing; `bench models` reports it
+    for manifest in sorted(imported_root(workspace).glob("*/manifest.json")):
+        try:
+            hashes |= _imported_hashes(manifest)
+        except (OSError, ValueError):
+            continue
     return hashes
+
+
+def _imported_hashes(manifest_path: Path) -> set[str]:
+    """The hashes an imported variant's packages are pushed under (models/<content sha256>/ on the device)."""
+    import json
+
+    document = json.loads(manifest_path.read_text())
+    sha = document.get("content_sha256") if isinstance(document, dict) else None
+    return {sha} if isinstance(sha, str) and sha else set()
 
 
 def _recorded_hashes(manifest_path: Path) -> dict[str, str]:
