@@ -124,3 +124,14 @@ def test_a_name_shared_by_a_built_and_an_imported_variant_means_the_built_one():
     imported_one = VariantRef("fp32-ffffbbbbffff", "fp32", "ffffbbbbffff", source={"origin": "imported"})
     assert select_variants([built, imported_one], ["fp32"]) == [built]
     assert select_variants([built, imported_one], ["fp32-ffffbbbbffff"]) == [imported_one]  # still by its id
+
+
+def test_a_typo_in_an_imported_name_is_answered_with_the_imported_names(byo_packages, workspace, capsys):
+    capsys.readouterr()
+    assert main(["models", "inspect", "pruned"]) == 2  # nothing built or imported yet: how to get some
+    assert "`bench models import PATH`" in one_error_line(capsys)
+    imported.import_models([byo_packages["pruned"]], workspace)
+    assert main(["models", "inspect", "prunde"]) == 2  # was: the built variants' "run `bench models build`"
+    assert "did you mean 'pruned'" in one_error_line(capsys)
+    assert main(["run", "--variants", "prunde", "--targets", "iphone"]) == 2  # was: only the matrix's names
+    assert "did you mean 'pruned'" in one_error_line(capsys)

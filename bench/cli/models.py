@@ -278,8 +278,10 @@ def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
         return str(path), {path.stem: analyze_package(path)}
     try:
         manifest = load_variant(argument, Workspace.current())
-    except InputError:  # not a built variant: an imported one, else the built variants' did-you-mean
+    except InputError as err:  # not a built variant: an imported one, else the built variants' did-you-mean
         imported = find_imported(argument, Workspace.current())
+        if imported is None and str(err).startswith("unknown variant"):  # suggest among both kinds
+            raise _unknown_variant(argument) from None
         if imported is None:
             raise
     else:
@@ -291,6 +293,22 @@ def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
                          "programs (.mlpackage) are analysed per tensor — `bench models ls` shows its bytes and "
                          "layer types")
     return imported["variant_id"], {"model": analyze_package(stored_path(imported), package="model")}
+
+
+def _unknown_variant(argument: str) -> Exception:
+    """did-you-mean over built and imported variants (names and ids); with none at all, how to get some."""
+    from bench.build.imported import list_imported
+    from bench.build.variants import list_variants
+    from bench.errors import InputError, did_you_mean
+    from bench.paths import Workspace
+
+    workspace = Workspace.current()
+    known = [n for m in list_variants(workspace) for n in (m.name, m.variant_id)]
+    known += [n for m in list_imported(workspace) for n in (m["name"], m["variant_id"])]
+    if not known:
+        return InputError(f"unknown variant {argument!r}: none built or imported in {workspace.models_dir}; "
+                          "`bench models build`, or `bench models import PATH` for your own")
+    return did_you_mean("variant", argument, known)
 
 
 @models_app.command("inspect")

@@ -552,7 +552,8 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
         variants = built_variants(workspace)
         named_imported = _imported_named(config, workspace)
         if config.variants:
-            _check_variant_names([n for n in config.variants if n not in named_imported], variants, config.matrix)
+            _check_variant_names([n for n in config.variants if n not in named_imported], variants, config.matrix,
+                                 workspace=workspace)
         only_imported = bool(config.variants) and len(named_imported) == len(config.variants)
         if not only_imported and (not variants or config.matrix or not config.variants):
             # The whole matrix is measured unless variants are named; building reuses every cached variant.
@@ -635,9 +636,10 @@ def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]
             f"{how} (static analysis: `bench models inspect NAME`, `bench models diff A B`)"]
 
 
-def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str | None) -> None:
+def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str | None, *,
+                         workspace: Workspace | None = None) -> None:
     """Unknown variant names are refused with did-you-mean before anything is built: names are the matrix's
-    planned names (and, once built, their ids)."""
+    planned names (and, once built, their ids); the imported models' names are suggested too (a typo in one)."""
     from bench.build.matrix import load_matrix
     from bench.paths import DEFAULT_MATRIX
 
@@ -645,7 +647,10 @@ def _check_variant_names(wanted: list[str], built: list[VariantRef], matrix: str
     known |= {v.name for v in built} | {v.variant_id for v in built}
     for name in wanted:
         if name not in known:
-            raise did_you_mean("variant", name, known)
+            from bench.build.imported import list_imported
+
+            imported = {manifest["name"] for manifest in list_imported(workspace)} if workspace else set()
+            raise did_you_mean("variant", name, known | imported)
 
 
 def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspace, *, log=print) -> dict[str, Any]:
