@@ -145,3 +145,22 @@ def test_best_input_compared_as_a_fraction_of_native_size():
     assert cells(crop_wins, "best input", "best BLEU input")[5].startswith("differ")
     close = with_inputs(build_report(CURRENT, explain=False), [(348, "resize", 95.0, 80.0, 99.0)])
     assert cells(close, "best input", "best BLEU input")[5].startswith("undecided")
+
+
+def test_model_named_as_cause_of_a_size_ratio_only_when_the_arithmetic_lands_on_it():
+    """A scenario: the small captioner's fp32 (1.45 M weights + 0.1 MB outside them) and an int8 package whose size
+    the taken-apart arithmetic predicts, or not (an int8 package 0.40 of fp32 is not explained by bits per weight)."""
+    published = seed_module.load_published()
+    rows = {r["variant"]: r for r in published["rows"]}
+    total = 4 * BUILTIN_PARAMS + 100_000
+    fp32 = {"size_mb": total / 1e6, "model_params": BUILTIN_PARAMS, "total_bytes": total}
+    predicted = (8.44 / 32 * 4 * BUILTIN_PARAMS + 100_000) / 1e6
+    for size_mb, explained in ((predicted, True), (0.40 * fp32["size_mb"], False)):
+        int8 = {"size_mb": size_mb, "bits_per_weight": 8.44, "sparsity": 0.0}
+        found = seed_module.model_share(published, rows["int8"], int8, fp32, 226.2 / 896.1)
+        assert found.holds, found.text  # 0.252 on BLIP-base, as the seed's; ours differs
+        assert ("differs by the model the recipe is applied to" in found.text) is explained, found.text
+        assert ("does not explain the difference" in found.text) is not explained, found.text
+    layers = {"size_mb": 0.9977 * fp32["size_mb"], "bits_per_weight": 32.0, "sparsity": 0.0025}
+    found = seed_module.model_share(published, rows["embedding-prune-0.4"], layers, fp32, 953.18 / 989.9)
+    assert found.holds and "hold 0.6% of its weights" in found.text and "differs by the model" in found.text, found.text
