@@ -85,3 +85,11 @@ def test_layer_selection_of_real_builds_is_read_from_the_recipe():
         ("conv", 0.2, "center_crop", "builtin-captioner")
     assert variant_facts({"recipe": {"prune": {"sparsity": None, "n_m": [2, 4]}}})["prune_layers"] == "2:4"
     assert variant_facts({"recipe": {"prune": {"sparsity": 0.5}, "layers": None}})["prune_layers"] == "all"
+
+
+def test_legends_below_a_plot_grow_downwards(phone_report):
+    """The input-size panel's legend has three rows (six traces): anchored by its bottom (Plotly's default below the
+    plot) it grew upwards over the x-axis title in the default run's report; anchored by its top it grows away."""
+    figs = drawn(host_only(build_report(CURRENT, explain=False), second_model=True)) | drawn(phone_report)
+    below = {fig_id: f["layout"]["legend"] for fig_id, f in figs.items() if f["layout"].get("legend", {}).get("y", 1) < 0}
+    assert below and all(legend.get("yanchor") == "top" for legend in below.values()), below

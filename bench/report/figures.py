@@ -20,7 +20,7 @@ def _layout(title: str, x: str, y: str, **extra) -> dict[str, Any]:
     right = 60 if "yaxis2" in extra else 20  # room for the second axis' tick labels
     return {"title": {"text": esc(title), "x": 0.02, "xanchor": "left"}, "xaxis": {"title": {"text": esc(x)}},
             "yaxis": {"title": {"text": esc(y)}}, "margin": {"l": 60, "r": right, "t": 50, "b": 50}, "height": 380,
-            "legend": {"orientation": "h", "y": -0.2}, **extra}
+            "legend": {"orientation": "h", "y": -0.24, "yanchor": "top"}, **extra}  # rows grow downwards
 
 
 def _figure(fig_id: str, title: str, data: list, layout: dict, note: str = "") -> dict[str, Any]:
