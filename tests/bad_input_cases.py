@@ -292,6 +292,18 @@ def kv_cache_decoder_below_ios18(ws):
     return ["models", "build", str(ws / "matrix.yaml")]
 
 
+@case("matrix.yaml:3")
+def matrix_yaml_unknown_crop_mode(ws):
+    _write(ws / "matrix.yaml", "variants:\n  - name: x\n    resizes: [resize, crop]\n")
+    return ["models", "build", str(ws / "matrix.yaml")]
+
+
+@case("matrix.yaml:3")
+def matrix_yaml_input_size_not_allowed(ws):
+    _write(ws / "matrix.yaml", "variants:\n  - name: x\n    image_sizes: [64, 2048]\n")
+    return ["models", "build", str(ws / "matrix.yaml")]
+
+
 @case("devices.yaml:3")
 def devices_yaml_wrong_types(ws):
     _write(ws / "devices.yaml", "devices:\n  - udid: 5\n    name: [x]\n")

@@ -24,7 +24,7 @@ def test_seed_iterative_schedule_expands_to_the_published_sparsities():
 def test_default_matrix_loads_and_covers_the_seed_study():
     names = [p.name for p in load_matrix(DEFAULT_MATRIX).planned()]
     for expected in ("fp32", "fp16", "int8", "prune-0.2", "prune-0.672", "conv-prune-0.2", "embedding-prune-0.4",
-                     "input-48-resize", "input-48-crop", "input-64-crop", "input-80-crop", "int8-input-80"):
+                     "input-48-resize", "input-48-crop", "input-64-crop", "input-80-crop"):
         assert expected in names
 
 
