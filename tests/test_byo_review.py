@@ -135,3 +135,51 @@ def test_a_typo_in_an_imported_name_is_answered_with_the_imported_names(byo_pack
     assert "did you mean 'pruned'" in one_error_line(capsys)
     assert main(["run", "--variants", "prunde", "--targets", "iphone"]) == 2  # was: only the matrix's names
     assert "did you mean 'pruned'" in one_error_line(capsys)
+
+
+def test_a_failed_job_line_shows_its_mark_not_raw_markup():
+    # the progress log escapes what it prints (errors carry paths and device names); its own ✗ / ↻ marks were
+    # escaped with it, and every failed job printed a literal "[red]✗[/]"
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from bench.run.stats import StopRule
+    from bench.run.progress import LiveProgress
+
+    console = Console(record=True, width=200, force_terminal=False)
+    live = LiveProgress(console, StopRule(), images=1)
+    target = SimpleNamespace(id="iphone-1", name="Phone [1]", label="Core ML")
+    live.run_started("run-1", [target], {})
+    live.job_finished("iphone-1", SimpleNamespace(job_key="mlp--cpuOnly"), None, "InputError: x.npz: bad [shape]")
+    live.retrying("iphone-1", "tunnel [lost]", 2.0)
+    live.__exit__(None, None, None)
+    text = console.export_text()
+    assert "✗ iphone-1 mlp--cpuOnly: InputError: x.npz: bad [shape]" in text
+    assert "↻ iphone-1: tunnel [lost] — retrying in 2s" in text
+    assert "[red]" not in text and "[yellow]" not in text and "[/]" not in text
+
+
+@pytest.mark.parametrize("generic, message", [
+    ("inputs_from: {bad}", "missing 'b'"),
+    ("inputs_from: {empty}", "an image folder feeds a model with one image input"),
+    ("shapes: {{a: [1, 5]}}", "has the fixed shape [1, 4]"),
+    ("function: nope", "unknown function 'nope'"),
+])
+def test_bad_generic_settings_are_one_line_before_a_run_is_started(byo_packages, workspace, tmp_path, capsys,
+                                                                   generic, message):
+    # was: the run started, contacted the phone, stored a run whose only job failed, and said to resume it (which
+    # would fail the same way); no phone is needed to know the inputs do not fit
+    import numpy as np
+
+    imported.import_models([byo_packages["two_inputs"]], workspace)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, a=np.ones((1, 4), np.float32))
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text("generic:\n  " + generic.format(bad=bad, empty=tmp_path / "empty") + "\n")
+    capsys.readouterr()
+    assert main(["run", str(config), "--variants", "two_inputs", "--targets", "iphone"]) == 2
+    err = one_error_line(capsys)
+    assert err.startswith("error: two_inputs: ") and message in err, err
+    assert not workspace.results_dir.exists()

@@ -534,6 +534,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
     if not resume:
         _refuse_imported_without_core_ml(config, workspace)  # one line, before a lab is contacted or anything built
+        _check_generic_inputs(config, workspace)
     if config.lab:  # an unreachable lab or a refused token is said before minutes of building
         from bench.lab.cluster import connect
 
@@ -622,6 +623,20 @@ def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) ->
     where = "this run's targets have none" if platform.system() == "Darwin" else "none is connected here"
     raise PlatformUnavailable(f"{named[0]} is an imported model: {MEASURE_NEEDS}, and {where}; static analysis "
                               f"works anywhere: `bench models inspect {named[0]}`, `bench models diff {named[0]} OTHER`")
+
+
+def _check_generic_inputs(config: RunConfig, workspace: Workspace) -> None:
+    """Each named imported model's input set, made once here before anything starts: a wrong .npz, image folder,
+    shape or function is one line naming the model, not a failed job in a stored, resumable run that fails again."""
+    from bench.build.imported import find_imported
+    from bench.run.generic import make_inputs
+
+    settings = _settings(config).generic
+    for name in _imported_named(config, workspace):
+        try:
+            make_inputs(find_imported(name, workspace)["interface"], settings)
+        except InputError as err:
+            raise InputError(f"{name}: {err} (run.yaml `generic:`)") from None
 
 
 def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]:

@@ -41,12 +41,17 @@ class LiveProgress(RunObserver):
             self._live.__exit__(*exc)
             self._live = None
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, *, mark: str = "", style: str = "") -> None:
+        """`message` shown as plain text (it carries paths and errors: escaped), after `mark` in `style`."""
+        from rich.text import Text
+
         from bench.report.escape import rich as esc
 
         with self._lock:
-            self.events.append(message)
-        self.console.print(esc(message), highlight=False)  # above the live table while it runs
+            self.events.append(f"{mark} {message}" if mark else message)
+        line = Text(f"{mark} ", style=style) if mark else Text()
+        line.append_text(Text.from_markup(esc(message)))
+        self.console.print(line, highlight=False)  # above the live table while it runs
 
     # --- RunObserver ----------------------------------------------------------------------------------------------
     def note(self, message: str) -> None:
@@ -94,10 +99,10 @@ class LiveProgress(RunObserver):
             else:
                 row["failed"] += 1
         if error:
-            self.log(f"[red]✗[/] {target_id} {step.job_key}: {error}")
+            self.log(f"{target_id} {step.job_key}: {error}", mark="✗", style="red")
 
     def retrying(self, target_id, error, delay_s) -> None:
-        self.log(f"[yellow]↻[/] {target_id}: {error} — retrying in {delay_s:.0f}s")
+        self.log(f"{target_id}: {error} — retrying in {delay_s:.0f}s", mark="↻", style="yellow")
 
     def target_finished(self, target_id, state, reason) -> None:
         with self._lock:
