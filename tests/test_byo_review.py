@@ -183,3 +183,10 @@ def test_bad_generic_settings_are_one_line_before_a_run_is_started(byo_packages,
     err = one_error_line(capsys)
     assert err.startswith("error: two_inputs: ") and message in err, err
     assert not workspace.results_dir.exists()
+
+
+@pytest.mark.parametrize("file, name", [("réseau_ü.mlpackage", "reseau_u"), ("Modèle v2.mlpackage", "Modele-v2"),
+                                        ("モデル.mlmodel", "model"), ("_x.y.mlpackage", "x.y")])
+def test_default_names_keep_the_letters_of_accented_file_names(file, name):
+    # was "r-seau_-" for réseau_ü.mlpackage
+    assert imported.default_name(Path(file)) == name

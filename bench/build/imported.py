@@ -196,7 +196,12 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def default_name(path: Path) -> str:
-    stem = "".join(ch if ch in _NAME_OK else "-" for ch in path.name.rsplit(".", 1)[0]).lstrip("._+-")
+    """The file's name in the letters a name allows: accents dropped (réseau → reseau), anything else a dash."""
+    import unicodedata
+
+    plain = unicodedata.normalize("NFKD", path.name.rsplit(".", 1)[0])
+    plain = "".join(ch for ch in plain if not unicodedata.combining(ch))
+    stem = "".join(ch if ch in _NAME_OK else "-" for ch in plain).lstrip("._+-")
     return stem[:64] or "model"
 
 
