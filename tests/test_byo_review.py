@@ -190,3 +190,12 @@ def test_bad_generic_settings_are_one_line_before_a_run_is_started(byo_packages,
 def test_default_names_keep_the_letters_of_accented_file_names(file, name):
     # was "r-seau_-" for réseau_ü.mlpackage
     assert imported.default_name(Path(file)) == name
+
+
+def test_inspecting_an_imported_model_whose_manifest_is_damaged_says_so(byo_packages, workspace, capsys):
+    result = imported.import_models([byo_packages["pruned"]], workspace)[0]
+    (Path(result.manifest["directory"]) / imported.MANIFEST).write_text('{"kind": "bench.imported", ')
+    capsys.readouterr()
+    assert main(["models", "inspect", "pruned"]) == 2  # was: "unknown variant 'pruned'"
+    err = one_error_line(capsys)
+    assert "manifest.json" in err and "import it again" in err, err

@@ -303,8 +303,12 @@ def _unknown_variant(argument: str) -> Exception:
     from bench.paths import Workspace
 
     workspace = Workspace.current()
+    unreadable: dict[str, str] = {}
     known = [n for m in list_variants(workspace) for n in (m.name, m.variant_id)]
-    known += [n for m in list_imported(workspace) for n in (m["name"], m["variant_id"])]
+    known += [n for m in list_imported(workspace, unreadable=unreadable) for n in (m["name"], m["variant_id"])]
+    damaged = [why for folder, why in unreadable.items() if folder == argument or folder.startswith(f"{argument}-")]
+    if damaged:  # there, but its manifest cannot be read: say so, not "unknown"
+        return InputError(f"{damaged[0]} — import it again with `bench models import`")
     if not known:
         return InputError(f"unknown variant {argument!r}: none built or imported in {workspace.models_dir}; "
                           "`bench models build`, or `bench models import PATH` for your own")
