@@ -85,6 +85,9 @@ def test_stateful_package_on_a_fake_iphone_gives_per_token_samples_to_store_repo
     assert (pair["recompute"]["variant"], pair["kv_cache"]["variant"], pair["compute_unit"]) == ("fp32", "fp32+kv", "all")
     assert pair["kv_cache"]["tokens_per_s"] > pair["recompute"]["tokens_per_s"]
     assert pair["kv_cache"]["first_token_ms"] > 0 and pair["kv_cache"]["token_ms"] < pair["recompute"]["token_ms"]
+    # The report's per-token time is the stored one (steps after the first: the first is in time to first token).
+    assert pair["kv_cache"]["token_ms"] == pytest.approx(cached["token_ns"].median() / 1e6)
+    assert pair["recompute"]["token_ms"] == pytest.approx(recomputed["token_ns"].median() / 1e6)
     per_token = next(v for v in pair["verdicts"] if v["metric"].endswith("per token"))
     assert per_token["outcome"] == "DIFFERENT" and per_token["relative"] < -0.03
     assert per_token["extra"]["paired_by"] == "image" and per_token["extra"]["n_images"] == 8
@@ -126,6 +129,13 @@ def test_host_torch_emulates_cached_decoding_with_the_stored_weights(kv_workspac
     assert all(s["state_ns"] is not None and len(s["decoder_ns"]) == len(s["tokens"]) for s in cached)
     # Same weights, same images: cached and recomputing decoding write the same captions.
     assert records["kv_cache"]["quality"]["captions"] == records["recompute"]["quality"]["captions"]
+    # explain on host-torch does not claim a Core ML state it never measured.
+    from bench.report.explain import explain
+    from bench.report.load import load_run
+
+    answer = explain(load_run(outcome.run_dir), "fp32+kv", "fp32", compute_unit="cpuOnly")["answer"]
+    (decoders,) = [line for line in answer if line.startswith("The decoders differ")]
+    assert "host emulation of the Core ML state" in decoders and "cache in Core ML state" not in decoders
     import torch
 
     manifest = load_variant("fp32+kv", Workspace(kv_workspace[0]))

@@ -98,13 +98,13 @@ def _jsonable(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------- merged table
 SERIES_FIELDS = {"latency": "latency_ns", "encoder": "encoder_ns", "decoder": "decoder_ns", "steps": "decoder_steps",
-                 "first_token": "first_token_ns"}
+                 "first_token": "first_token_ns", "per_token": "token_ns"}
 
 
 def series_samples(run: RunData) -> dict[tuple, dict[str, Any]]:
     """Measured (non-warm-up) samples per (variant, target kind, target, unit), computed once: arrays `latency`,
     `throttled`, and where the run stored them `encoder`, `decoder` (ns, all steps), `steps` (decoder calls = tokens
-    per caption) and `image` (ids)."""
+    per caption), `first_token`, `per_token` (token_ns) and `image` (ids)."""
     import numpy as np
 
     cached = run.cache.get("series")
@@ -181,18 +181,18 @@ def merge_table(run: RunData):
 
 def decode_summary(series: dict[str, Any]) -> dict[str, float | None]:
     """Medians of one series' decode figures (issue 14): encoder, time to first token, per-token decode time (the
-    decoder steps' mean per caption) and tokens per second of the whole caption. None where not stored."""
+    stored token_ns: mean of the steps after the first, which time to first token already counts, as the store and
+    docs/contracts.md define it) and tokens per second of the whole caption. None where not stored."""
     import numpy as np
 
     def median(values) -> float | None:
         return float(np.median(values)) if values is not None and len(values) else None
 
     steps, latency = series.get("steps"), series.get("latency")
-    per_token = series["decoder"] / np.maximum(steps, 1) if "decoder" in series and steps is not None else None
     rate = steps / (latency / 1e9) if steps is not None and latency is not None and len(latency) else None
     scale = lambda v: None if v is None else v / 1e6  # noqa: E731
     return {"encoder_ms": scale(median(series.get("encoder"))), "first_token_ms": scale(median(series.get("first_token"))),
-            "token_ms": scale(median(per_token)), "tokens_per_s": median(rate)}
+            "token_ms": scale(median(series.get("per_token"))), "tokens_per_s": median(rate)}
 
 
 def _load_times(jobs: list[dict]) -> dict[str, float | None]:

@@ -56,20 +56,11 @@ def decoder_pairs(run, table) -> list[dict[str, Any]]:
     return pairs
 
 
-def _per_token(series: dict[str, Any]):
-    import numpy as np
-
-    if "decoder" not in series or "steps" not in series:
-        return None
-    return series["decoder"] / np.maximum(series["steps"], 1)
-
-
 def _verdicts(recompute: dict[str, Any], cached: dict[str, Any], *, key: str) -> list[dict[str, Any]]:
     """kv_cache vs recompute for the whole caption, time to first token and time per token, paired by image."""
     found = []
     for field, label in VERDICT_METRICS:
-        a = _per_token(recompute) if field == "per_token" else recompute.get(field)
-        b = _per_token(cached) if field == "per_token" else cached.get(field)
+        a, b = recompute.get(field), cached.get(field)
         if a is None or b is None:
             continue
         verdict = stats.compare_latency_paired(a, b, recompute.get("image"), cached.get("image"), key=key,

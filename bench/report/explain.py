@@ -337,7 +337,7 @@ def summarize(result: dict[str, Any]) -> list[str]:
         lines.append("These are host-torch numbers: host emulation (not Core ML) — dense PyTorch weights on the host "
                      "CPU; they say nothing about a phone.")
     lines += _part_sentences(result)
-    lines += _decoding_sentences(result)
+    lines += _decoding_sentences(result, on_host=on_host)
     lines += _size_sentences(result["static"], phone_note=on_host)
     if not on_host:
         lines += _plan_sentences(result)
@@ -404,12 +404,14 @@ def _part_sentences(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _decoding_sentences(result: dict[str, Any]) -> list[str]:
-    """When the two jobs decoded differently (recorded per job, issue 14), say how: it changes what a step is."""
+def _decoding_sentences(result: dict[str, Any], *, on_host: bool) -> list[str]:
+    """When the two jobs decoded differently (recorded per job, issue 14), say how: it changes what a step is.
+    host-torch emulates the cache in PyTorch: no Core ML state was measured there."""
     a, b = result["a"], result["b"]
     if (a.get("decoding") or "recompute") == (b.get("decoding") or "recompute"):
         return []
-    how = {"kv_cache": "keeps the self-attention cache in Core ML state (one token per decoder step, the image's "
+    where = "a float16 PyTorch buffer (host emulation of the Core ML state)" if on_host else "Core ML state"
+    how = {"kv_cache": f"keeps the self-attention cache in {where} (one token per decoder step, the image's "
                        "cross-attention keys/values computed once by the encoder)",
            "recompute": "recomputes every position at each decoder step"}
     return [f"The decoders differ: {a['name']} {how.get(a.get('decoding') or 'recompute', a.get('decoding'))}; "
