@@ -457,7 +457,8 @@ def check_imported(directory: Path | str, *, full: bool = False) -> Any:
             or not isinstance(sealed.get("files"), dict):
         raise DamagedError(f"{path}: changed since it was imported (its own hash differs) — {hint}", path=str(path))
     stored_name = (stored.get("package") or {}).get("path", "model.mlpackage")
-    return integrity.check_files(directory, sealed["files"], roots=(stored_name,), full=full, hint=hint)
+    roots = ("encoder.mlpackage", "decoder.mlpackage", TOKENIZER_DIR) if stored.get("captioner") else (stored_name,)
+    return integrity.check_files(directory, sealed["files"], roots=roots, full=full, hint=hint)
 
 
 def list_imported(workspace: Workspace | None = None, *, unreadable: dict[str, str] | None = None) -> list[dict]:
@@ -543,3 +544,243 @@ def verify_imported(workspace: Workspace | None = None, names: list[str] | None 
         except DamagedError as err:
             results.append((folder.name, err))
     return results
+
+
+# --------------------------------------------------------------------------------------------------- captioner pairs
+# An encoder/decoder pair with its tokenizer folder (`bench models import ENC DEC --captioner DIR`) is stored as
+#     encoder.mlpackage, decoder.mlpackage   byte-for-byte copies
+#     tokenizer/                             the folder's tokenizer, image processor and text config files (no weights)
+#     manifest.json                          `bench.imported` v1 with `captioner: true` and the fields of a built
+#                                            variant's manifest a run reads (image_size, resize, decoder_length,
+#                                            decode, io, packages with their tree hashes, source.path = tokenizer/)
+# so the iPhone and Mac targets run ordinary captioner jobs on it and device quality decodes its ids with its own
+# tokenizer. It has no torch weights: host-torch cannot run it and it has no host reference.
+
+PAIR_ROLES = ("encoder", "decoder")
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "preprocessor_config.json", "config.json", "generation_config.json",
+                   "bench_captioner.json")
+CONTRACT_HINT = "the harness's captioner contract, docs/contracts.md §3"
+
+
+@dataclass(frozen=True)
+class CaptionerCandidate:
+    """An encoder/decoder pair and its tokenizer folder, checked and read, before anything is stored."""
+
+    source: Path  # the encoder (provenance names all three)
+    decoder: Path
+    tokenizer: Path
+    name: str
+    family: str
+    reference: bool
+    interface: dict[str, Any]
+    metadata: dict[str, Any]
+    image_size: int
+    decoder_length: int
+    decode: dict[str, int]
+    preprocessing: dict[str, Any]
+    family_given: bool = False
+    kind: str = "captioner"
+
+
+def _main_io(interface: dict[str, Any]) -> dict[str, Any]:
+    return interface["functions"][interface["default_function"]]
+
+
+def _feature_named(features: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((f for f in features if f["name"] == name), None)
+
+
+def _need(path: Path, role: str, what: str) -> InputError:
+    return InputError(f"{path}: not a captioner {role}: {what} ({CONTRACT_HINT})")
+
+
+def check_pair_contract(encoder: Path, encoder_io: dict[str, Any], decoder: Path,
+                        decoder_io: dict[str, Any]) -> tuple[int, int]:
+    """(image size S, decoder length L) when the pair speaks the runner's captioner contract: encoder
+    `pixel_values` float32 [1,3,S,S] → `image_embeds`; decoder `input_ids`, `attention_mask` int32 [1,L] and
+    `image_embeds` → `logits` (recompute decoding, no states); else one line naming what is missing."""
+    from bench.build.export import DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT
+
+    pixels = _feature_named(encoder_io["inputs"], ENCODER_INPUT)
+    if pixels is None or pixels["kind"] != "multiarray":
+        raise _need(encoder, "encoder", f"no multi-array input {ENCODER_INPUT!r}")
+    shape = pixels["shape"]
+    if len(shape) != 4 or shape[:2] != [1, 3] or shape[2] != shape[3] or shape[2] <= 0:
+        raise _need(encoder, "encoder", f"input {ENCODER_INPUT!r} is {shape}, not [1, 3, S, S]")
+    if _feature_named(encoder_io["outputs"], ENCODER_OUTPUT) is None:
+        raise _need(encoder, "encoder", f"no output {ENCODER_OUTPUT!r}")
+    if decoder_io["states"]:
+        raise _need(decoder, "decoder", "it has states (a kv_cache decoder); import the recompute decoder")
+    length = None
+    for name in DECODER_INPUTS:
+        feature = _feature_named(decoder_io["inputs"], name)
+        if feature is None or feature["kind"] != "multiarray":
+            raise _need(decoder, "decoder", f"no multi-array input {name!r}")
+        if name == "image_embeds":
+            continue
+        if feature["dtype"] != "int32" or len(feature["shape"]) != 2 or feature["shape"][0] != 1:
+            raise _need(decoder, "decoder", f"input {name!r} is {feature['dtype']}{feature['shape']}, not int32[1, L]")
+        if length is not None and feature["shape"][1] != length:
+            raise _need(decoder, "decoder", "input_ids and attention_mask differ in length")
+        length = feature["shape"][1]
+    if _feature_named(decoder_io["outputs"], DECODER_OUTPUT) is None:
+        raise _need(decoder, "decoder", f"no output {DECODER_OUTPUT!r}")
+    return int(shape[2]), int(length)
+
+
+def read_tokenizer_folder(folder: Path, image_size: int, decoder_length: int) -> tuple[dict[str, int], dict]:
+    """(decode ids, preprocessing) from a tokenizer/processor folder the harness can load offline; one line naming
+    what is missing otherwise."""
+    from bench.train.captioner import load_tokenizer, read_preprocessing
+
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder (--captioner names the pair's tokenizer/processor folder)")
+    if not ((folder / "vocab.txt").is_file() or (folder / "tokenizer.json").is_file()):
+        raise InputError(f"{folder}: no tokenizer (vocab.txt or tokenizer.json) in the --captioner folder")
+    if not (folder / "preprocessor_config.json").is_file():
+        raise InputError(f"{folder}: no image processor config (preprocessor_config.json) in the --captioner folder")
+    tokenizer = load_tokenizer(folder)
+    prep = read_preprocessing(folder, image_size)
+    if prep.image_size != image_size:
+        raise InputError(f"{folder / 'preprocessor_config.json'}: size {prep.image_size} but the encoder takes "
+                         f"{image_size}×{image_size} pixel values")
+    text = _json_or_empty(folder / "config.json").get("text_config") or {}
+    decode = {"bos_id": text.get("bos_token_id", tokenizer.cls_token_id),
+              "eos_id": text.get("sep_token_id", tokenizer.sep_token_id),
+              "pad_id": text.get("pad_token_id", tokenizer.pad_token_id)}
+    missing = [k for k, v in decode.items() if v is None]
+    if missing:
+        raise InputError(f"{folder}: the tokenizer defines no {missing[0].removesuffix('_id')} token (and config.json "
+                         "no text_config with it)")
+    wanted = (_json_or_empty(folder / "bench_captioner.json").get("decode") or {}).get("max_length") or decoder_length
+    decode["max_length"] = min(int(wanted), decoder_length)
+    return {k: int(v) for k, v in decode.items()}, {**prep.to_dict(), "resize": "resize", "crop_fraction": 1.0}
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: cannot be read as JSON ({err})") from None
+    return document if isinstance(document, dict) else {}
+
+
+def plan_captioner(encoder: Path | str, decoder: Path | str, tokenizer: Path | str, *, name: str | None = None,
+                   family: str | None = None, reference: bool = False) -> CaptionerCandidate:
+    """The pair and its folder checked (Core ML packages, the captioner contract, a loadable tokenizer) before
+    anything is stored."""
+    paths = {role: Path(p).expanduser() for role, p in zip(PAIR_ROLES, (encoder, decoder))}
+    interfaces, metadata = {}, {}
+    for role, path in paths.items():
+        if package_kind(path) != "mlpackage":
+            raise InputError(f"{path}: a captioner's {role} must be an .mlpackage (an ML program)")
+        spec = read_spec(path, "mlpackage")
+        interfaces[role], metadata[role] = describe_interface(spec), package_metadata(spec)
+    size, length = check_pair_contract(paths["encoder"], _main_io(interfaces["encoder"]), paths["decoder"],
+                                       _main_io(interfaces["decoder"]))
+    folder = Path(tokenizer).expanduser()
+    decode, preprocessing = read_tokenizer_folder(folder, size, length)
+    chosen = check_name(name or default_name(paths["encoder"]))
+    interface = {"model_type": "captioner", "specification_version": interfaces["encoder"]["specification_version"],
+                 "default_function": "encoder",
+                 "functions": {role: _main_io(interfaces[role]) for role in PAIR_ROLES}}
+    return CaptionerCandidate(paths["encoder"].resolve(), paths["decoder"].resolve(), folder.resolve(), chosen,
+                              check_name(family or chosen, "family"), reference, interface, metadata, size, length,
+                              decode, {**preprocessing, "image_size": size}, family is not None)
+
+
+def import_captioner(encoder: Path | str, decoder: Path | str, tokenizer: Path | str,
+                     workspace: Workspace | None = None, *, name: str | None = None, family: str | None = None,
+                     reference: bool = False) -> ImportResult:
+    """Register an encoder/decoder pair with its tokenizer folder as an imported captioner (all or nothing)."""
+    from bench.build.builder import _exclusive_build
+
+    ws = workspace or Workspace.current()
+    candidate = plan_captioner(encoder, decoder, tokenizer, name=name, family=family, reference=reference)
+    with _exclusive_build(ws.variants_dir):
+        staged = _stage_pair(candidate, ws)
+        try:
+            return _commit(staged)
+        finally:
+            shutil.rmtree(staged.scratch, ignore_errors=True)
+
+
+def _stage_pair(candidate: CaptionerCandidate, workspace: Workspace) -> _Staged:
+    import tempfile
+
+    from bench.build import integrity
+
+    started = time.perf_counter()
+    root = imported_root(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".import-", suffix=".tmp", dir=root))
+    try:
+        files = {**_copy_hashed(candidate.source, scratch, "encoder.mlpackage"),
+                 **_copy_hashed(candidate.decoder, scratch, "decoder.mlpackage")}
+        (scratch / TOKENIZER_DIR).mkdir()
+        for file_name in TOKENIZER_FILES:
+            if (candidate.tokenizer / file_name).is_file():
+                files |= _copy_hashed(candidate.tokenizer / file_name, scratch / TOKENIZER_DIR, file_name)
+        files = {(k if k.startswith(("encoder.", "decoder.")) else f"{TOKENIZER_DIR}/{k}"): v
+                 for k, v in files.items()}
+        content = hashlib.sha256("".join(f"{rel}\0{info['sha256']}\n" for rel, info in sorted(files.items()))
+                                 .encode()).hexdigest()  # paths kept whole: the two packages share inner names
+        variant_id = f"{candidate.name}-{content[:12]}"
+        final = root / variant_id
+        if _intact(final):
+            _refuse_regrouping(candidate, read_imported(final))
+            return _Staged(candidate, scratch, final, variant_id, True, started)
+        manifest = _pair_manifest(candidate, scratch, files, content, variant_id)
+        records.write(scratch / MANIFEST, KIND, integrity.seal(records.stamp(KIND, manifest), files))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return _Staged(candidate, scratch, final, variant_id, False, started)
+
+
+def _pair_manifest(candidate: CaptionerCandidate, folder: Path, files: dict[str, dict[str, Any]], content: str,
+                   variant_id: str) -> dict[str, Any]:
+    from bench.build.analyze import analyze_package
+    from bench.build.builder import _graph_io
+    from bench.build.verify import measured_summary
+    from bench.deploy.hashing import tree_sha256
+    from bench.store.environment import host_environment, now_iso
+
+    started = time.perf_counter()
+    analyses = {role: analyze_package(folder / f"{role}.mlpackage", package=role) for role in PAIR_ROLES}
+    measured = measured_summary(analyses, {})
+    packages = {role: {"path": f"{role}.mlpackage",
+                       "bytes": sum(f["bytes"] for rel, f in files.items() if rel.startswith(f"{role}.mlpackage/")),
+                       "weight_bytes": analyses[role].weight_bytes,
+                       "sha256": tree_sha256(folder / f"{role}.mlpackage")} for role in PAIR_ROLES}
+    return {
+        "variant_id": variant_id, "name": candidate.name, "family": candidate.family,
+        "reference": candidate.reference, "origin": "imported", "captioner": True, "variant_hash": content[:12],
+        "content_sha256": content,
+        "package": {"path": "encoder.mlpackage", "format": "captioner pair",
+                    "bytes": sum(f["bytes"] for f in files.values()), "weight_bytes": measured["weight_bytes"],
+                    "sha256": content},
+        "packages": packages,
+        "image_size": candidate.image_size, "resize": "resize", "decoder_length": candidate.decoder_length,
+        "decode": candidate.decode,
+        "io": {**_graph_io("recompute", analyses), "preprocessing": candidate.preprocessing},
+        "source": {"path": str(folder.parent / variant_id / TOKENIZER_DIR), "name": candidate.name,
+                   "tokenizer_from": str(candidate.tokenizer), "weights_sha256": None, "params": measured.get("params"),
+                   "model_size": None},
+        "interface": candidate.interface,
+        "measured": measured,
+        "analysis": {"opset": analyses["encoder"].opset, "op_counts": measured["op_counts"],
+                     "seconds": round(time.perf_counter() - started, 3)},
+        "provenance": {"source_path": str(candidate.source), "decoder_path": str(candidate.decoder),
+                       "tokenizer_path": str(candidate.tokenizer), "imported_at": now_iso(),
+                       "package_metadata": candidate.metadata},
+        "environment": host_environment(),
+    }
+
+
+def is_captioner(manifest: dict[str, Any]) -> bool:
+    return bool(manifest.get("captioner"))

@@ -87,14 +87,26 @@ def import_command(
                                                                "name); drift is measured against its reference.")] = None,
     reference: Annotated[bool, typer.Option("--reference", help="Make this the family's reference (default: the least "
                                                                "compressed member).")] = False,
+    captioner: Annotated[Path | None, typer.Option(
+        "--captioner", help="PATHs are an encoder and a decoder .mlpackage; this folder holds their tokenizer and "
+                            "image processor config: measured like a built captioner, captions decoded on the "
+                            "device.")] = None,
 ) -> None:
     """Register Core ML models made elsewhere as variants: stored by content hash, analysed like built ones."""
-    from bench.build.imported import families, import_models
+    from bench.build.imported import families, import_captioner, import_models
     from bench.cli._common import console, table
+    from bench.errors import InputError
     from bench.paths import Workspace
 
     workspace = Workspace.current()
-    results = import_models(list(paths), workspace, name=name, family=family, reference=reference)
+    if captioner is not None:
+        if len(paths) != 2:
+            raise InputError(f"--captioner imports one encoder/decoder pair: give ENCODER.mlpackage DECODER.mlpackage "
+                             f"({len(paths)} path{'s' if len(paths) != 1 else ''} given)")
+        results = [import_captioner(paths[0], paths[1], captioner, workspace, name=name, family=family,
+                                    reference=reference)]
+    else:
+        results = import_models(list(paths), workspace, name=name, family=family, reference=reference)
     references = {f: info["reference"] for f, info in families(workspace).items()}
     rows = []
     for result in results:
@@ -288,6 +300,9 @@ def _analyses(argument: str) -> tuple[str, dict[str, Any]]:
         check_variant(manifest)  # the stored bytes must still be the ones built
         return manifest.variant_id, {p: analyze_package(manifest.package_path(p), package=p) for p in PACKAGES}
     check_imported(imported["directory"])  # the stored bytes must still be the ones imported
+    if imported.get("captioner"):  # an encoder/decoder pair: both packages, as for a built variant
+        return imported["variant_id"], {p: analyze_package(Path(imported["directory"]) / f"{p}.mlpackage", package=p)
+                                        for p in PACKAGES}
     if imported["package"]["format"] != "mlpackage" or imported["interface"]["model_type"] != "mlProgram":
         raise InputError(f"{imported['variant_id']}: a {imported['interface']['model_type']} model; only ML "
                          "programs (.mlpackage) are analysed per tensor — `bench models ls` shows its bytes and "

@@ -290,8 +290,12 @@ def package_hashes(variant_dir: Path) -> dict[str, str]:
             raise DeviceError(f"{variant_dir} has no {role}.mlpackage",
                               action="build the variant with `bench models build`")
     if os.path.lexists(variant_dir / "manifest.json"):
+        from bench.build.imported import FOLDER, check_imported
         from bench.build.integrity import check_variant, recorded_package_hashes
 
+        if variant_dir.parent.name == FOLDER:  # an imported encoder/decoder pair (bench.build.imported)
+            check_imported(variant_dir)
+            return _recorded_hashes(variant_dir / "manifest.json")
         check_variant(variant_dir)
         return recorded_package_hashes(variant_dir)
     from bench.deploy.hashing import tree_sha256
@@ -491,7 +495,8 @@ def _imported_hashes(manifest_path: Path) -> set[str]:
 
     document = json.loads(manifest_path.read_text())
     sha = document.get("content_sha256") if isinstance(document, dict) else None
-    return {sha} if isinstance(sha, str) and sha else set()
+    pair = set(_recorded_hashes(manifest_path).values())  # an encoder/decoder pair: pushed like a built variant's
+    return pair | ({sha} if isinstance(sha, str) and sha else set())
 
 
 def _recorded_hashes(manifest_path: Path) -> dict[str, str]:

@@ -176,6 +176,8 @@ def rows(run, *, scored: bool = True, only=None) -> list[dict[str, Any]]:
 
 def _row(run, key: str, record: dict[str, Any], scored: bool) -> dict[str, Any] | None:
     host = run.evals.get(record["variant_id"])
+    if host is None and all("references" in item for item in record["per_image"]):
+        return _unpaired_row(key, record, run, scored)
     if host is None:
         run.notes.append(f"device quality of {key} not scored: no host reference (eval record) for "
                          f"{record['variant_id']} in this run")
@@ -198,11 +200,48 @@ def _row(run, key: str, record: dict[str, Any], scored: bool) -> dict[str, Any] 
                if scored else {"device": point_metrics(record, host)})}
 
 
+NO_HOST_REFERENCE = "no host reference: an imported captioner (no torch weights)"
+
+
+def _unpaired_row(key: str, record: dict[str, Any], run, scored: bool) -> dict[str, Any]:
+    """An imported captioner pair (bench.build.imported): no torch weights, hence no host reference; its record
+    carries the references, and its device captions are scored alone (intervals by bootstrap over images)."""
+    from bench.eval.metrics import score_corpus
+
+    captions = [item["caption"] for item in record["per_image"]]
+    references = [item["references"] for item in record["per_image"]]
+    if scored:
+        metrics = score_corpus(captions, references, resamples=RESAMPLES, seed=0).as_record()
+        device = {m: metrics[m] for m in ("bleu", "cider")}
+    else:
+        from bench.eval.metrics import CIDER_SCORER, cider_per_image, corpus_bleu
+
+        bleu, signature = corpus_bleu(captions, references)
+        device = {"bleu": {"score": bleu, "signature": signature},
+                  "cider": {"score": float(cider_per_image(captions, references).mean()), "scorer": CIDER_SCORER}}
+    target = record["target"]
+    return {"series_key": key, "variant_id": record["variant_id"],
+            "variant": variant_name(record["variant_id"], run.variants.get(record["variant_id"])),
+            "variant_hash": record.get("variant_hash"), "target_kind": target["kind"],
+            "target_id": target["id"], "device_model": target.get("model"), "os_build": target.get("os_build"),
+            "target": target_label(target["kind"], target.get("model"), target.get("name")),
+            "compute_unit": record["compute_unit"], "dataset": (record.get("dataset") or {}).get("signature"),
+            "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
+                           "host_caption": None, "references": d["references"]} for d in record["per_image"]],
+            "n_images": len(captions), "changed": None, "changed_share": None, "device": device, "host": None,
+            "delta": None}
+
+
 def table_cells(found: list[dict[str, Any]]) -> list[list[str]]:
     """The report table's cells (COLUMNS), one row per variant × device × compute unit."""
     out = []
     for row in found:
         bleu, cider = row["device"]["bleu"], row["device"]["cider"]
+        if row["host"] is None:  # an imported captioner: nothing to pair with
+            out.append([row["variant"], row["target"], row["compute_unit"], str(row["n_images"]),
+                        f"{bleu['score']:.2f} [{_ci(bleu, 1)}]", "-", f"{cider['score']:.3f} [{_ci(cider, 3)}]", "-",
+                        "-", "-", NO_HOST_REFERENCE])
+            continue
         delta = row["delta"]["bleu"]
         changed = row["changed"]
         out.append([row["variant"], row["target"], row["compute_unit"], str(row["n_images"]),
@@ -227,8 +266,13 @@ def _ids(ids: list[str], most: int = 5) -> str:
 def sentence(row: dict[str, Any]) -> str:
     """One finding in words: "on the Neural Engine 7 % of int8's captions change (3 of 40 images), BLEU −0.8 [−1.4,
     −0.2] vs the host reference (UNKNOWN: …)"."""
-    delta = row["delta"]["bleu"]
     where = f"{UNIT_WORDS.get(row['compute_unit'], 'on ' + row['compute_unit'])} of {row['target']}"
+    if row["host"] is None:
+        bleu = row["device"]["bleu"]
+        lo, hi = bleu.get("ci95") or (math.nan, math.nan)
+        return (f"{row['variant']} {where}: BLEU {bleu['score']:.2f} [{lo:.2f}, {hi:.2f}] over {row['n_images']} "
+                f"images decoded on the device ({NO_HOST_REFERENCE}, so no paired comparison).")
+    delta = row["delta"]["bleu"]
     if not row["changed"]:
         return (f"{row['variant']} {where}: no caption changes ({row['n_images']} images decoded on the device, "
                 f"identical to the {HOST_REFERENCE}): device BLEU = host reference BLEU "

@@ -358,7 +358,7 @@ def device_quality_findings(run: RunData, variant_ids: tuple[str, ...], target_i
 
     found = sorted(device_quality.rows(run, only=wanted), key=lambda row: variant_ids.index(row["variant_id"]))
     return [{"variant": row["variant"], "changed": row["changed"], "changed_share": row["changed_share"],
-             "n_images": row["n_images"], "bleu_delta": row["delta"]["bleu"], "sentence": device_quality.sentence(row)}
+             "n_images": row["n_images"], "bleu_delta": (row["delta"] or {}).get("bleu"), "sentence": device_quality.sentence(row)}
             for row in found]
 
 

@@ -78,6 +78,10 @@ def imported_variants(workspace: Workspace, names: list[str]) -> list[VariantRef
     for name in names:
         manifest = find_imported(name, workspace)
         if manifest is not None:
+            if manifest.get("captioner"):  # read like a built variant's manifest by the targets and device quality
+                from bench.run.generic import CaptionerSource
+
+                manifest = CaptionerSource(manifest)
             refs[manifest["variant_id"]] = variant_ref(manifest, Path(manifest["directory"]))
     return list(refs.values())
 
@@ -102,6 +106,12 @@ def _with_family_references(variants: list[VariantRef], workspace: Workspace) ->
             notes.append(f"added {reference}, the reference of family {variant.source['family']}: drift is measured "
                          "against it on cpuOnly")
     return [*variants, *added], notes
+
+
+def _is_pair(variant: VariantRef) -> bool:
+    from bench.run.generic import is_imported_captioner
+
+    return is_imported_captioner(variant)
 
 
 def _imported_plan(variants: list[VariantRef], workspace: Workspace) -> dict[str, Any]:
@@ -250,6 +260,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         "adaptive": config.adaptive.model_dump(mode="json"),
         "order": "interleaved, randomised per (seed, target, round)",
         "imported": _imported_plan(variants, workspace),
+        # imported encoder/decoder pairs: captioner jobs on Core ML, no torch weights, hence no host reference
+        "imported_captioners": [v.variant_id for v in variants if _is_pair(v)],
     }
     run_dir = workspace.results_dir / run_id
     workspace.results_dir.mkdir(parents=True, exist_ok=True)
@@ -621,7 +633,11 @@ def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) ->
     if not named or _core_ml_targets(config, workspace):
         return
     where = "this run's targets have none" if platform.system() == "Darwin" else "none is connected here"
-    raise PlatformUnavailable(f"{named[0]} is an imported model: {MEASURE_NEEDS}, and {where}; static analysis "
+    from bench.build.imported import find_imported
+
+    what = ("an imported captioner (Core ML packages without torch weights: host-torch cannot run it)"
+            if (find_imported(named[0], workspace) or {}).get("captioner") else "an imported model")
+    raise PlatformUnavailable(f"{named[0]} is {what}: {MEASURE_NEEDS}, and {where}; static analysis "
                               f"works anywhere: `bench models inspect {named[0]}`, `bench models diff {named[0]} OTHER`")
 
 
@@ -680,9 +696,14 @@ def evaluate_variants(outcome: RunOutcome, config: RunConfig, workspace: Workspa
     options = EvalOptions(threads=config.host_threads, batch_size=8)
     records: dict[str, Any] = {}
     imported = outcome.data.manifest["plan"].get("imported") or {}
+    pairs = set(outcome.data.manifest["plan"].get("imported_captioners") or ())
     for entry in outcome.data.manifest["plan"]["variant_details"]:
         if entry["variant_id"] in imported:
             continue  # not a captioner: its quality is its output drift (bench.report.drift)
+        if entry["variant_id"] in pairs:
+            outcome.notes.append(f"{entry['name']} is an imported captioner: no host reference (host-torch cannot run "
+                                 "it, no torch weights); its caption quality is the one decoded on the device")
+            continue
         directory = entry["path"] or workspace.variants_dir / entry["variant_id"]
         try:
             captioner, subject = open_subject(str(directory), workspace)

@@ -31,8 +31,8 @@ def quality_key(series: Series) -> str:
 
 
 def pending_series(series: list[Series], targets: list, bound: dict[str, Any] | None) -> list[Series]:
-    """Series of captioners on device targets without a bound record (failed ones are redone). Imported models
-    (bench.run.generic) have no captions: their device quality is their output drift (bench.report.drift)."""
+    """Series of captioners (built, or imported encoder/decoder pairs) on device targets without a bound record
+    (failed ones are redone). Imported models running generic jobs (bench.run.generic) have no captions: their device quality is their output drift (bench.report.drift)."""
     from bench.run.generic import is_imported
 
     kinds = {t.id: t.kind for t in targets}
@@ -128,8 +128,13 @@ def _record(series: Series, target, result: StepResult, items: list[ImageItem], 
         raise QualityJobError(f"the device returned no ids for {len(missing)} of {len(items)} images "
                               f"(e.g. {missing[0]})")
     variant = series.variant
+    from bench.run.generic import is_imported_captioner
+
+    # an imported pair has no host reference to take the references from: its record carries them
+    own_references = is_imported_captioner(variant)
     per_image = [{"image_id": item.image_id, "tokens": [int(t) for t in ids[item.image_id]],
-                  "caption": tokenizer.decode(ids[item.image_id], skip_special_tokens=True).strip()}
+                  "caption": tokenizer.decode(ids[item.image_id], skip_special_tokens=True).strip(),
+                  **({"references": list(item.references)} if own_references else {})}
                  for item in items]
     extra = result.extra_conditions or {}
     return {"series_key": series.key, "variant_id": variant.variant_id, "variant_name": variant.name,
@@ -149,6 +154,12 @@ class QualityJobError(BenchError):
 
 
 def _source_path(variant) -> Path:
+    """Where the variant's tokenizer is: its source checkpoint, or an imported pair's stored tokenizer folder."""
+    from bench.build.imported import TOKENIZER_DIR
+    from bench.run.generic import is_imported_captioner
+
+    if is_imported_captioner(variant) and variant.path is not None:
+        return Path(variant.path) / TOKENIZER_DIR
     source = getattr(variant.source, "source", None) or {}
     path = source.get("path") if isinstance(source, dict) else None
     if not path:

@@ -48,9 +48,27 @@ class InputSet:
 
 
 def is_imported(variant: Any) -> bool:
-    """Whether a VariantRef (or its source) is an imported model (bench.build.imported)."""
+    """Whether a VariantRef (or its source) is an imported model that runs generic jobs (bench.build.imported); an
+    imported captioner pair runs captioner jobs like a built variant (is_imported_captioner)."""
     source = getattr(variant, "source", variant)
-    return isinstance(source, dict) and source.get("origin") == "imported"
+    return isinstance(source, dict) and source.get("origin") == "imported" and not source.get("captioner")
+
+
+def is_imported_captioner(variant: Any) -> bool:
+    """Whether a VariantRef (or its source) is an imported encoder/decoder pair (`bench models import --captioner`):
+    captioner jobs on Core ML, no torch weights (never host-torch, no host reference)."""
+    source = getattr(variant, "source", variant)
+    return isinstance(source, dict) and source.get("origin") == "imported" and bool(source.get("captioner"))
+
+
+class CaptionerSource(dict):
+    """An imported pair's manifest read as a built variant's is (`variant.source.io`, `.decoder_length`, `.source`):
+    the targets and device quality use the same code for both; a key it lacks reads as None, as getattr's default."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
 
 
 def function_of(interface: dict[str, Any], wanted: str | None) -> tuple[str, dict[str, Any]]:

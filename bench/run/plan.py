@@ -50,14 +50,15 @@ def plan_series(variants: list[VariantRef], targets: list, compute_units: list[s
         if unusable:
             names = ", ".join(f"{t.id} ({', '.join(t.compute_units)})" for t in targets)
             raise InputError(f"compute unit {unusable[0]!r} is not available on any chosen target: {names}")
-    from bench.run.generic import is_imported
+    from bench.run.generic import is_imported, is_imported_captioner
 
     series = []
     for target in targets:
         units = [u for u in (wanted or target.compute_units) if u in target.compute_units]
         for variant in variants:
-            if is_imported(variant) and target.kind not in ("macos-coreml", "iphone"):
-                continue  # imported models run generic jobs on Core ML (bench.run.generic), never host-torch
+            if (is_imported(variant) or is_imported_captioner(variant)) and target.kind not in ("macos-coreml",
+                                                                                                "iphone"):
+                continue  # imported models run on Core ML only: no torch weights for host-torch
             for unit in units:
                 series.append(Series(variant, target.id, unit))
     if not series:

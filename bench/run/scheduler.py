@@ -445,10 +445,10 @@ def _damage(variant) -> str | None:
         return None
     from bench.build.integrity import check_variant
     from bench.errors import DamagedError
-    from bench.run.generic import is_imported
+    from bench.run.generic import is_imported, is_imported_captioner
 
     try:
-        if is_imported(variant):
+        if is_imported(variant) or is_imported_captioner(variant):
             from bench.build.imported import check_imported
 
             check_imported(variant.path)
