@@ -160,6 +160,7 @@ def test_bench_devices_prune_keeps_the_packages_of_imported_variants(mux, byo_pa
     pushed = phone.model_bytes_written()
     assert main(["devices", "prune", "--device", phone.udid]) == 0, capsys.readouterr().err
     assert api.held(phone.udid).models == (dense.manifest["content_sha256"],)
+    assert api.held(phone.udid).inputs == ()  # the generic job's inputs (inputs/<sha>.bin) go too
     assert main(run) == 0, capsys.readouterr().err
     assert phone.model_bytes_written() == pushed  # kept on the phone: nothing pushed again
     assert main(["devices", "prune", "--device", phone.udid, "--all"]) == 0

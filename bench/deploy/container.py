@@ -291,7 +291,9 @@ async def prune(afc, keep_models: set[str], keep_inputs: set[str], *, jobs: bool
     held = await list_held(afc)
     doomed = list(held.leftovers)
     doomed += [f"{MODELS}/{sha}" for sha in held.models if sha not in keep_models]
-    doomed += [f"{INPUTS}/{sha}.f32" for sha in held.inputs if sha not in keep_inputs]
+    # by the names held: captioner inputs are <sha>.f32, generic jobs' <sha>.bin (bench.deploy.contract)
+    doomed += [f"{INPUTS}/{name}" for name in await _listdir(afc, INPUTS) if not name.startswith(TMP_PREFIX)
+               and name.removesuffix(".f32").removesuffix(".bin") not in keep_inputs]
     if jobs:
         doomed += [f"{JOBS}/{name}" for name in held.jobs] + [f"{RESULTS}/{name}" for name in held.results]
     doomed += [f"{COMPILED}/{scope}" for scope in held.compiled]  # a cache: the next run compiles again
