@@ -1,5 +1,6 @@
 """The coremltools work-arounds of bench/build/compress.py checked against coremltools' own code (real coremltools).
 
+Bug 1: the pruning threshold is computed in float32 (fp16 weights too) and is a magnitude that occurs in the weight.
 Bug 3: the iOS16 sparse op's pure-Python mask popcount is replaced by a vectorised copy of the same checks; on random
 masks, valid and broken, the copy must answer exactly what coremltools' original answers (type or error message).
 """
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.build.compress import mask_popcount, patch_sparse_mask_popcount
+from bench.build.compress import float32_threshold, mask_popcount, patch_sparse_mask_popcount
 
 
 def _original_and_patched():
@@ -98,3 +99,20 @@ def test_a_pruned_program_builds_through_the_patched_op():
                                                  mask=np.packbits(bits, bitorder="little"),
                                                  shape=np.array([4, 5], dtype=np.uint32))
             return mb.linear(x=x, weight=dense)
+
+
+def test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude():
+    rng = np.random.default_rng(2)
+    for trial in range(200):
+        value = rng.standard_normal(int(rng.integers(1, 3000))).astype(np.float32) * 0.02
+        if trial % 3 == 0:
+            value = np.round(value, 3)  # many ties
+        if trial % 4 == 0:
+            value = value.astype(np.float16)  # bug 1: fp16 weights, threshold still computed in float32
+        sparsity = float(rng.choice([0.01, 0.3, 0.5, 0.672, 0.9, 1.0]))
+        before = value.copy()
+        magnitudes = np.abs(value.astype(np.float32))
+        cut = np.percentile(magnitudes, sparsity * 100)
+        assert float32_threshold(value, sparsity) == magnitudes[magnitudes <= cut].max()
+        np.testing.assert_array_equal(value, before)  # the caller's weight is left as it was
+    assert float32_threshold(np.ones(5, np.float32), 0.0) == 0.0

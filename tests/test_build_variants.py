@@ -334,6 +334,22 @@ def test_damaged_host_weights_are_refused(variants, tmp_path):
     assert captioner_from_variant(load_variant(copy)).name == variants["int8"].variant_id
 
 
+def test_resizing_the_mapped_source_model_copies_no_weight(checkpoint):
+    """Building at another image size must not turn the memory-mapped source weights into a second copy (issue 16):
+    only the interpolated position embedding is new."""
+    from bench.build.host_weights import mapped_source_model
+    from bench.build.torch_weights import resize_vision_input
+
+    model = mapped_source_model(checkpoint)
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    resized = resize_vision_input(model, 48)
+    assert resized is model and resized.config.vision_config.image_size == 48
+    after = {name: p.data_ptr() for name, p in resized.named_parameters()}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"vision_model.embeddings.position_embedding"}
+    assert tuple(resized.vision_model.embeddings.position_embedding.shape[-2:]) == ((48 // 8) ** 2 + 1, 64)
+
+
 # ---------------------------------------------------------------------------------------------- inspection
 
 

@@ -166,12 +166,12 @@ def float32_threshold(value, sparsity: float) -> float:
     a magnitude that actually occurs, so comparing it in the weight's own dtype (fp16) is exact."""
     import numpy as np
 
-    magnitudes = np.abs(np.asarray(value, dtype=np.float32)).reshape(-1)
-    if sparsity <= 0:
+    magnitudes = np.abs(np.asarray(value, dtype=np.float32)).reshape(-1)  # our own array: free to reorder
+    if sparsity <= 0 or not magnitudes.size:
         return 0.0
-    cut = np.percentile(magnitudes, sparsity * 100)
-    below = magnitudes[magnitudes <= cut]
-    return float(below.max()) if below.size else 0.0
+    # In place and without a filtered copy: on a BLIP-base prune build the threshold was a third of compressing.
+    cut = np.percentile(magnitudes, sparsity * 100, overwrite_input=True)
+    return float(np.max(magnitudes, where=magnitudes <= cut, initial=0.0))
 
 
 def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package: str,

@@ -7,7 +7,6 @@ describes the deployed weight bytes (not the device's fp16 arithmetic: that need
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from pathlib import Path
@@ -22,22 +21,24 @@ def base_constant_name(name: str) -> str:
 
 
 def resize_vision_input(model, image_size: int):
-    """A copy of `model` whose vision position embedding is interpolated (as transformers does) to `image_size`."""
+    """`model` itself, its vision position embedding interpolated (as transformers does) to `image_size`.
+
+    In place, not on a copy: the build hands it a freshly mapped source model it owns (one per graph), and a
+    deep copy would turn every memory-mapped weight into a second, anonymous, full-precision copy (issue 16)."""
     import torch
 
     native = int(model.config.vision_config.image_size)
     if image_size == native:
         return model
-    resized = copy.deepcopy(model)
-    embeddings = resized.vision_model.embeddings
+    embeddings = model.vision_model.embeddings
     patches = (image_size // embeddings.patch_size) ** 2
     dummy = torch.zeros(1, patches + 1, embeddings.embed_dim)
     with torch.no_grad():
         new = embeddings.interpolate_pos_encoding(dummy, image_size, image_size).detach().clone()
     embeddings.position_embedding = torch.nn.Parameter(new)
     embeddings.image_size, embeddings.num_patches, embeddings.num_positions = image_size, patches, patches + 1
-    resized.config.vision_config.image_size = image_size
-    return resized.eval()
+    model.config.vision_config.image_size = image_size
+    return model.eval()
 
 
 def map_weights(constants, model) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
