@@ -1,6 +1,8 @@
 """The coremltools work-arounds of bench/build/compress.py checked against coremltools' own code (real coremltools).
 
 Bug 1: the pruning threshold is computed in float32 (fp16 weights too) and is a magnitude that occurs in the weight.
+Bug 4: the fp16 conversion's overflow check answers as coremltools' own does on random constants (finite, huge,
+infinite, NaN), one block of elements at a time.
 Bug 3: the iOS16 sparse op's pure-Python mask popcount is replaced by a vectorised copy of the same checks; on random
 masks, valid and broken, the copy must answer exactly what coremltools' original answers (type or error message).
 """
@@ -12,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bench.build import compress
 from bench.build.compress import float32_threshold, mask_popcount, patch_sparse_mask_popcount
 
 
@@ -116,3 +119,34 @@ def test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude()
         assert float32_threshold(value, sparsity) == magnitudes[magnitudes <= cut].max()
         np.testing.assert_array_equal(value, before)  # the caller's weight is left as it was
     assert float32_threshold(np.ones(5, np.float32), 0.0) == 0.0
+
+
+def _ops_reading(constant):
+    """The ops of a small MIL program that read `constant` (an fp32 array): coremltools' own Operation objects."""
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=constant.shape)])
+    def program(x):
+        return mb.mul(x=mb.add(x=x, y=constant), y=np.float32(2.0))
+
+    return list(program.functions["main"].operations)
+
+
+def test_patched_fp16_overflow_check_answers_like_the_original(monkeypatch):
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    compress.patch_fp16_overflow_check()
+    original = FP16ComputePrecision._coremltools_fp16_overflow
+    assert FP16ComputePrecision.fp16_overflow is compress._fp16_overflow
+    monkeypatch.setattr(compress, "_OVERFLOW_BLOCK", 7)  # many blocks, the offending element in any of them
+    rng = np.random.default_rng(3)
+    answers = set()
+    for trial in range(200):
+        values = rng.standard_normal(int(rng.integers(1, 60))).astype(np.float32) * 100
+        for _ in range(int(rng.integers(0, 3))):
+            values[rng.integers(values.size)] = rng.choice([7e4, -7e4, 65504, np.inf, -np.inf, np.nan, 3e38])
+        for op in _ops_reading(values):
+            expected = original(op)
+            assert compress._fp16_overflow(op) == expected, (values, op.op_type)
+            answers.add(expected)
+    assert answers == {True, False}

@@ -202,13 +202,14 @@ class _Session:
         """Convert and save one graph at a time, each from a freshly mapped source model dropped right after, so
         a conversion holds only the weights its graph touches."""
         from bench.build.analyze import ConstantReader, analyze_package
-        from bench.build.compress import candidates
+        from bench.build.compress import candidates, patch_fp16_overflow_check
         from bench.build.export import export_package
         from bench.build.torch_weights import map_weights, resize_vision_input
         from bench.build.variants import PACKAGES
 
         precision, target, image_size, decoder_length, decoder = key
         started = time.perf_counter()
+        patch_fp16_overflow_check()  # its unpatched check was the peak of a BLIP-base fp16 conversion
         folder = Path(self._folder.name) / "-".join(map(str, key))
         folder.mkdir()
         paths, maps, unmapped, cands = {}, {}, {}, {}

@@ -12,6 +12,12 @@ Two coremltools problems are worked around here (shared/notes/coreml-on-linux.md
   about half of a BLIP-base prune build. `patch_sparse_mask_popcount` swaps in the same checks, vectorised.
   Upstream: apple/coremltools, coremltools/converters/mil/mil/ops/defs/iOS16/constexpr_ops.py,
   `constexpr_sparse_to_dense.type_inference` (still there in 9.0); drop the patch once a release vectorises it.
+- Bug 4 (memory): converting with fp16 compute precision, `FP16ComputePrecision.fp16_overflow` checks every fp32
+  constant through `abs_value[np.where(abs_value < 1e38)]`: an int64 index of every element plus a gathered copy,
+  about 3x the constant's fp32 bytes at once; for BLIP-base's tied word embedding (94 MB) that was the build's peak
+  resident memory. `patch_fp16_overflow_check` answers the same question per block of elements.
+  Upstream: apple/coremltools, coremltools/converters/mil/mil/passes/defs/quantization.py,
+  `FP16ComputePrecision.fp16_overflow` (9.0); drop the patch once a release checks without the index.
 Only constants that map to a PyTorch parameter are ever compressed: the causal mask the exporter bakes in is not a
 weight and pruning it would break attention.
 """
@@ -159,6 +165,43 @@ def patch_sparse_mask_popcount() -> None:
     if constexpr_sparse_to_dense.type_inference is not _sparse_to_dense_type_inference:
         constexpr_sparse_to_dense._coremltools_type_inference = constexpr_sparse_to_dense.type_inference
         constexpr_sparse_to_dense.type_inference = _sparse_to_dense_type_inference
+
+
+# Elements of a constant checked at once for fp16 overflow (4 MB of fp32): bounds the check's temporary arrays.
+_OVERFLOW_BLOCK = 1 << 20
+
+
+def fits_fp16(value) -> bool:
+    """False when a finite-looking element (|x| < 1e38) lies beyond fp16's largest value, 65504: coremltools'
+    `np.max(abs_value[np.where(abs_value < 1e38)], initial=0.0) > 65504`, negated, without its index array."""
+    import numpy as np
+
+    flat = np.asarray(value).reshape(-1)
+    for start in range(0, flat.size, _OVERFLOW_BLOCK):
+        magnitudes = np.abs(flat[start:start + _OVERFLOW_BLOCK])
+        if np.max(magnitudes, where=magnitudes < 1e38, initial=0.0) > 65504:
+            return False
+    return True
+
+
+def _fp16_overflow(op) -> bool:
+    """coremltools 9.0's `FP16ComputePrecision.fp16_overflow`, same answer (`fits_fp16`), bounded memory."""
+    for inputs in op.inputs.values():
+        for var in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+            if var.op is not None and var.op.op_type == "const" and var.is_tensor_or_scalar_of(dtype="fp32"):
+                if not fits_fp16(var.op.val.val):
+                    return True
+    return False
+
+
+def patch_fp16_overflow_check() -> None:
+    """Bug 4 (module docstring): install the bounded-memory overflow check on coremltools' fp16 pass (idempotent).
+    Conversion with fp16 compute precision calls this first."""
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    if FP16ComputePrecision.__dict__["fp16_overflow"].__func__ is not _fp16_overflow:
+        FP16ComputePrecision._coremltools_fp16_overflow = FP16ComputePrecision.__dict__["fp16_overflow"]
+        FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
 
 
 def float32_threshold(value, sparsity: float) -> float:
