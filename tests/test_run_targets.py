@@ -98,6 +98,39 @@ def test_host_torch_keeps_a_bounded_number_of_variants_and_labels_every_load(tin
         assert host_weights.stored(variant.path) is not None  # materialised once, next to the variant
 
 
+def test_host_torch_keeps_every_variant_only_when_all_fit_the_memory_budget():
+    """The default residency: all of the run's variants when they fit in the budget together, else one at a time
+    (keeping two of five would hold their weights and, over a round of all five, never save a load). Faked: the
+    loader (a stand-in model) and the prepared sizes: only the eviction decision is under test."""
+    from types import SimpleNamespace
+
+    from bench.run.targets.host_torch import HostTorchTarget
+
+    loads = []
+
+    def load(variant):
+        loads.append(variant.variant_id)
+        return SimpleNamespace(model=SimpleNamespace(eval=lambda: None))
+
+    variants = [VariantRef(variant_id=f"v{i}-000000000000", name=f"v{i}", variant_hash=str(i), path=Path("."))
+                for i in range(5)]
+    for budget, resident_after_a_round in ((5 * 900, 5), (4 * 900, 1)):
+        target = HostTorchTarget(load_captioner=load, measure_warm_load=False)
+        target.resident_budget_bytes = budget
+        target._sizes = {v.variant_id: 900 for v in variants}
+        loads.clear()
+        for _ in range(2):  # two rounds over the five variants
+            for variant in variants:
+                target._captioner(variant)
+        assert len(target._captioners) == resident_after_a_round
+        assert len(loads) == (5 if resident_after_a_round == 5 else 10)
+    target = HostTorchTarget(load_captioner=load, measure_warm_load=False, resident_variants=2)
+    target._sizes = {v.variant_id: 900 for v in variants}
+    for variant in variants:
+        target._captioner(variant)
+    assert list(target._captioners) == [v.variant_id for v in variants[-2:]]  # the setting wins
+
+
 def _phone_target(phone, api):
     from bench.run.targets.iphone import IPhoneTarget
 

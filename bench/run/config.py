@@ -70,7 +70,8 @@ class RunConfig(_Strict):
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)  # None: drawn at random and recorded in run.json
     compute_plan: bool = True
     host_threads: int = Field(1, ge=1)
-    # host-torch models kept loaded at once (least recently used evicted); null: as many as fit in 10 % of memory
+    # host-torch models kept loaded at once (least recently used evicted); null: all of the run's variants when
+    # they fit in 10 % of memory together, else one (bench.run.targets.host_torch)
     host_resident_variants: Optional[int] = Field(None, ge=1)
     # Seconds to wait for the iPhone runner per job; None: derived from the job's model sizes and length
     # (bench.run.targets.iphone.runner_timeout). Not a measurement setting: a resume may change it.
