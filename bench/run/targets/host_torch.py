@@ -164,7 +164,7 @@ class HostTorchTarget:
         if variant.variant_id in self._captioners:
             self._captioners.move_to_end(variant.variant_id)
             return self._captioners[variant.variant_id], load
-        self._make_room(variant.variant_id)
+        self._make_room()
         first = variant.variant_id not in self._loaded_before
         captioner, elapsed = self._timed_load(variant)
         if first:
@@ -185,8 +185,8 @@ class HostTorchTarget:
         captioner = self._load_captioner(variant)
         return captioner, time.perf_counter_ns() - started
 
-    def _make_room(self, variant_id: str) -> None:
-        """Evict least recently used models until `variant_id` fits: the count setting, else all prepared variants
+    def _make_room(self) -> None:
+        """Evict least recently used models until one more may load: the count setting, else all prepared variants
         when they fit in the memory budget together, else one model at a time (module docstring)."""
         def fits() -> bool:
             if not self._captioners:
