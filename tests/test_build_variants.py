@@ -334,6 +334,37 @@ def test_damaged_host_weights_are_refused(variants, tmp_path):
     assert captioner_from_variant(load_variant(copy)).name == variants["int8"].variant_id
 
 
+def test_kmeans_palettization_of_the_largest_weight_in_its_own_pass_stores_the_same_values(variants, tmp_path,
+                                                                                          monkeypatch):
+    """Bounded memory (issue 16): the largest constant is k-means palettized after the others, from the saved
+    package; every stored value must be what one pass over all of them stores."""
+    import json
+
+    import numpy as np
+
+    from bench.build import compress
+    from bench.build.analyze import ConstantReader, analyze_package
+    from bench.build.builder import _compress_package
+    from bench.build.matrix import matrix_from_dict
+
+    source = variants["fp32"].package_path("decoder")  # the fp32 variant's package is the uncompressed one
+    mapping = json.loads((variants["fp32"].directory / "weights_map.json").read_text())["packages"]["decoder"]
+    cands = compress.candidates(analyze_package(source, hash_duplicates=False), ConstantReader(source), mapping)
+    recipe = matrix_from_dict({"source": "x", "variants": [
+        {"name": "k", "palettize": {"bits": 2, "mode": "kmeans"}}]}).planned()[0].recipe
+    stored = {}
+    for label, alone in (("one pass", 1 << 40), ("largest alone", 0)):
+        monkeypatch.setattr(compress, "KMEANS_ALONE_ELEMENTS", alone)
+        assert len(compress._largest_last(compress.select(cands, recipe), cands)) == (1 if alone else 2)
+        _compress_package(source, tmp_path / f"{alone}.mlpackage", recipe, cands, "decoder", False)
+        stored[label] = _coremltools_decompressed(tmp_path / f"{alone}.mlpackage")
+    assert stored["one pass"].keys() == stored["largest alone"].keys()
+    for name, value in stored["one pass"].items():
+        np.testing.assert_array_equal(stored["largest alone"][name], value, err_msg=name)
+    embedding = max(cands.values(), key=lambda c: c.numel).name
+    assert len(np.unique(stored["largest alone"][embedding])) <= 4  # palettized (2 bits), not left dense
+
+
 def test_resizing_the_mapped_source_model_copies_no_weight(checkpoint):
     """Building at another image size must not turn the memory-mapped source weights into a second copy (issue 16):
     only the interpolated position embedding is new."""

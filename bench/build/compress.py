@@ -25,7 +25,9 @@ weight and pruning it would break attention.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.build.matrix import Recipe
@@ -226,6 +228,8 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
     """
     import coremltools.optimize.coreml as cto
 
+    from bench.build.builder import give_back_memory
+
     patch_sparse_mask_popcount()
     chosen = select(cands, recipe)
     skipped = {name: why for name in chosen if (why := not_applicable(cands[name], recipe))}
@@ -247,10 +251,17 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
             nbits=p.bits, mode=p.mode, granularity=p.granularity,
             group_size=p.group_size if p.granularity == "per_grouped_channel" else 32, weight_threshold=0,
         )
-        model = cto.palettize_weights(
-            model, cto.OptimizationConfig(global_config=None, op_name_configs={names[n]: config for n in chosen}),
-            joint_compression=joint,
-        )
+        groups = _largest_last(chosen, cands) if p.mode == "kmeans" and not joint else [chosen]
+        with tempfile.TemporaryDirectory(prefix="bench-palettize-") as scratch:
+            for index, group in enumerate(groups):
+                if index:  # continue from the saved package: the in-memory program held every dense weight
+                    model = _reloaded(model, Path(scratch) / f"step{index}.mlpackage")
+                    give_back_memory()  # the previous program's objects refer to each other: collect them now
+                model = cto.palettize_weights(
+                    model, cto.OptimizationConfig(global_config=None,
+                                                  op_name_configs={names[n]: config for n in group}),
+                    joint_compression=joint,
+                )
         for name in chosen:
             plan.selected[name]["palettize"] = p.bits
     if recipe.quantize is not None:
@@ -266,6 +277,33 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
         for name in chosen:
             plan.selected[name]["quantize"] = q.bits
     return model, plan
+
+
+# A constant this large is k-means palettized in a pass of its own, after the others (see `_largest_last`).
+KMEANS_ALONE_ELEMENTS = 8 << 20
+
+
+def _largest_last(chosen: list[str], cands: dict[str, Candidate]) -> list[list[str]]:
+    """Palettization passes for k-means: the largest constant alone, after every other one, when it is large.
+
+    Why: scikit-learn's k-means (coremltools' k-means palettization of fp32 weights) needs several times its
+    tensor's bytes at once (k-means++ candidate distances, labels, norms); for BLIP-base's 23 M-element tied word
+    embedding that came on top of a program still holding every other dense weight, the build's peak resident
+    memory (issue 16). In its own pass the rest of the program is already palettized (4 bits a weight). Each
+    constant is clustered on its own either way (same k-means, same seed), so the stored values do not change."""
+    largest = max(chosen, key=lambda name: cands[name].numel, default=None)
+    if largest is None or len(chosen) == 1 or cands[largest].numel < KMEANS_ALONE_ELEMENTS:
+        return [chosen]
+    return [[name for name in chosen if name != largest], [largest]]
+
+
+def _reloaded(mlmodel, path: Path):
+    """The same model read back from `path` (saved there): without the converter's in-memory program."""
+    import coremltools as ct
+
+    mlmodel.save(str(path))
+    del mlmodel
+    return ct.models.MLModel(str(path), skip_model_load=True)
 
 
 def _prune(model, recipe: Recipe, cands, chosen, trust_coremltools_pruner: bool, plan: Plan):

@@ -22,8 +22,9 @@ Loads, and what their figures include (`load["method"]` says so in every job rec
   the run when all of them fit in a tenth of this machine's memory, else one at a time. Why not "as many as fit": a
   round measures every variant once, so keeping some but not all of them loaded rarely saves a load (least recently
   used over a cycle never hits) while holding their weights: at BLIP-base size two resident models took a 5-variant
-  run to 2.97x the fp32 weights (issue 16). A variant's weights are file-backed pages, so evicting it gives them
-  back to the OS at once and reloading it costs a skeleton and a mapping (about 0.1 s), not a decompression.
+  run to 3.21x the fp32 weights (issue 16, benchmarks/results/scale.txt). A variant's weights are file-backed
+  pages, so evicting it gives them back to the OS at once and reloading it costs a skeleton and a mapping (under a
+  second at BLIP-base), not a decompression.
 """
 
 from __future__ import annotations
