@@ -105,7 +105,8 @@ def _upgrade_if_older(path: Path) -> None:
 
     try:
         with duckdb.connect(str(path), read_only=True) as probe:
-            older = 1 <= _check_version(probe, path) < SCHEMA_VERSION
+            ours = {"runs", "jobs", "samples", "schema_version"} <= _tables(probe)  # else it is not bench's to touch
+            older = ours and 1 <= _check_version(probe, path) < SCHEMA_VERSION
     except duckdb.Error:
         return  # the read-only open below says what is wrong, in one line
     if older:
