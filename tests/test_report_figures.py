@@ -93,3 +93,18 @@ def test_legends_below_a_plot_grow_downwards(phone_report):
     figs = drawn(host_only(build_report(CURRENT, explain=False), second_model=True)) | drawn(phone_report)
     below = {fig_id: f["layout"]["legend"] for fig_id, f in figs.items() if f["layout"].get("legend", {}).get("y", 1) < 0}
     assert below and all(legend.get("yanchor") == "top" for legend in below.values()), below
+
+
+def test_kv_cache_twins_stay_out_of_the_seed_study():
+    # The seed decoded by recomputing; a kv twin of the same precision drew a second, overlapping "int4" bar.
+    report = host_only(build_report(CURRENT, explain=False), second_model=True)
+    twin = report.table[report.table["variant"] == "fp16"].copy()
+    twin["variant"], twin["variant_id"], twin["decoding"] = "fp16+kv", "fp16+kv-id", "kv_cache"
+    report.table = pd.concat([report.table, twin], ignore_index=True)
+    for figure in drawn(report).values():
+        if figure["id"] in ("precision", "model-size"):
+            for trace in figure["data"]:
+                assert len(trace["x"]) == len(set(trace["x"])), (figure["id"], trace["x"])
+    from bench.report.study import seed_study
+
+    assert "fp16+kv" not in {v["variant"] for v in seed_study(report).variants}

@@ -64,7 +64,9 @@ LATENCY_FIELDS = ("median_ms", "ci_lo_ms", "ci_hi_ms", "target_id", "target_kind
 
 
 def seed_study(report: ReportData) -> Study | None:
-    rows = table_records(report.table)
+    # The seed decoded by recomputing every position; a kv_cache twin has its own section (recompute vs kv_cache)
+    # and would otherwise stand as a second bar of the same precision.
+    rows = [r for r in table_records(report.table) if r.get("decoding", "recompute") != "kv_cache"]
     if not rows:
         return None
     primary = primary_source(rows)
