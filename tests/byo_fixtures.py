@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 CONV_FAMILY = ("dense", "pruned", "palettized", "int8")
 
 
@@ -176,3 +178,16 @@ class FakeModel:
             value = truth + self.drift * noise * np.linalg.norm(truth) / max(np.linalg.norm(noise), 1e-12)
             produced[name] = value.astype(np.float16 if data_type == 65552 else np.float32)
         return produced
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A fresh workspace as BENCH_ROOT and working directory (wide console: one-line messages stay whole)."""
+    from bench.paths import Workspace
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    monkeypatch.setenv("BENCH_ROOT", str(root))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "250")
+    return Workspace(root)

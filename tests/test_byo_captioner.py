@@ -19,9 +19,9 @@ import pytest
 
 from bench.build import imported
 from bench.cli import main
-from bench.paths import Workspace
 from deploy_fixtures import add_phone, mux  # noqa: F401  (fixture)
 from fake_iphone.captions import CaptionScenario
+from byo_fixtures import workspace  # noqa: F401  (the fixture: a fresh BENCH_ROOT workspace)
 
 EVAL_IMAGES = 12
 CUT = 6  # images whose caption the Neural Engine cuts short
@@ -43,16 +43,6 @@ def pair(kv_workspace, tmp_path):
 
         write_preprocessor_config(folder, read_preprocessing(checkpoint, manifests["fp32"].image_size))
     return built / "encoder.mlpackage", built / "decoder.mlpackage", folder, manifests["fp32"]
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    root.mkdir()
-    monkeypatch.setenv("BENCH_ROOT", str(root))
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("COLUMNS", "250")
-    return Workspace(root)
 
 
 def _scenario(folder, eos: int, max_length: int) -> CaptionScenario:

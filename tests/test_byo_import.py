@@ -15,16 +15,7 @@ from bench.build import imported
 from bench.cli import main
 from bench.errors import DamagedError, InputError
 from bench.paths import Workspace
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    root.mkdir()
-    monkeypatch.setenv("BENCH_ROOT", str(root))
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("COLUMNS", "250")
-    return Workspace(root)
+from byo_fixtures import workspace  # noqa: F401  (the fixture: a fresh BENCH_ROOT workspace)
 
 
 def stored(workspace: Workspace) -> list[str]:

@@ -15,20 +15,10 @@ import pytest
 
 from bench.build import imported
 from bench.cli import main
-from bench.paths import Workspace
 from deploy_fixtures import add_phone, mux  # noqa: F401
+from byo_fixtures import workspace  # noqa: F401  (the fixture: a fresh BENCH_ROOT workspace)
 
 CONV = ("dense", "pruned", "palettized", "int8")
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    root.mkdir()
-    monkeypatch.setenv("BENCH_ROOT", str(root))
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("COLUMNS", "250")
-    return Workspace(root)
 
 
 def test_bench_run_measures_a_conv_family_and_recovers_the_neural_engine_drift(mux, byo_packages, workspace,
