@@ -186,18 +186,23 @@ def _row(run, key: str, record: dict[str, Any], scored: bool) -> dict[str, Any] 
     if why:
         run.notes.append(f"device quality of {key} not scored: {why}")
         return None
+    return {**_row_identity(key, record, run),
+            "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
+                           "host_caption": h["caption"], "references": h["references"]}
+                          for d, h in zip(record["per_image"], host["per_image"])],
+            **(score(record, host, run.cache.setdefault("host_statistics", {}).setdefault(record["variant_id"], {}))
+               if scored else {"device": point_metrics(record, host)})}
+
+
+def _row_identity(key: str, record: dict[str, Any], run) -> dict[str, Any]:
+    """What names a device-quality row: its series, variant, device and compute unit, and the evaluation set."""
     target = record["target"]
     return {"series_key": key, "variant_id": record["variant_id"],
             "variant": variant_name(record["variant_id"], run.variants.get(record["variant_id"])),
             "variant_hash": record.get("variant_hash"), "target_kind": target["kind"],
             "target_id": target["id"], "device_model": target.get("model"), "os_build": target.get("os_build"),
             "target": target_label(target["kind"], target.get("model"), target.get("name")),
-            "compute_unit": record["compute_unit"], "dataset": (record.get("dataset") or {}).get("signature"),
-            "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
-                           "host_caption": h["caption"], "references": h["references"]}
-                          for d, h in zip(record["per_image"], host["per_image"])],
-            **(score(record, host, run.cache.setdefault("host_statistics", {}).setdefault(record["variant_id"], {}))
-               if scored else {"device": point_metrics(record, host)})}
+            "compute_unit": record["compute_unit"], "dataset": (record.get("dataset") or {}).get("signature")}
 
 
 NO_HOST_REFERENCE = "no host reference: an imported captioner (no torch weights)"
@@ -219,13 +224,7 @@ def _unpaired_row(key: str, record: dict[str, Any], run, scored: bool) -> dict[s
         bleu, signature = corpus_bleu(captions, references)
         device = {"bleu": {"score": bleu, "signature": signature},
                   "cider": {"score": float(cider_per_image(captions, references).mean()), "scorer": CIDER_SCORER}}
-    target = record["target"]
-    return {"series_key": key, "variant_id": record["variant_id"],
-            "variant": variant_name(record["variant_id"], run.variants.get(record["variant_id"])),
-            "variant_hash": record.get("variant_hash"), "target_kind": target["kind"],
-            "target_id": target["id"], "device_model": target.get("model"), "os_build": target.get("os_build"),
-            "target": target_label(target["kind"], target.get("model"), target.get("name")),
-            "compute_unit": record["compute_unit"], "dataset": (record.get("dataset") or {}).get("signature"),
+    return {**_row_identity(key, record, run),
             "per_image": [{"image_id": d["image_id"], "caption": d["caption"], "tokens": d["tokens"],
                            "host_caption": None, "references": d["references"]} for d in record["per_image"]],
             "n_images": len(captions), "changed": None, "changed_share": None, "device": device, "host": None,
