@@ -132,7 +132,8 @@ def test_npz_inputs_are_used_and_checked(byo_packages, workspace, tmp_path):
     assert len(sets) == 5 and sets[4].features["b"].tolist() == [[16, 17, 18, 19]]
     for arrays, message in [({"a": np.ones((1, 4), np.float32)}, "missing 'b'"),
                             ({"a": np.ones((1, 5), np.float32), "b": np.ones((1, 4), np.int32)}, r"has shape \[1, 5\]"),
-                            ({"a": np.ones((1, 4), np.float32), "b": np.ones((1, 4), np.float32)}, "'b' is float32"),
+                            ({"a": np.ones((1, 4), np.float32), "b": np.full((1, 4), 0.5, np.float32)},
+                             "'b' is float32 and holds 0.5"),
                             ({"a": np.ones((1, 4), np.float32), "b": np.ones((1, 4), np.int32),
                               "c": np.ones(1)}, "unknown 'c'")]:
         bad = tmp_path / "bad.npz"
@@ -141,18 +142,20 @@ def test_npz_inputs_are_used_and_checked(byo_packages, workspace, tmp_path):
             make_inputs(interface, GenericSettings(source=str(bad)))
 
 
-def test_bad_generic_inputs_fail_the_step_in_one_line_and_store_nothing(byo_packages, workspace, tmp_path):
+def test_bad_generic_inputs_are_refused_by_the_library_before_a_run_is_stored(byo_packages, workspace, tmp_path):
+    # was: start_run stored a run whose every job failed "missing 'b'" (a measurement failure in the results, and a
+    # resume that fails the same way); `bench run` refused up front. Both now share check_generic_inputs.
+    from bench.errors import InputError
+
     imported.import_models([byo_packages["two_inputs"], byo_packages["enumerated"]], workspace)
     bad = tmp_path / "bad.npz"
     np.savez(bad, a=np.ones((1, 4), np.float32))
-    outcome = run(workspace, ["two_inputs"], FakeCoreML(), units=["cpuOnly"], inputs_from=str(bad))
-    assert outcome.status != "complete"
-    (why,) = [reason for _, reason in outcome.failures]
-    assert "missing 'b'" in why and "\n" not in why
-    assert not (outcome.run_dir / "outputs").exists()
-    outcome = run(workspace, ["enumerated"], FakeCoreML(), units=["cpuOnly"], shapes={"x": [1, 3, 9, 9]})
-    (why,) = [reason for _, reason in outcome.failures]
-    assert "not one of its enumerated shapes" in why
+    with pytest.raises(InputError, match=r"^two_inputs: .*bad.npz: .*missing 'b'") as caught:
+        run(workspace, ["two_inputs"], FakeCoreML(), units=["cpuOnly"], inputs_from=str(bad))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(InputError, match="not one of its enumerated shapes"):
+        run(workspace, ["enumerated"], FakeCoreML(), units=["cpuOnly"], shapes={"x": [1, 3, 9, 9]})
+    assert not workspace.results_dir.exists() or not any(workspace.results_dir.iterdir())
 
 
 def test_outputs_over_the_cap_are_not_kept_and_said(byo_packages, workspace):
@@ -188,7 +191,8 @@ def test_the_family_reference_joins_a_run_that_names_only_a_compressed_variant(b
 
 
 def test_an_input_that_cannot_be_generated_is_one_line(byo_packages, workspace):
-    """A string input (what describe_interface reports for a stringType feature): nothing to seed it from."""
+    """A string input (what describe_interface reports for a stringType feature): nothing can feed it — the line used
+    to send users to an .npz, which could not feed it either."""
     import copy
 
     from bench.errors import InputError
@@ -196,6 +200,6 @@ def test_an_input_that_cannot_be_generated_is_one_line(byo_packages, workspace):
 
     interface = copy.deepcopy(imported.import_models([byo_packages["two_inputs"]], workspace)[0].manifest["interface"])
     interface["functions"]["main"]["inputs"][1] = {"name": "b", "optional": False, "kind": "scalar", "dtype": "string"}
-    with pytest.raises(InputError, match=r"input 'b' \(string\) cannot be generated; give your own") as caught:
+    with pytest.raises(InputError, match=r"input 'b' is a scalar string, which generic jobs cannot feed") as caught:
         make_inputs(interface, GenericSettings())
     assert "\n" not in str(caught.value)

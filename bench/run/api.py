@@ -238,6 +238,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     variants = select_variants(variants, wanted)
     variants, references_added = _with_family_references(variants, workspace)
     left_out += references_added
+    check_generic_inputs(variants, config)  # before targets are resolved and anything is stored
     if targets is None:
         targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
@@ -280,6 +281,31 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     outcome.lock = lock if hold_lock else None
     outcome.notes[:0] = left_out
     return outcome
+
+
+def check_generic_inputs(variants: list[VariantRef], config: RunConfig) -> None:
+    """Each imported model's input set (run.yaml `generic:`), made once before a run is stored or a device contacted:
+    a wrong .npz, image folder, shape or function is one InputError naming the model — not a failed job in a stored,
+    resumable run that would fail again. start_run checks the variants it measures; run_pipeline (`bench run`) checks
+    the named ones before building anything too."""
+    import json
+
+    from bench.run.generic import is_imported, make_inputs
+
+    settings = _settings(config).generic
+    checked = set()
+    for variant in variants:
+        if not is_imported(variant):
+            continue
+        interface = variant.source["interface"]
+        key = json.dumps(interface, sort_keys=True)  # a family's variants share their interface: one check each
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            make_inputs(interface, settings)
+        except InputError as err:
+            raise InputError(f"{variant.name}: {err} (run.yaml `generic:`)") from None
 
 
 @contextlib.contextmanager
@@ -546,7 +572,7 @@ def run_pipeline(config: RunConfig, workspace: Workspace, *, resume: str | None 
     """Build (if nothing is built) → measure (or resume) → evaluate → report. `bench run` with no argument."""
     if not resume:
         _refuse_imported_without_core_ml(config, workspace)  # one line, before a lab is contacted or anything built
-        _check_generic_inputs(config, workspace)
+        check_generic_inputs(imported_variants(workspace, _imported_named(config, workspace)), config)
     if config.lab:  # an unreachable lab or a refused token is said before minutes of building
         from bench.lab.cluster import connect
 
@@ -639,20 +665,6 @@ def _refuse_imported_without_core_ml(config: RunConfig, workspace: Workspace) ->
             if (find_imported(named[0], workspace) or {}).get("captioner") else "an imported model")
     raise PlatformUnavailable(f"{named[0]} is {what}: {MEASURE_NEEDS}, and {where}; static analysis "
                               f"works anywhere: `bench models inspect {named[0]}`, `bench models diff {named[0]} OTHER`")
-
-
-def _check_generic_inputs(config: RunConfig, workspace: Workspace) -> None:
-    """Each named imported model's input set, made once here before anything starts: a wrong .npz, image folder,
-    shape or function is one line naming the model, not a failed job in a stored, resumable run that fails again."""
-    from bench.build.imported import find_imported
-    from bench.run.generic import make_inputs
-
-    settings = _settings(config).generic
-    for name in _imported_named(config, workspace):
-        try:
-            make_inputs(find_imported(name, workspace)["interface"], settings)
-        except InputError as err:
-            raise InputError(f"{name}: {err} (run.yaml `generic:`)") from None
 
 
 def _imported_not_measured(config: RunConfig, workspace: Workspace) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.errors import MAX_SEED, InputError, did_you_mean
+from bench.run.generic import DEFAULT_INPUTS, MAX_INPUTS
 from bench.run.targets.base import COMPUTE_UNITS
 
 
@@ -49,7 +50,7 @@ class GenericConfig(_Strict):
     or the user's own (`inputs_from`: an .npz named like the inputs, or an image folder); the outputs of that set are
     kept per compute unit (at most `output_cap_bytes` per job) for drift against the family's reference."""
 
-    inputs: int = Field(8, ge=1, le=1024)
+    inputs: int = Field(DEFAULT_INPUTS, ge=1, le=MAX_INPUTS)
     inputs_from: Optional[str] = None
     function: Optional[str] = None  # multi-function packages: which function (default: the package's default)
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # input name -> an enumerated / in-range shape

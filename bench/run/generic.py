@@ -5,7 +5,8 @@ Inputs (one fixed, seeded set per family and run, so every variant and compute u
   (the default shape, or a chosen one of its enumerated shapes / inside its ranges), images as 8-bit RGB pixels;
   floats ~ N(0, 1), integers in [0, 10), seeded by (seed, input index, feature name);
 - or taken from the user: an `.npz` whose arrays are named like the inputs (shape = one input, or [N, …] = N inputs),
-  or a folder of images for a model with one image input.
+  or a folder of images for a model with one image input; fed whole (at most `inputs` of them), cast to the inputs'
+  dtypes only where no value changes (_cast), anything else refused in one line.
 Stateful models get a fresh state per prediction (outputs depend on the input alone); multi-function packages
 run the function asked for (default: the package's default function).
 
@@ -23,10 +24,11 @@ from typing import Any
 from bench.errors import InputError
 
 DEFAULT_INPUTS = 8  # the fixed input set per family: enough for drift statistics, small next to the samples
+MAX_INPUTS = 1024  # run.yaml `generic.inputs` at most: every input is pushed to the phone and predicted each round
 DEFAULT_OUTPUT_CAP_BYTES = 1 << 20  # per step: every output of every input of the set
 INPUT_SEED = 20260101  # fixed: runs of one family compare outputs of the same inputs
 _NUMPY = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int32": "<i4", "int8": "i1", "int64": "<i8"}
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -105,19 +107,37 @@ def input_shape(feature: dict[str, Any], wanted: list[int] | None) -> list[int]:
 
 
 def make_inputs(interface: dict[str, Any], settings: GenericSettings) -> list[InputSet]:
-    """The fixed input set of a model: from the user's file or folder, else generated from its description."""
+    """The fixed input set of a model: from the user's file or folder, else generated from its description.
+
+    Whatever cannot be fed as given is refused here in one line (InputError) naming the file, the array and the input:
+    never cast with a loss, cut short or padded without a word. Called before a run is stored
+    (bench.run.api.check_generic_inputs) and again by the targets, which feed what it returns."""
     _, io = function_of(interface, settings.function)
-    features = [f for f in io["inputs"] if not (f.get("optional") and f["name"] not in settings.shapes)]
     unknown = sorted(set(settings.shapes) - {f["name"] for f in io["inputs"]})
     if unknown:
         raise InputError(f"shape given for {unknown[0]!r}, which is not an input "
                          f"({', '.join(f['name'] for f in io['inputs'])})")
+    fed = [f for f in io["inputs"] if not (f.get("optional") and f["name"] not in settings.shapes)]
     if settings.source:
         source = Path(settings.source).expanduser()
-        sets = _from_images(source, features) if source.is_dir() else _from_npz(source, features)
-        return sets[: settings.inputs]
-    return [InputSet(f"input-{index:03d}", {f["name"]: _generated(f, settings, index) for f in features})
+        if source.is_dir():
+            return _from_images(source, fed, settings.inputs)
+        return _from_npz(source, io["inputs"], settings.inputs)
+    return [InputSet(f"input-{index:03d}", {f["name"]: _generated(f, settings, index) for f in fed})
             for index in range(settings.inputs)]
+
+
+def _fed_dtype(feature: dict[str, Any]):
+    """The numpy dtype an input is fed in (images: uint8 pixels); InputError for what generic jobs cannot feed."""
+    import numpy as np
+
+    if feature["kind"] == "image":
+        return np.dtype("u1")
+    if feature["kind"] == "multiarray" and feature.get("dtype") in _NUMPY:
+        return np.dtype(_NUMPY[feature["dtype"]])
+    what = " ".join(filter(None, (feature["kind"], feature.get("dtype"))))
+    raise InputError(f"input {feature['name']!r} is a {what}, which generic jobs cannot feed (they feed images and "
+                     f"multi-arrays of {', '.join(_NUMPY)}): this model cannot be measured with them")
 
 
 def _generated(feature: dict[str, Any], settings: GenericSettings, index: int):
@@ -125,61 +145,142 @@ def _generated(feature: dict[str, Any], settings: GenericSettings, index: int):
 
     digest = hashlib.sha256(f"{settings.seed}|{index}|{feature['name']}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    dtype = _fed_dtype(feature)
     if feature["kind"] == "image":
         return rng.integers(0, 256, size=(feature["height"], feature["width"], 3), dtype=np.uint8)
-    if feature["kind"] != "multiarray" or feature.get("dtype") not in _NUMPY:
-        what = feature.get("dtype") or feature["kind"]
-        raise InputError(f"input {feature['name']!r} ({what}) cannot be generated; give your own with "
-                         "`generic: {inputs_from: FILE.npz}` in run.yaml")
     shape = input_shape(feature, settings.shapes.get(feature["name"]))
-    dtype = np.dtype(_NUMPY[feature["dtype"]])
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
     return rng.integers(0, 10, size=shape).astype(dtype)
 
 
-def _from_npz(path: Path, features: list[dict[str, Any]]) -> list[InputSet]:
-    """Input sets from an .npz: one array per input, named like it; shape = one input, or [N, …shape] = N inputs."""
+def _from_npz(path: Path, inputs: list[dict[str, Any]], most: int) -> list[InputSet]:
+    """Input sets from an .npz: one array per input, named like it; shape = one input, or [N, …shape] = N inputs.
+    Every input that is not optional needs its array; an optional one is fed when the archive holds it."""
+    arrays = _read_npz(path)
+    missing = [f["name"] for f in inputs if not f.get("optional") and f["name"] not in arrays]
+    unknown = sorted(set(arrays) - {f["name"] for f in inputs})
+    if missing or unknown or not arrays:
+        said = "; ".join([f"missing {_quoted(missing)}"] * bool(missing) + [f"unknown {_quoted(unknown)}"] * bool(unknown))
+        raise InputError(f"{path}: arrays {_quoted(sorted(arrays)) or '(none)'} do not match the model's inputs"
+                         f"{f' ({said})' if said else ''}; it takes {_takes_all(inputs)}")
+    batched = {f["name"]: _batched(path, f, arrays[f["name"]]) for f in inputs if f["name"] in arrays}
+    counts = {name: array.shape[0] for name, array in batched.items()}
+    if len(set(counts.values())) > 1:
+        raise InputError(f"{path}: the arrays hold different numbers of inputs "
+                         f"({', '.join(f'{name!r}: {count}' for name, count in counts.items())})")
+    count = next(iter(counts.values()))
+    _at_most(path, count, most)
+    return [InputSet(f"input-{index:03d}", {name: array[index] for name, array in batched.items()})
+            for index in range(count)]
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    """Every array of an .npz, or one line saying why the file is not one (numpy alone would talk of pickles, read a
+    lone .npy as an array, or hand back the raw bytes of a member that is not an .npy)."""
     import zipfile
 
     import numpy as np
 
-    if path.is_file() and not zipfile.is_zipfile(path):  # else numpy reads it as a lone .npy, or talks of pickles
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder (give an .npz of input arrays or a folder of images)")
+    if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not an .npz archive (numpy.savez: one array per input, named like it)")
+    arrays = {}
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (give an .npz of input arrays or a folder of images)") from None
-    except (OSError, ValueError) as err:
+            for name in archive.files:
+                try:
+                    arrays[name] = archive[name]
+                except ValueError as err:
+                    if "allow_pickle" not in str(err):
+                        raise
+                    raise InputError(f"{path}: array {name!r} holds Python objects; give arrays of numbers") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: not a readable .npz ({err})") from None
-    names = [f["name"] for f in features]
-    missing = [n for n in names if n not in arrays]
-    extra = sorted(set(arrays) - set(names))
-    if missing or extra:
-        raise InputError(f"{path}: arrays {sorted(arrays)} do not match the model's inputs {names}"
-                         f"{f' (missing {missing[0]!r})' if missing else f' (unknown {extra[0]!r})'}")
-    counts = set()
-    batched: dict[str, Any] = {}
-    for feature in features:
-        array = arrays[feature["name"]]
-        expected = _expected_shape(feature)
-        want = np.dtype(_NUMPY.get(feature.get("dtype"), "u1")) if feature["kind"] != "image" else np.dtype("u1")
-        if array.dtype.kind != want.kind:
-            raise InputError(f"{path}: {feature['name']!r} is {array.dtype}, the model takes {want} "
-                             f"({feature.get('dtype', 'image')})")
-        if _allowed(feature, list(array.shape), expected):
-            array = array[None]
-        elif not (array.ndim == len(expected) + 1 and _allowed(feature, list(array.shape[1:]), expected)):
-            raise InputError(f"{path}: {feature['name']!r} has shape {list(array.shape)}; the model takes {expected}"
-                             f" (or [N, {', '.join(map(str, expected))}] for N inputs)")
-        counts.add(array.shape[0])
-        batched[feature["name"]] = array.astype(want)
-    if len(counts) > 1:
-        raise InputError(f"{path}: the arrays hold different numbers of inputs ({sorted(counts)})")
-    count = counts.pop() if counts else 0
-    return [InputSet(f"input-{index:03d}", {name: array[index] for name, array in batched.items()})
-            for index in range(count)]
+    others = sorted(name for name, value in arrays.items() if not isinstance(value, np.ndarray))
+    if others:
+        what = "is not an .npy array" if len(others) == 1 else "are not .npy arrays"
+        raise InputError(f"{path}: {_quoted(others)} in the archive {what} (numpy.savez: one array per input, "
+                         "named like it)")
+    return arrays
+
+
+def _batched(path: Path, feature: dict[str, Any], array):
+    """One input's array as [N, …shape] in the input's dtype; one line naming the file and array otherwise."""
+    name = feature["name"]
+    want = _fed_dtype(feature)
+    if array.size == 0:
+        raise InputError(f"{path}: array {name!r} is empty (shape {list(array.shape)}); input {name!r} takes "
+                         f"{_takes(feature)}")
+    array = _cast(path, name, array, want, _takes(feature))
+    expected = _expected_shape(feature)
+    if _allowed(feature, list(array.shape), expected):
+        return array[None]
+    if array.ndim == len(expected) + 1 and _allowed(feature, list(array.shape[1:]), expected):
+        return array
+    raise InputError(f"{path}: array {name!r} has shape {list(array.shape)}; input {name!r} takes {_takes(feature)}"
+                     " (or [N, …] for N inputs)")
+
+
+def _cast(path: Path, name: str, array, want, takes: str):
+    """`array` in the input's dtype `want`; refused in one line when the cast would change a value.
+
+    Values decide, not dtypes: numpy writes int64 and float64 unless told otherwise, so refusing every other dtype
+    would refuse most users' files although their values fit, while comparing dtype kinds (as this once did) let
+    int64 300 reach an int8 input as 44 and float64 70000 a float16 one as inf. So:
+    - into an integer input (or image pixels, uint8) from any integer, bool or float array: each value must come back
+      unchanged — a whole number inside the dtype's range (0.5, NaN and 300 for int8 do not);
+    - into a float input from integers: each value must be exact in it (float16 holds whole numbers exactly only up
+      to 2048, float32 up to 2**24);
+    - into a narrower float (float64 → float32 / float16): values are rounded to the input's precision, because that
+      is all the precision the model can receive (a float16 input is fed float16, whatever the file held), and the
+      same rounded values reach every variant and compute unit; but a finite value must stay finite (inf is a loss);
+    - strings, complex numbers, dates and the like are refused."""
+    import numpy as np
+
+    if array.dtype == want:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: array {name!r} is {array.dtype}; input {name!r} takes {takes}")
+    with np.errstate(all="ignore"):  # overflowing and invalid casts are what is checked next
+        cast = array.astype(want)
+        if want.kind == "f" and array.dtype.kind == "f":
+            changed = np.isinf(cast) & np.isfinite(array)
+        else:
+            changed = cast.astype(array.dtype) != array  # fractions, NaN, whole numbers a float cannot hold
+            if want.kind in "iu":  # a wrap between equal widths (int8 -1 → uint8 255) comes back unchanged
+                changed |= (array < np.iinfo(want).min) | (array > np.iinfo(want).max)
+    if not changed.any():
+        return cast
+    where = [int(i) for i in np.argwhere(changed)[0]]
+    value = array[tuple(where)].item()
+    raise InputError(f"{path}: array {name!r} is {array.dtype} and holds {value} at {where}, {_why_not(value, want)}; "
+                     f"input {name!r} takes {takes} — fix the values or their dtype")
+
+
+def _why_not(value, want) -> str:
+    import math
+
+    import numpy as np
+
+    if want.kind == "f":
+        if isinstance(value, float):
+            return f"beyond {want}'s range ±{np.finfo(want).max:g}"
+        return f"which {want} cannot hold exactly"
+    if isinstance(value, float) and math.isnan(value):
+        return "not a number"
+    if isinstance(value, float) and not value.is_integer():
+        return "not a whole number" if math.isfinite(value) else "infinite"
+    return f"outside {want}'s range {np.iinfo(want).min}..{np.iinfo(want).max}"
+
+
+def _at_most(source: Path, count: int, most: int) -> None:
+    """The user's set is fed whole or refused: cutting it to `generic.inputs` would measure other inputs than asked."""
+    if count > most:
+        how = (f"set `generic: {{inputs: {count}}}` in run.yaml to feed them all" if count <= MAX_INPUTS
+               else f"a run feeds at most {MAX_INPUTS}")
+        raise InputError(f"{source}: holds {count} inputs, more than `generic.inputs` ({most}): {how}, or give fewer")
 
 
 def _expected_shape(feature: dict[str, Any]) -> list[int]:
@@ -200,25 +301,54 @@ def _allowed(feature: dict[str, Any], shape: list[int], expected: list[int]) -> 
     return True
 
 
-def _from_images(folder: Path, features: list[dict[str, Any]]) -> list[InputSet]:
-    """A folder of images for a model with exactly one image input (resized to its size, RGB)."""
+def _takes(feature: dict[str, Any]) -> str:
+    """What an input takes, in one phrase: 'float32 [1, 4]', 'int32 one of [1, 8], [1, 16]', 'uint8 [8, 8, 3] …'."""
+    if feature["kind"] == "image":
+        return f"uint8 {_expected_shape(feature)} (an image: height, width, RGB 0..255)"
+    if feature["kind"] != "multiarray":
+        return " ".join(filter(None, (feature["kind"], feature.get("dtype"))))
+    if feature.get("enumerated_shapes"):
+        shape = "one of " + ", ".join(str(list(s)) for s in feature["enumerated_shapes"])
+    elif feature.get("shape_range"):
+        shape = "[" + ", ".join(str(lo) if lo == hi else f"{lo}..{'∞' if hi < 0 else hi}"
+                                for lo, hi in feature["shape_range"]) + "]"
+    else:
+        shape = str(list(feature["shape"]))
+    return f"{feature.get('dtype')} {shape}"
+
+
+def _takes_all(inputs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{f['name']!r} ({_takes(f)}{', optional' if f.get('optional') else ''})" for f in inputs)
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def _from_images(folder: Path, features: list[dict[str, Any]], most: int) -> list[InputSet]:
+    """A folder of images for a model with exactly one image input (resized to its size, RGB). Files with other
+    suffixes are left out (a README, .DS_Store); a folder with no image at all is refused, naming what it holds."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     images = [f for f in features if f["kind"] == "image"]
     if len(images) != 1 or len(features) != 1:
         raise InputError(f"{folder}: an image folder feeds a model with one image input; this one takes "
-                         f"{', '.join(f['name'] + ' (' + f['kind'] + ')' for f in features)} — give an .npz")
+                         f"{_takes_all(features)} — give an .npz")
     feature = images[0]
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
     if not files:
-        raise InputError(f"{folder}: no images ({', '.join(_IMAGE_SUFFIXES)})")
+        others = [p.name for p in entries if not p.name.startswith(".")]
+        held = (f"it holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''}" if others else "it is empty")
+        raise InputError(f"{folder}: no images ({', '.join(_IMAGE_SUFFIXES)}); {held}")
+    _at_most(folder, len(files), most)
     sets = []
     for index, file in enumerate(files):
         try:
             with Image.open(file) as image:
                 pixels = np.asarray(image.convert("RGB").resize((feature["width"], feature["height"])))
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
             raise InputError(f"{file}: not a readable image ({err})") from None
         sets.append(InputSet(f"input-{index:03d}", {feature["name"]: pixels}))
     return sets
