@@ -15,6 +15,7 @@ import pytest
 
 from bench.build import imported
 from bench.cli import main
+from bench.errors import InputError
 from deploy_fixtures import add_phone, mux  # noqa: F401
 from byo_fixtures import workspace  # noqa: F401  (the fixture: a fresh BENCH_ROOT workspace)
 
@@ -130,11 +131,11 @@ def test_outputs_over_the_cap_and_bad_inputs_on_the_phone(mux, byo_packages, wor
     assert not (outcome.run_dir / "outputs").exists()
     bad = tmp_path / "bad.npz"
     np.savez(bad, a=np.ones((1, 4), np.float32))
-    jobs_before = phone.measure_jobs
-    outcome = run(["two_inputs"], inputs_from=str(bad))
-    (why,) = [reason for _, reason in outcome.failures]
-    assert "missing 'b'" in why and "\n" not in why
+    jobs_before, runs_before = phone.measure_jobs, sorted(workspace.results_dir.iterdir())
+    with pytest.raises(InputError, match=r"^two_inputs: .*missing 'b'"):  # was: a stored run of failed jobs
+        run(["two_inputs"], inputs_from=str(bad))
     assert phone.measure_jobs == jobs_before  # refused on the host: nothing was sent
+    assert sorted(workspace.results_dir.iterdir()) == runs_before  # nor any run stored
 
 
 def test_bench_devices_prune_keeps_the_packages_of_imported_variants(mux, byo_packages, workspace, capsys):
