@@ -117,12 +117,18 @@ def make_inputs(interface: dict[str, Any], settings: GenericSettings) -> list[In
     if unknown:
         raise InputError(f"shape given for {unknown[0]!r}, which is not an input "
                          f"({', '.join(f['name'] for f in io['inputs'])})")
+    for name, wanted in settings.shapes.items():
+        feature = next(f for f in io["inputs"] if f["name"] == name)
+        if feature["kind"] != "multiarray":  # an image is fed at its declared size; nothing else has a shape
+            raise InputError(f"shape given for {name!r}, which takes {_takes(feature)}: only multi-array inputs take "
+                             "`generic.shapes`")
+        input_shape(feature, wanted)  # one of its shapes, whichever way the inputs are made
     fed = [f for f in io["inputs"] if not (f.get("optional") and f["name"] not in settings.shapes)]
     if settings.source:
         source = Path(settings.source).expanduser()
         if source.is_dir():
             return _from_images(source, fed, settings.inputs)
-        return _from_npz(source, io["inputs"], settings.inputs)
+        return _from_npz(source, io["inputs"], settings.inputs, settings.shapes)
     return [InputSet(f"input-{index:03d}", {f["name"]: _generated(f, settings, index) for f in fed})
             for index in range(settings.inputs)]
 
@@ -154,14 +160,16 @@ def _generated(feature: dict[str, Any], settings: GenericSettings, index: int):
     return rng.integers(0, 10, size=shape).astype(dtype)
 
 
-def _from_npz(path: Path, inputs: list[dict[str, Any]], most: int) -> list[InputSet]:
+def _from_npz(path: Path, inputs: list[dict[str, Any]], most: int, shapes: dict[str, list[int]]) -> list[InputSet]:
     """Input sets from an .npz: one array per input, named like it; shape = one input, or [N, …shape] = N inputs.
-    Every input that is not optional needs its array; an optional one is fed when the archive holds it."""
+    Every input that is not optional needs its array; an optional one is fed when the archive holds it. A shape
+    also asked in `generic.shapes` must be the array's: the run would record one and measure the other."""
     arrays = _read_npz(path)
     missing = [f["name"] for f in inputs if not f.get("optional") and f["name"] not in arrays]
     unknown = sorted(set(arrays) - {f["name"] for f in inputs})
     if missing or unknown or not arrays:
-        said = "; ".join([f"missing {_quoted(missing)}"] * bool(missing) + [f"unknown {_quoted(unknown)}"] * bool(unknown))
+        said = "; ".join([f"missing {_quoted(missing)}"] * bool(missing)
+                         + [f"unknown {_quoted(unknown)}"] * bool(unknown))
         raise InputError(f"{path}: arrays {_quoted(sorted(arrays)) or '(none)'} do not match the model's inputs"
                          f"{f' ({said})' if said else ''}; it takes {_takes_all(inputs)}")
     batched = {f["name"]: _batched(path, f, arrays[f["name"]]) for f in inputs if f["name"] in arrays}
@@ -169,6 +177,11 @@ def _from_npz(path: Path, inputs: list[dict[str, Any]], most: int) -> list[Input
     if len(set(counts.values())) > 1:
         raise InputError(f"{path}: the arrays hold different numbers of inputs "
                          f"({', '.join(f'{name!r}: {count}' for name, count in counts.items())})")
+    for name, wanted in shapes.items():
+        held = list(batched[name].shape[1:]) if name in batched else None
+        if held != [int(d) for d in wanted]:
+            said = f"array {name!r} holds shape {held}" if held else f"it holds no array {name!r}"
+            raise InputError(f"{path}: {said}, but `generic.shapes` asks {list(wanted)} — drop one of the two")
     count = next(iter(counts.values()))
     _at_most(path, count, most)
     return [InputSet(f"input-{index:03d}", {name: array[index] for name, array in batched.items()})
