@@ -43,6 +43,7 @@ def run_command(
     report: Annotated[bool | None, typer.Option("--report/--no-report", help="Write the report after measuring.")] = None,
     lab: Annotated[str | None, typer.Option("--lab", help="HOST[:PORT] of a lab head: measure on the phones of every lab host (docs/lab.md).")] = None,
     runner_timeout: Annotated[float | None, typer.Option("--runner-timeout", help="Seconds to wait for the iPhone runner per job (default: from model size and job length; also with --resume).")] = None,
+    strict_os: Annotated[bool, typer.Option("--strict-os", help="Refuse the run when a variant needs a newer iOS/macOS than a chosen device runs (default: skip those pairs, each said in one line).")] = False,
 ) -> None:
     """Measure variants × targets × compute units × images; store every job at once; resumable."""
     from bench.cli._common import console
@@ -56,7 +57,7 @@ def run_command(
         load_config(config_file), variants=_names(variants), targets=_names(targets),
         compute_units=_names(compute_units), images=images, rounds=rounds, seed=seed, ci_width=ci_width,
         max_samples=max_samples, max_seconds=max_seconds, fixed=fixed, evaluate=evaluate, report=report, lab=lab,
-        runner_timeout_s=runner_timeout)
+        runner_timeout_s=runner_timeout, strict_os=strict_os or None)
     workspace = Workspace.current()
     live = LiveProgress(console(), _settings(config).rule, config.images, config.repeats)
     try:

@@ -31,6 +31,9 @@ COLUMNS = [
 ]
 
 
+NOT_RUN_TITLE = "Not run: the device's OS is older than the variant's packages need"
+
+
 @dataclass
 class ReportData:
     run_id: str
@@ -46,6 +49,8 @@ class ReportData:
     drift: list[dict[str, Any]] = field(default_factory=list)  # imported models' output drift (bench.report.drift)
     device_quality: list[dict[str, Any]] = field(default_factory=list)  # bench.report.device_quality.rows
     decoders: list[dict[str, Any]] = field(default_factory=list)  # bench.report.decoders.decoder_pairs
+    # (variant, device) pairs the run left out before anything ran (device OS too old): one line each, never a failure
+    not_run: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[stats.Verdict]:
@@ -67,6 +72,7 @@ class ReportData:
             "drift": self.drift,
             "device_quality": [{k: v for k, v in row.items() if k != "per_image"} for row in self.device_quality],
             "decoders": self.decoders,
+            "not_run": self.not_run,
         })
 
 
@@ -399,6 +405,7 @@ def build_report(run: str | RunData, *, baseline: str | RunData | None = None, h
     table = merge_table(current)
     report = ReportData(current.run_id, current.created_at, table)
     report.device_quality = _device_quality(current, table)
+    report.not_run = [str(pair.get("reason")) for pair in current.run.get("skipped") or [] if isinstance(pair, dict)]
     report.notes.extend(current.notes)
     report.utilisation = _utilisation(current)
     from bench.report.drift import drift_rows

@@ -29,6 +29,12 @@ def view_model(report: ReportData) -> dict[str, Any]:
                            *("Signature — " + s for s in cells.signatures(report))],
                  "tables": [{"title": g["title"], "emulated": g["emulated"], "columns": cells.RESULT_COLUMNS,
                              "rows": g["rows"]} for g in cells.result_groups(report)]}]
+    if report.not_run:
+        from bench.report.data import NOT_RUN_TITLE
+
+        sections.append({"id": "not-run", "title": NOT_RUN_TITLE,
+                         "notes": ["Left out before anything was pushed; not failures, never regressions.",
+                                   *report.not_run]})
     if report.device_quality:
         from bench.report import device_quality
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.report import cells
-from bench.report.data import ReportData
+from bench.report.data import NOT_RUN_TITLE, ReportData
 from bench.report.escape import markdown as esc
 from bench.report.terminal import explanation_tables
 
@@ -23,6 +23,8 @@ def render_report(report: ReportData) -> str:
         if group["emulated"]:
             lines += ["*Host emulation (not Core ML): decompressed weights in PyTorch on the host CPU.*", ""]
         lines += _table(cells.RESULT_COLUMNS, group["rows"]) + [""]
+    if report.not_run:
+        lines += [f"### {NOT_RUN_TITLE}", ""] + [f"- {esc(line)}" for line in report.not_run] + [""]
     if report.device_quality:
         from bench.report import device_quality
 

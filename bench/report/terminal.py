@@ -35,6 +35,12 @@ def render_report(report: ReportData, console) -> None:
     for group in cells.result_groups(report):
         caption = "host emulation (not Core ML): decompressed weights in PyTorch on the host CPU" if group["emulated"] else None
         console.print(_table(group["title"], cells.RESULT_COLUMNS, group["rows"], caption=caption))
+    if report.not_run:
+        from bench.report.data import NOT_RUN_TITLE
+
+        console.print(f"[bold]{esc(NOT_RUN_TITLE)}[/]")
+        for line in report.not_run:
+            console.print(f"  {esc(line)}", highlight=False)
     if report.drift:
         from bench.report.drift import DRIFT_COLUMNS, drift_cells
 

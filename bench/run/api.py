@@ -43,6 +43,7 @@ class RunOutcome:
     evals: dict[str, Any] = field(default_factory=dict)  # variant_id -> eval record (default pipeline)
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one line per (variant, device) pair its OS cannot run
     lock: Any = field(default=None, repr=False)  # the run's RunLock while the pipeline still evaluates and reports
 
     def release(self) -> None:
@@ -242,6 +243,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     if targets is None:
         targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
+    series, skipped = _leave_out_unsupported(series, targets, strict=config.strict_os)
     dataset_info: dict[str, Any] = {"spec": "given", "n": len(images or [])}
     if images is None:
         images, dataset_info = open_images(config)
@@ -275,7 +277,9 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         manifest = RunManifest.create(run_dir, {"run_id": run_id, "created_at": now_iso(), "seed": seed,
                                                 "plan": plan, "environment": host_environment(), "evals": {},
                                                 # {}: quality jobs asked (bound as they finish); null: not asked
-                                                "device_quality": {} if device_quality else None})
+                                                "device_quality": {} if device_quality else None,
+                                                # pairs left out before anything ran: the device's OS is too old
+                                                "skipped": [pair.as_record() for pair in skipped]})
         outcome = _measure(manifest, config, series, targets, images, observer, sleep, workspace, executor,
                            settle=not hold_lock, device_quality=device_quality)
     outcome.lock = lock if hold_lock else None
@@ -306,6 +310,24 @@ def check_generic_inputs(variants: list[VariantRef], config: RunConfig) -> None:
             make_inputs(interface, settings)
         except InputError as err:
             raise InputError(f"{variant.name}: {err} (run.yaml `generic:`)") from None
+
+
+def _leave_out_unsupported(series: list[Series], targets: list, *, strict: bool) -> tuple[list[Series], list]:
+    """The series whose device can run the variant's packages, and the pairs left out (bench/run/os_support.py).
+    Decided before anything is pushed: `strict` refuses the run in one line; a plan left empty is refused too."""
+    from bench.run import os_support
+
+    skipped = os_support.unsupported_pairs(series, targets)
+    if not skipped:
+        return series, []
+    if strict:
+        raise InputError(os_support.refusal(skipped))
+    left_out = {(pair.variant_id, pair.target_id) for pair in skipped}
+    kept = [s for s in series if (s.variant.variant_id, s.target_id) not in left_out]
+    if not kept:
+        raise InputError(f"nothing can run: every chosen variant needs a newer OS than its device "
+                         f"({skipped[0].line.removesuffix(': not run')}); update the phone or choose other variants")
+    return kept, skipped
 
 
 @contextlib.contextmanager
@@ -540,7 +562,8 @@ def finish_run(manifest: RunManifest, scheduler: Scheduler, workspace: Workspace
     data = run_store.write_tables(manifest.run_dir)
     manifest.update(tables_written=True, table_sha256=run_store.table_digests(manifest.run_dir))
     data.manifest = manifest.data
-    outcome = RunOutcome(manifest.run_id, manifest.run_dir, status, data, failures, quarantined)
+    outcome = RunOutcome(manifest.run_id, manifest.run_dir, status, data, failures, quarantined,
+                         skipped=[pair["reason"] for pair in manifest.data.get("skipped") or []])
     if not deferred:
         _publish(outcome, workspace)
     return outcome

@@ -84,6 +84,9 @@ class RunConfig(_Strict):
     device_quality: bool = True
     report: bool = True
     lab: Optional[str] = None  # HOST[:PORT] of a lab head (bench lab up): the phones of every lab host, via Ray
+    # A variant whose packages need a newer OS than a device runs (bench/run/os_support.py) is skipped on that device
+    # with one line in the summary, report and run.json; strict_os refuses the whole run up front instead
+    strict_os: bool = False
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

@@ -194,6 +194,8 @@ def print_summary(console, outcome) -> None:
         console.print(f"[red]quarantined[/] {esc(target_id)}: {esc(why)}", highlight=False)
     for job_key, why in outcome.failures:
         console.print(f"[red]failed[/] {esc(job_key)}: {esc(why)}", highlight=False)
+    for line in outcome.skipped:  # left out by the plan (device OS too old): said, never a failure
+        console.print(f"[yellow]skipped[/] {esc(line)}", highlight=False, soft_wrap=True)
     for note in outcome.notes:
         console.print(f"[yellow]note[/] {esc(note)}", highlight=False)
     console.print(f"results: {esc(outcome.run_dir)} (samples.parquet, jobs.parquet, compute_plans.parquet, jobs/*.json)",

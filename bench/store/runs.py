@@ -33,7 +33,7 @@ from bench import atomic
 from bench.errors import RecordError
 from bench.store import records
 
-RUN_KIND, RUN_VERSION = "bench.run", 3
+RUN_KIND, RUN_VERSION = "bench.run", 4
 JOB_KIND, JOB_VERSION = "bench.jobresult", 2
 DECODINGS = ("recompute", "kv_cache")
 
@@ -52,6 +52,15 @@ def _run_v2_to_v3(run: dict[str, Any]) -> dict[str, Any]:
     """v3 binds the captions decoded on each device (`device_quality`: series_key → {record, sha256} or {error};
     bench/store/device_quality.py). A v2 run never asked a device for its captions: `device_quality: null`."""
     run.setdefault("device_quality", None)
+    return run
+
+
+@records.migration(RUN_KIND, 3)
+def _run_v3_to_v4(run: dict[str, Any]) -> dict[str, Any]:
+    """v4 lists the (variant, device) pairs left out before anything ran because the device's OS is older than the
+    variant's packages need (`skipped`: [{variant_id, target_id, spec, needs, runs, reason…}]; bench/run/os_support.py).
+    A v3 run never checked: `skipped: null` (such pairs were attempted, and failed on the phone)."""
+    run.setdefault("skipped", None)
     return run
 
 
@@ -174,7 +183,8 @@ def _checked_manifest(manifest: dict[str, Any], path: Path | str) -> dict[str, A
 _MANIFEST_FIELDS = (("created_at", str, "a string"), ("finished_at", str, "a string"), ("status", str, "a string"),
                     ("seed", int, "an integer"), ("plan", dict, "an object"), ("environment", dict, "an object"),
                     ("targets", dict, "an object"), ("attempts", list, "a list"), ("tables_written", bool, "true or false"),
-                    ("table_sha256", dict, "an object"), ("device_quality", dict, "an object"))
+                    ("table_sha256", dict, "an object"), ("device_quality", dict, "an object"),
+                    ("skipped", list, "a list"))
 
 
 def _check_job_record(record: dict[str, Any], path: str) -> None:

@@ -32,8 +32,11 @@ def connected_iphones(workspace=None, api: Any = None) -> list[dict]:
         devices = api.discover(inventory)
     except (BenchError, ImportError):
         return []
+    # the iOS the phone reported over lockdown, else the one devices.yaml expects (an unpaired phone says none)
     return [{"udid": device.udid, "name": device.name or device.udid, "model": device.model,
-             "os_build": device.os_build} for device in devices if device.connected]
+             "os_build": device.os_build, "os_version": device.os_version or device.expected_os,
+             "os_source": "the device" if device.os_version else "devices.yaml"}
+            for device in devices if device.connected]
 
 
 def _inventory(workspace):
@@ -75,7 +78,9 @@ def resolve_targets(names: list[str], *, workspace=None, api: Any = None, host_t
                 targets.setdefault("host-torch", host)
             for device in chosen:
                 target = IPhoneTarget(device["udid"], name=device["name"], model=device["model"],
-                                      os_build=device["os_build"], api=api, timeout_s=runner_timeout_s)
+                                      os_build=device["os_build"], api=api, timeout_s=runner_timeout_s,
+                                      os_version=device.get("os_version"),
+                                      os_source=device.get("os_source") or "the device")
                 targets.setdefault(target.id, target)
     return list(targets.values())
 

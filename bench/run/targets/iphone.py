@@ -110,8 +110,11 @@ class IPhoneTarget:
 
     def __init__(self, udid: str, *, name: str | None = None, model: str | None = None, os_build: str | None = None,
                  api: Any = None, timeout_s: float | None = None, poll_s: float = 1.0,
-                 preprocess: Callable = _default_preprocess):
-        """`timeout_s`: seconds to wait for the runner per job; None derives it from the job (runner_timeout)."""
+                 preprocess: Callable = _default_preprocess, os_version: str | None = None,
+                 os_source: str = "the device"):
+        """`timeout_s`: seconds to wait for the runner per job; None derives it from the job (runner_timeout).
+        `os_version`: the iOS it runs, as known before the run (`os_source`: "the device" over lockdown, or
+        "devices.yaml"); the plan leaves out variants that need a newer one (bench/run/os_support.py)."""
         if api is None:
             from bench.deploy import api as deploy_api
 
@@ -121,6 +124,7 @@ class IPhoneTarget:
         self.name = name or udid
         self.model = model
         self.os_build = os_build
+        self.os_version, self.os_source = os_version, os_source
         self._api = api
         self._timeout_s = timeout_s
         self._poll_s = poll_s
