@@ -88,7 +88,7 @@ class FakeHost:
     def lab_phones(self):
         from bench.lab.cluster import LabPhone
 
-        return [LabPhone(p.udid, p.name, p.product_type, p.build, "0.3", self.name) for p in self.phones]
+        return [LabPhone(p.udid, p.name, p.product_type, p.build, "0.3", self.name, p.ios) for p in self.phones]
 
     def env(self) -> dict[str, str]:
         from bench.lab.cluster import phones_environment
@@ -232,6 +232,25 @@ def listeners(pids: set[int]) -> list[tuple[int, str, int]]:
             if conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr):
                 found.append((pid, conn.laddr.ip, conn.laddr.port))
     return found
+
+
+def declare_spec(variant: Path, spec_version: int) -> Path:
+    """Make a make_variant() stand-in declare a Core ML specification version: its packages' Model protobuf says
+    `spec_version` (an ML program, as coremltools writes it) and their Manifest.json is a package manifest; the
+    weights stay random bytes (the fake phones never read them)."""
+    import json
+
+    from bench.build.analyze import proto_modules
+
+    model_pb2, _ = proto_modules()
+    spec = model_pb2.Model(specificationVersion=spec_version)
+    spec.mlProgram.version = 1
+    for role in ("encoder", "decoder"):
+        package = variant / f"{role}.mlpackage"
+        (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(spec.SerializeToString())
+        (package / "Manifest.json").write_text(json.dumps({"fileFormatVersion": "1.0.0", "itemInfoEntries": {},
+                                                           "rootModelIdentifier": "model"}))
+    return variant
 
 
 def lab_variants(folder: Path, names=("fp16", "int8")):

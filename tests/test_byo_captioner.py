@@ -19,7 +19,7 @@ import pytest
 
 from bench.build import imported
 from bench.cli import main
-from deploy_fixtures import add_phone, mux  # noqa: F401  (fixture)
+from deploy_fixtures import add_phone, mux, tunneld  # noqa: F401  (fixtures)
 from fake_iphone.captions import CaptionScenario
 from byo_fixtures import workspace  # noqa: F401  (the fixture: a fresh BENCH_ROOT workspace)
 
@@ -57,7 +57,7 @@ def _scenario(folder, eos: int, max_length: int) -> CaptionScenario:
     return CaptionScenario(tokens=tokens, changed={"cpuAndNeuralEngine": cut})
 
 
-def test_an_imported_pair_is_measured_and_its_device_captions_scored(pair, workspace, mux, capsys):  # noqa: F811
+def test_an_imported_pair_is_measured_and_its_device_captions_scored(pair, workspace, mux, tunneld, capsys):  # noqa: F811
     from bench.report.data import build_report
     from bench.run.api import run_pipeline
     from bench.run.config import RunConfig
@@ -81,7 +81,8 @@ def test_an_imported_pair_is_measured_and_its_device_captions_scored(pair, works
     err = capsys.readouterr().err.strip()
     assert "without torch weights: host-torch cannot run it" in err and "\n" not in err, err
 
-    phone = add_phone(mux, 1)
+    phone = add_phone(mux, 1, ios="18.1", build="22B83")  # the pair is an iOS 18 package (spec 9)
+    tunneld.add(mux, phone)
     phone.captions = _scenario(folder, built.decode["eos_id"], built.decode["max_length"])
     config = RunConfig.model_validate({
         "seed": 0, "targets": ["iphone"], "variants": ["tinypair"], "rounds": 1, "images": 2, "warmup": 0,

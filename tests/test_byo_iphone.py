@@ -16,15 +16,22 @@ import pytest
 from bench.build import imported
 from bench.cli import main
 from bench.errors import InputError
-from deploy_fixtures import add_phone, mux  # noqa: F401
+from deploy_fixtures import add_phone, mux, tunneld  # noqa: F401
 from byo_fixtures import workspace  # noqa: F401  (the fixture: a fresh BENCH_ROOT workspace)
 
 CONV = ("dense", "pruned", "palettized", "int8")
 
 
-def test_bench_run_measures_a_conv_family_and_recovers_the_neural_engine_drift(mux, byo_packages, workspace,
-                                                                              capsys):
-    phone = add_phone(mux, 1, output_drift={"cpuOnly": 0.0, "cpuAndNeuralEngine": 0.05})
+def _ios17_phone(mux, tunneld, index: int, **kwargs):  # noqa: F811
+    """A phone that can run the iOS 17 packages (spec 8) `bench run` resolves it for: older ones are skipped."""
+    phone = add_phone(mux, index, ios="17.5.1", build="21F90", **kwargs)
+    tunneld.add(mux, phone)
+    return phone
+
+
+def test_bench_run_measures_a_conv_family_and_recovers_the_neural_engine_drift(mux, tunneld, byo_packages, workspace,
+                                                                              capsys):  # noqa: F811
+    phone = _ios17_phone(mux, tunneld, 1, output_drift={"cpuOnly": 0.0, "cpuAndNeuralEngine": 0.05})
     imported.import_models([byo_packages[n] for n in CONV], workspace, family="conv")
     # evaluation on (the default): imported models get no caption quality jobs, and nothing fails for it
     code = main(["run", "--variants", ",".join(CONV), "--targets", "iphone", "--compute-units",
@@ -138,9 +145,10 @@ def test_outputs_over_the_cap_and_bad_inputs_on_the_phone(mux, byo_packages, wor
     assert sorted(workspace.results_dir.iterdir()) == runs_before  # nor any run stored
 
 
-def test_bench_devices_prune_keeps_the_packages_of_imported_variants(mux, byo_packages, workspace, capsys):
+def test_bench_devices_prune_keeps_the_packages_of_imported_variants(mux, tunneld, byo_packages, workspace,
+                                                                    capsys):  # noqa: F811
     """A prune keeps what local variants use, imported ones included: the next run pushes nothing again."""
-    phone = add_phone(mux, 1)
+    phone = _ios17_phone(mux, tunneld, 1)
     (dense,) = imported.import_models([byo_packages["dense"]], workspace)
     run = ["run", "--variants", "dense", "--targets", "iphone", "--compute-units", "cpuOnly", "--fixed", "--rounds",
            "1", "--no-eval", "--no-report", "--seed", "3"]

@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 
 from bench.paths import BUILTIN_CAPTIONER_DIR
-from deploy_fixtures import add_phone, mux  # noqa: F401  (fixture)
+from deploy_fixtures import add_phone, mux, tunneld  # noqa: F401  (fixtures)
 from fake_iphone.captions import CaptionScenario
 
 pytestmark = [
@@ -65,18 +65,21 @@ def _cut_short(tokens: list[int], eos: int) -> list[int]:
     return [*tokens[:2], eos]
 
 
-def _run(workspace, mux, scenario):  # noqa: F811
+def _run(workspace, mux, tunneld, scenario):  # noqa: F811
     from bench.run.api import run_pipeline
     from bench.run.config import RunConfig
 
-    phone = next(iter(mux.devices.values()), None) or add_phone(mux, 1)
+    phone = next(iter(mux.devices.values()), None)
+    if phone is None:  # the variants are iOS 17 packages (spec 8): an older phone would be skipped
+        phone = add_phone(mux, 1, ios="17.5.1", build="21F90")
+        tunneld.add(mux, phone)
     phone.captions = scenario
     outcome = run_pipeline(RunConfig.model_validate(CONFIG), workspace, log=lambda message: None)
     assert outcome.status == "complete", outcome.failures
     return outcome
 
 
-def test_captions_decoded_on_the_phone_are_scored_and_neural_engine_changes_found(workspace, mux):  # noqa: F811
+def test_captions_decoded_on_the_phone_are_scored_and_neural_engine_changes_found(workspace, mux, tunneld):  # noqa: F811
     from bench.report import write_report
     from bench.report.data import build_report
     from bench.report.explain import device_quality_findings
@@ -86,12 +89,12 @@ def test_captions_decoded_on_the_phone_are_scored_and_neural_engine_changes_foun
     ws, host_tokens, eos = workspace
     chosen = sorted(host_tokens)[3:3 + CHANGED]
     unchanged_night = CaptionScenario(tokens=host_tokens)
-    first = _run(ws, mux, unchanged_night)
+    first = _run(ws, mux, tunneld, unchanged_night)
     phone = next(iter(mux.devices.values()))  # the timed round compiled each package; the quality job reused them
     assert phone.compiled_packages and set(Counter(phone.compiled_packages).values()) == {1}
     changed_night = CaptionScenario(tokens=host_tokens, changed={
         "cpuAndNeuralEngine": {image: _cut_short(host_tokens[image], eos) for image in chosen}})
-    second = _run(ws, mux, changed_night)
+    second = _run(ws, mux, tunneld, changed_night)
 
     # Night 1: nothing changes anywhere — SAME, 0 changed, the device's BLEU is the host reference's.
     night1 = build_report(first.run_dir)

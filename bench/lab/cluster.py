@@ -189,6 +189,7 @@ class LabPhone:
     os_build: str | None = None
     runner_version: str | None = None
     host: str | None = None
+    os_version: str | None = None  # the iOS the phone reported to its host (the plan skips variants needing newer)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -291,7 +292,8 @@ def survey_phones(inventory=None) -> tuple[list[LabPhone], list[str]]:
             continue
         healthy.append(LabPhone(udid=info.udid, name=info.name or info.udid, model=info.model,
                                 os_build=info.os_build,
-                                runner_version=health.runner.version if health.runner else None, host=host))
+                                runner_version=health.runner.version if health.runner else None, host=host,
+                                os_version=info.os_version or info.expected_os))
     if result.usbmux_problem:
         skipped.append(result.usbmux_problem)
     return healthy, skipped

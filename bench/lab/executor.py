@@ -53,15 +53,19 @@ class LabHostError(DeviceError):
 class LabIPhone(IPhoneTarget):
     """An iPhone somewhere in the lab: a named phone (`iphone:<udid>`) or any phone of a model (`model:<model>`)."""
 
-    def __init__(self, phone: LabPhone | None = None, *, model: str | None = None, preprocess=_default_preprocess):
+    def __init__(self, phone: LabPhone | None = None, *, model: str | None = None, preprocess=_default_preprocess,
+                 os_version: str | None = None):
+        """`os_version` of a model pool: the oldest iOS among its phones (any of them may take a round), so the plan
+        never gives the pool a variant one of its phones cannot run."""
         from bench.deploy import api as deploy_api
 
         if phone is not None:
             super().__init__(phone.udid, name=phone.name, model=phone.model, os_build=phone.os_build, api=deploy_api,
-                             preprocess=preprocess)
+                             preprocess=preprocess, os_version=phone.os_version)
             self.resource, self.pool_model, self.selector = PHONE_RESOURCE + phone.udid, None, f"iphone:{phone.udid}"
         else:
-            super().__init__(f"model-{model}", name=f"any {model}", model=model, api=deploy_api, preprocess=preprocess)
+            super().__init__(f"model-{model}", name=f"any {model}", model=model, api=deploy_api, preprocess=preprocess,
+                             os_version=os_version)
             self.udid, self.id = None, f"iphone-model-{safe_name(model)}"
             self.resource, self.pool_model, self.selector = model_resource(model), model, f"model:{model}"
 
@@ -87,6 +91,7 @@ class LabMacTarget:
         self.name = f"{mac.host} (Core ML, macOS {mac.os_version or '?'})"
         self.selector, self.udid, self.pool_model = f"macos-coreml:{mac.host}", None, None
         self.model, self.os_build = mac.machine, mac.os_version
+        self.os_version, self.os_source = mac.os_version, "its host"
         self._preprocess = preprocess
 
     def pixels(self, request: RoundRequest) -> dict:
@@ -147,7 +152,8 @@ def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[Lab
             model = next((m for m in models if m.replace(",", "_") == which.replace(",", "_")), None)
             if model is None:
                 raise did_you_mean("phone model in this lab", which, models)
-            target = LabIPhone(model=model, preprocess=preprocess)
+            target = LabIPhone(model=model, preprocess=preprocess,
+                               os_version=_oldest_ios(p.os_version for p in phones if p.model == model))
             chosen.setdefault(target.id, target)
             continue
         for phone in phones:
@@ -156,6 +162,16 @@ def lab_targets(names: list[str], *, preprocess=_default_preprocess) -> list[Lab
         if which and not any(which in (p.udid, p.name) for p in phones):
             raise did_you_mean("lab phone", which, [p.name for p in phones] + [p.udid for p in phones])
     return list(chosen.values())
+
+
+def _oldest_ios(versions) -> str | None:
+    """The oldest of the phones' iOS versions; None when any is unknown (the pool is then not judged)."""
+    from bench.run.os_support import version_tuple
+
+    known = list(versions)
+    if not known or any(version_tuple(v) is None for v in known):
+        return None
+    return min(known, key=version_tuple)
 
 
 def _lab_mac_targets(raw: str, which: str, preprocess) -> list[LabMacTarget]:
