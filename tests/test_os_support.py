@@ -79,10 +79,16 @@ def test_bench_run_skips_a_variant_the_phones_ios_cannot_run_and_says_so_everywh
                  "--fixed", "--rounds", "1", "--seed", "2", "--no-eval"]) == 0
     capsys.readouterr()
     second = max(workspace.results_dir.glob("2*"), key=lambda p: p.stat().st_mtime)
-    assert main(["report", second.name, "--baseline", run_dir.name, "--fail-on", "regression", "--format",
-                 "markdown"]) == 0
+    junit = workspace.root / "verdicts.xml"
+    assert main(["report", second.name, "--baseline", run_dir.name, "--fail-on", "regression", "--junit",
+                 str(junit), "--format", "markdown"]) == 0
     shown = capsys.readouterr().out
     assert SKIP_LINE in " ".join(shown.split()) and "**No regressions.**" in shown
+    from xml.etree import ElementTree
+
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    (case,) = [c for c in suite.iter("testcase") if c.get("classname") == "bench.not_run"]
+    assert case.find("skipped").get("message") == SKIP_LINE and suite.get("failures") == "0"
 
 
 def test_strict_os_refuses_the_whole_run_in_one_line_before_anything_is_pushed(

@@ -66,20 +66,22 @@ class Unsupported:
     target_name: str
     spec: int
     package: str
-    needs: str  # "iOS 18"
-    runs: str  # "17.5.1"
+    platform: str  # "iOS" | "macOS"
+    needs: str  # the first version that reads the spec, "18"
+    runs: str  # what the device runs, "17.5.1"
     source: str
 
     @property
     def line(self) -> str:
         told = "" if self.source == "the device" else f" (per {self.source})"
-        return (f"{self.variant_name} needs {self.needs} (Core ML spec {self.spec}, {self.package}), "
-                f"{self.target_name} runs {self.needs.split()[0]} {self.runs}{told}: not run")
+        return (f"{self.variant_name} needs {self.platform} {self.needs} (Core ML spec {self.spec}, {self.package}), "
+                f"{self.target_name} runs {self.platform} {self.runs}{told}: not run")
 
     def as_record(self) -> dict[str, Any]:
         return {"variant_id": self.variant_id, "variant_name": self.variant_name, "target_id": self.target_id,
-                "target_name": self.target_name, "spec": self.spec, "package": self.package, "needs": self.needs,
-                "runs": self.runs, "os_source": self.source, "reason": self.line}
+                "target_name": self.target_name, "spec": self.spec, "package": self.package,
+                "needs": f"{self.platform} {self.needs}", "runs": self.runs, "os_source": self.source,
+                "reason": self.line}
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:
@@ -149,7 +151,7 @@ def unsupported_pairs(series: list, targets: list) -> list[Unsupported]:
             continue
         found[(one.variant.variant_id, one.target_id)] = Unsupported(
             one.variant.variant_id, one.variant.name, one.target_id, target.name, need.spec, need.package,
-            f"{system.platform} {'.'.join(map(str, minimum))}", system.version, system.source)
+            system.platform, ".".join(map(str, minimum)), system.version, system.source)
     return list(found.values())
 
 
