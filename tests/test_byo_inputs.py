@@ -195,3 +195,52 @@ def test_start_run_refuses_them_before_a_run_is_stored(byo_packages, workspace, 
                   images=[ImageItem("unused", lambda: None)], sleep=lambda seconds: None)
     assert core_ml.compiled == []
     assert not workspace.results_dir.exists() or not any(workspace.results_dir.iterdir())
+
+
+class FailingGPU(FakeCoreML):
+    """The scenario: loading on cpuAndGPU fails (a crash of the Mac's Core ML) until the test says it is fixed."""
+
+    gpu_fails = True
+
+    def load(self, compiled, compute_unit, function):
+        if self.gpu_fails and compute_unit == "cpuAndGPU":
+            raise RuntimeError("Core ML crashed loading on the GPU")
+        return super().load(compiled, compute_unit, function)
+
+
+def test_a_resume_feeds_the_inputs_the_run_began_with_or_is_refused(byo_packages, workspace, tmp_path):
+    # was: resuming any run of an imported model failed ("expected a bench.variant record, found 'bench.imported'");
+    # and nothing tied a resume to the inputs the run began with: an .npz edited in between would have fed other
+    # values to the variants measured second, and their drift would compare outputs of different inputs
+    from bench.errors import RecordError
+    from bench.run.api import resume_run, start_run
+    from bench.run.config import RunConfig
+    from bench.run.targets.base import ImageItem
+    from bench.run.targets.macos_coreml import MacCoreMLTarget
+
+    imported.import_models([byo_packages["two_inputs"]], workspace)
+    source = npz(a=np.ones((2, 1, 4)), b=np.arange(8).reshape(2, 1, 4))(tmp_path)
+    original = source.read_bytes()
+    core_ml = FailingGPU()
+    measure = {"targets": [MacCoreMLTarget(core_ml=core_ml)], "images": [ImageItem("unused", lambda: None)],
+               "sleep": lambda seconds: None}
+    config = RunConfig.model_validate({"variants": ["two_inputs"], "targets": ["macos-coreml"], "rounds": 1,
+                                       "compute_units": ["cpuOnly", "cpuAndGPU"], "evaluate": False, "report": False,
+                                       "retry": {"attempts": 1}, "generic": {"inputs_from": str(source)}})
+    outcome = start_run(config, workspace, **measure)
+    assert outcome.status == "incomplete" and len(outcome.failures) == 1
+    stored = {p: p.read_bytes() for p in outcome.run_dir.rglob("*") if p.is_file()}
+    core_ml.gpu_fails = False
+
+    npz(a=np.ones((2, 1, 4)), b=np.arange(1, 9).reshape(2, 1, 4))(tmp_path)  # the user edits the file meanwhile
+    with pytest.raises(RecordError, match=r"the inputs of two_inputs \(.*in.npz\) are not the ones this run began "
+                                          r"with \(sha256 differs\); restore them, or start a new run"):
+        resume_run(outcome.run_id, workspace, **measure)
+    npz(a=np.ones((2, 1, 4)), b=np.array([[[1, 2, 3, 2**40]]] * 2))(tmp_path)  # or breaks it
+    with pytest.raises(InputError, match=r"^two_inputs: .*in.npz: array 'b' is int64 and holds 1099511627776"):
+        resume_run(outcome.run_id, workspace, **measure)
+    assert {p: p.read_bytes() for p in outcome.run_dir.rglob("*") if p.is_file()} == stored  # nothing touched
+
+    source.write_bytes(original)
+    resumed = resume_run(outcome.run_id, workspace, **measure)
+    assert resumed.status == "complete", resumed.failures

@@ -239,7 +239,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     variants = select_variants(variants, wanted)
     variants, references_added = _with_family_references(variants, workspace)
     left_out += references_added
-    check_generic_inputs(variants, config)  # before targets are resolved and anything is stored
+    generic_inputs = check_generic_inputs(variants, config)  # before targets are resolved and anything is stored
     if targets is None:
         targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
@@ -265,6 +265,7 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         "imported": _imported_plan(variants, workspace),
         # imported encoder/decoder pairs: captioner jobs on Core ML, no torch weights, hence no host reference
         "imported_captioners": [v.variant_id for v in variants if _is_pair(v)],
+        "generic_inputs": generic_inputs,  # variant id -> sha256 of its input set: a resume must feed the same
     }
     run_dir = workspace.results_dir / run_id
     workspace.results_dir.mkdir(parents=True, exist_ok=True)
@@ -287,29 +288,46 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
     return outcome
 
 
-def check_generic_inputs(variants: list[VariantRef], config: RunConfig) -> None:
+def check_generic_inputs(variants: list[VariantRef], config: RunConfig) -> dict[str, str]:
     """Each imported model's input set (run.yaml `generic:`), made once before a run is stored or a device contacted:
     a wrong .npz, image folder, shape or function is one InputError naming the model — not a failed job in a stored,
-    resumable run that would fail again. start_run checks the variants it measures; run_pipeline (`bench run`) checks
-    the named ones before building anything too."""
+    resumable run that would fail again. start_run and resume_run check the variants they measure; run_pipeline
+    (`bench run`) checks the named ones before building anything too.
+
+    Returns {variant id: sha256 of its input set} (bench.run.generic.input_set_digest) for the run's plan."""
     import json
 
-    from bench.run.generic import is_imported, make_inputs
+    from bench.run.generic import input_set_digest, is_imported, make_inputs
 
     settings = _settings(config).generic
-    checked = set()
+    digests: dict[str, str] = {}
+    by_interface: dict[str, str] = {}  # a family's variants share their interface: one input set each
     for variant in variants:
         if not is_imported(variant):
             continue
-        interface = variant.source["interface"]
-        key = json.dumps(interface, sort_keys=True)  # a family's variants share their interface: one check each
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            make_inputs(interface, settings)
-        except InputError as err:
-            raise InputError(f"{variant.name}: {err} (run.yaml `generic:`)") from None
+        key = json.dumps(variant.source["interface"], sort_keys=True)
+        if key not in by_interface:
+            try:
+                by_interface[key] = input_set_digest(make_inputs(variant.source["interface"], settings))
+            except InputError as err:
+                raise InputError(f"{variant.name}: {err} (run.yaml `generic:`)") from None
+        digests[variant.variant_id] = by_interface[key]
+    return digests
+
+
+def _check_same_generic_inputs(plan: dict, variants: list[VariantRef], config: RunConfig, run_dir: Path) -> None:
+    """A resume feeds each imported model the input set its run began with, or is refused: drift compares outputs of
+    the same inputs across variants, and an .npz edited (or an image added) between the two would mix two sets."""
+    now = check_generic_inputs(variants, config)
+    then = plan.get("generic_inputs")
+    if then is None:  # planned before input sets were recorded: nothing to compare with
+        return
+    changed = [v.name for v in variants if v.variant_id in now and then.get(v.variant_id, now[v.variant_id])
+               != now[v.variant_id]]
+    if changed:
+        source = config.generic.inputs_from or "generated from its description"
+        raise RecordError(f"{run_dir}: the inputs of {changed[0]} ({source}) are not the ones this run began with "
+                          "(sha256 differs); restore them, or start a new run")
 
 
 def _leave_out_unsupported(series: list[Series], targets: list, *, strict: bool) -> tuple[list[Series], list]:
@@ -405,6 +423,7 @@ def resume_run(run: str | Path, workspace: Workspace, *, targets: list | None = 
         else:
             wanted = set(plan["variants"])
             variants = [v for v in variants if v.variant_id in wanted]
+        _check_same_generic_inputs(plan, variants, config, run_dir)
         if lab:
             config = config.model_copy(update={"lab": lab})
         if runner_timeout_s:  # not a measurement setting: changing it keeps the run comparable
@@ -500,8 +519,16 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 def _planned_variants(plan: dict, workspace: Workspace) -> list[VariantRef]:
     from bench.build.variants import load_variant
 
+    imported = {*(plan.get("imported") or {}), *(plan.get("imported_captioners") or ())}
     refs = []
     for entry in plan["variant_details"]:
+        if entry["variant_id"] in imported:  # a bench.imported manifest, not a built variant's
+            found = imported_variants(workspace, [entry["variant_id"]])
+            if not found:
+                raise InputError(f"imported model {entry['variant_id']} of this run is no longer in the workspace; "
+                                 "import it again (`bench models import`) first")
+            refs += found
+            continue
         path = Path(entry["path"]) if entry.get("path") else workspace.variants_dir / entry["variant_id"]
         if not path.exists():
             raise InputError(f"variant {entry['variant_id']} of this run is no longer at {path}; rebuild it first")

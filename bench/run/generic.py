@@ -133,6 +133,21 @@ def make_inputs(interface: dict[str, Any], settings: GenericSettings) -> list[In
             for index in range(settings.inputs)]
 
 
+def input_set_digest(sets: list[InputSet]) -> str:
+    """sha256 of an input set (ids, names, dtypes, shapes and bytes of every array): recorded in a run's plan so a
+    resume can tell the inputs the run began with from an .npz or image folder changed since."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for item in sets:
+        digest.update(f"{item.input_id}\0".encode())
+        for name in sorted(item.features):
+            array = np.ascontiguousarray(item.features[name])
+            digest.update(f"{name}\0{array.dtype.str}\0{list(array.shape)}\0".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _fed_dtype(feature: dict[str, Any]):
     """The numpy dtype an input is fed in (images: uint8 pixels); InputError for what generic jobs cannot feed."""
     import numpy as np
