@@ -244,25 +244,32 @@ def test_a_model_target_is_gated_and_measured_on_the_same_phone(lab, tmp_path):
         assert probes == jobs, f"{phone.name}: {probes} status probes, {jobs} rounds"
 
 
-def test_the_lab_plan_skips_a_variant_the_pools_oldest_phone_cannot_run(lab, tmp_path):
-    """The lab's phones carry the iOS their hosts read over lockdown (16.7.2 here): a variant whose packages declare
-    Core ML spec 8 (iOS 17) is left out of `model:iPhone14_2` with its line, before any host is asked; the other runs."""
+def test_the_lab_plan_skips_what_a_phone_pool_or_a_mac_cannot_run(lab, tmp_path):
+    """The lab's phones carry the iOS their hosts read over lockdown (16.7.2 here), its Mac the macOS it runs (15.1):
+    packages declaring Core ML spec 8 (iOS 17 / macOS 14) are left out of `model:iPhone14_2` and run on the Mac, spec
+    10 (iOS / macOS 26) run nowhere — each pair said in one line before any host is asked; the rest is measured."""
     from bench.lab.executor import LabExecutor, lab_targets
     from bench.paths import Workspace
     from bench.run.api import start_run
     from bench.run.config import RunConfig
     from lab_fixtures import declare_spec
 
-    int8, ios17 = lab_variants(tmp_path / "variants", names=("int8", "ios17"))
+    int8, ios17, os26 = lab_variants(tmp_path / "variants", names=("int8", "ios17", "os26"))
     declare_spec(ios17.path, 8)
+    declare_spec(os26.path, 10)
     config = RunConfig.model_validate({**CONFIG, "rounds": 1, "compute_units": ["all"], "images": 1})
-    outcome = start_run(config, Workspace(tmp_path), targets=lab_targets(["model:iPhone14_2"], preprocess=zeros),
-                        variants=[int8, ios17], images=_images()[:1], executor=LabExecutor(poll_s=0.05),
-                        run_id="too-new")
+    targets = lab_targets(["model:iPhone14_2", "macos-coreml"], preprocess=zeros)
+    outcome = start_run(config, Workspace(tmp_path), targets=targets, variants=[int8, ios17, os26],
+                        images=_images()[:1], executor=LabExecutor(poll_s=0.05, status_timeout_s=60), run_id="too-new")
     assert outcome.status == "complete", outcome.failures
-    assert outcome.skipped == ["ios17 needs iOS 17 (Core ML spec 8, encoder.mlpackage), any iPhone14,2 runs iOS "
-                               "16.7.2: not run"]
-    assert {r["variant_id"] for r in outcome.data.job_records.values()} == {int8.variant_id}
+    assert sorted(outcome.skipped) == [
+        "ios17 needs iOS 17 (Core ML spec 8, encoder.mlpackage), any iPhone14,2 runs iOS 16.7.2: not run",
+        "os26 needs iOS 26 (Core ML spec 10, encoder.mlpackage), any iPhone14,2 runs iOS 16.7.2: not run",
+        "os26 needs macOS 26 (Core ML spec 10, encoder.mlpackage), host-b (Core ML, macOS 15.1) runs macOS 15.1: "
+        "not run"]
+    measured = {(r["variant_id"], r["target"]["kind"]) for r in outcome.data.job_records.values()}
+    assert measured == {(int8.variant_id, "iphone"), (int8.variant_id, "macos-coreml"),
+                        (ios17.variant_id, "macos-coreml")}
 
 
 CTRL_C_DRIVER = """

@@ -91,7 +91,7 @@ class LabMacTarget:
         self.name = f"{mac.host} (Core ML, macOS {mac.os_version or '?'})"
         self.selector, self.udid, self.pool_model = f"macos-coreml:{mac.host}", None, None
         self.model, self.os_build = mac.machine, mac.os_version
-        self.os_version, self.os_source = mac.os_version, "its host"
+        self.os_version, self.os_source = mac.os_version, "the device"  # as the Mac said
         self._preprocess = preprocess
 
     def pixels(self, request: RoundRequest) -> dict:

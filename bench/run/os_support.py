@@ -53,7 +53,7 @@ class Requirement:
 class DeviceOS:
     platform: str  # "iOS" | "macOS"
     version: str  # as reported, e.g. "17.5.1"
-    source: str  # where it was learnt: "the device" (lockdown) | "devices.yaml" | "this Mac"
+    source: str  # where it was learnt: "the device" (it said so: lockdown, the Mac itself) | "devices.yaml"
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def target_os(target: Any) -> DeviceOS | None:
     if kind not in ("iphone", "macos-coreml") or not version_tuple(version):
         return None
     return DeviceOS("iOS" if kind == "iphone" else "macOS", str(version),
-                    getattr(target, "os_source", None) or ("the device" if kind == "iphone" else "this Mac"))
+                    getattr(target, "os_source", None) or "the device")
 
 
 def unsupported_pairs(series: list, targets: list) -> list[Unsupported]:

@@ -47,7 +47,7 @@ class MacCoreMLTarget:
         self.core_ml = core_ml or CoreMLTools()
         self._pixels = pixels or self._preprocessed
         self.id = "macos-coreml"
-        self.os_version, self.os_source = platform.mac_ver()[0] or None, "this Mac"
+        self.os_version, self.os_source = platform.mac_ver()[0] or None, "the device"
         self.name = f"{platform.node()} (Core ML, macOS {platform.mac_ver()[0] or '?'})"
 
     def conditions(self) -> Conditions:
