@@ -244,6 +244,8 @@ def start_run(config: RunConfig, workspace: Workspace, *, targets: list | None =
         targets, executor = _targets_and_executor(config, config.targets, workspace)
     series = plan_series(variants, targets, config.compute_units)
     series, skipped = _leave_out_unsupported(series, targets, strict=config.strict_os)
+    for pair in skipped:  # said before a night of measuring, and again in the summary
+        getattr(observer, "note", lambda message: None)(f"skipped before the run: {pair.line}")
     dataset_info: dict[str, Any] = {"spec": "given", "n": len(images or [])}
     if images is None:
         images, dataset_info = open_images(config)
