@@ -5,6 +5,9 @@ Bug 4: the fp16 conversion's overflow check answers as coremltools' own does on 
 infinite, NaN), one block of elements at a time.
 Bug 3: the iOS16 sparse op's pure-Python mask popcount is replaced by a vectorised copy of the same checks; on random
 masks, valid and broken, the copy must answer exactly what coremltools' original answers (type or error message).
+Bug 5: the threshold pruner's sparse packing from one boolean mask stores what coremltools' int64 version stores.
+The threshold's selection (a sample narrows it, a partition decides) equals a full sort's answer, whichever way the
+sample falls.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 
 from bench.build import compress
-from bench.build.compress import float32_threshold, mask_popcount, patch_sparse_mask_popcount
+from bench.build.compress import float32_threshold, kth_smallest, mask_popcount, patch_sparse_mask_popcount
 
 
 def _original_and_patched():
@@ -119,6 +122,81 @@ def test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude()
         assert float32_threshold(value, sparsity) == magnitudes[magnitudes <= cut].max()
         np.testing.assert_array_equal(value, before)  # the caller's weight is left as it was
     assert float32_threshold(np.ones(5, np.float32), 0.0) == 0.0
+
+
+@pytest.mark.parametrize("direct, sample, spread", [(1 << 16, 1 << 14, 4.0), (64, 256, 4.0), (64, 256, 0.05)])
+def test_kth_smallest_equals_a_full_sort(monkeypatch, direct, sample, spread):
+    """A small `direct` makes the sampled bracket decide most cases; a narrow `spread`, its misses (the fallback)."""
+    monkeypatch.setattr(compress, "_SELECT_DIRECT", direct)
+    monkeypatch.setattr(compress, "_SELECT_SAMPLE", sample)
+    monkeypatch.setattr(compress, "_SELECT_SPREAD", spread)
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        size = int(rng.integers(1, 5000))
+        shape = trial % 5
+        if shape == 0:
+            values = rng.standard_normal(size)
+        elif shape == 1:
+            values = np.round(rng.standard_normal(size), 1)  # many ties at the bracket's edges
+        elif shape == 2:
+            values = np.full(size, 0.25)
+        elif shape == 3:  # bimodal, far apart: the k-th value can sit in the gap's edge
+            values = np.where(rng.random(size) < 0.5, rng.standard_normal(size), 1e6 + rng.standard_normal(size))
+        else:
+            values = np.abs(rng.standard_cauchy(size))  # heavy tail
+        values = values.astype(np.float32)
+        k = int(rng.integers(0, size))
+        assert kth_smallest(values.copy(), k) == np.sort(values)[k], (trial, size, k)
+
+
+def test_float32_threshold_through_the_sampled_selection(monkeypatch):
+    monkeypatch.setattr(compress, "_SELECT_DIRECT", 64)
+    monkeypatch.setattr(compress, "_SELECT_SAMPLE", 256)
+    test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude()
+
+
+def _sparse_cases():
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        shape = tuple(int(d) for d in rng.integers(1, 40, size=int(rng.integers(1, 4))))
+        value = (rng.standard_normal(shape) * 0.02).astype(np.float16 if trial % 3 == 0 else np.float32)
+        value[rng.random(shape) < 0.2] = 0  # zeros before pruning are not stored either
+        if trial % 7 == 0:
+            value.reshape(-1)[0] = np.nan  # kept, as coremltools keeps it
+        threshold = float(np.quantile(np.abs(value[~np.isnan(value)]), rng.random())) if trial % 5 else 0.0
+        yield value, threshold, float(rng.choice([0.0, 0.5, 0.99]))
+
+
+def test_sparse_packing_stores_what_coremltools_stores():
+    from coremltools.optimize.coreml._quantization_passes import prune_weights
+
+    compress.patch_sparse_param_packing()
+    original = prune_weights.__dict__["_coremltools_compress_by_threshold"].__func__
+    assert prune_weights.compress_by_threshold is compress._compress_by_threshold
+    outcomes = set()
+    for value, threshold, minimum in _sparse_cases():
+        expected, got = original(value, threshold, minimum), compress._compress_by_threshold(value, threshold, minimum)
+        outcomes.add(expected is None)
+        if expected is None:
+            assert got is None
+            continue
+        np.testing.assert_array_equal(got.nonzero_data, expected.nonzero_data)
+        assert got.nonzero_data.dtype == expected.nonzero_data.dtype
+        np.testing.assert_array_equal(got.mask, expected.mask)
+        assert tuple(got.shape) == tuple(expected.shape)
+    assert outcomes == {True, False}  # pruned, and skipped below the minimum sparsity
+
+
+def test_sparse_param_of_magnitude_pruning_equals_coremltools():
+    from coremltools.optimize.coreml._quantization_passes import prune_weights
+
+    compress.patch_sparse_param_packing()
+    original = prune_weights.__dict__["_coremltools_produce_sparse_param"].__func__
+    for value, _, _ in _sparse_cases():
+        expected, got = original(value), compress.sparse_param(value)
+        np.testing.assert_array_equal(got.nonzero_data, expected.nonzero_data)
+        np.testing.assert_array_equal(got.mask, expected.mask)
+        assert tuple(got.shape) == tuple(expected.shape)
 
 
 def _ops_reading(constant):

@@ -365,6 +365,77 @@ def test_kmeans_palettization_of_the_largest_weight_in_its_own_pass_stores_the_s
     assert len(np.unique(stored["largest alone"][embedding])) <= 4  # palettized (2 bits), not left dense
 
 
+def _computing_ops(package):
+    """(op type, output names) of every op of a stored program that is not a constant, in program order."""
+    from bench.build.analyze import load_program
+
+    spec = load_program(package)
+    return [(op.type, tuple(out.name for out in op.outputs))
+            for function in spec.mlProgram.functions.values()
+            for block in function.block_specializations.values() for op in block.operations
+            if op.type != "const" and not op.type.startswith("constexpr_")]
+
+
+@pytest.mark.parametrize("name", ["int8", "prune-0.5", "prune-0.672", "conv-prune", "embedding-prune", "mlp-prune",
+                                  "palettize-2"])
+def test_compression_changes_only_how_weights_are_stored(variants, name):
+    """Bug 6 (bench/build/compress.py): coremltools' compression functions re-run the default pipeline, which added a
+    second negative-index guard before the embedding gather of every compressed decoder. A compressed variant must
+    compute with exactly the ops of the uncompressed program it was made from (same target: the fp32 variant)."""
+    for package in ("encoder", "decoder"):
+        assert _computing_ops(variants[name].package_path(package)) == \
+            _computing_ops(variants["fp32"].package_path(package)), package
+    # iOS18 has no uncompressed variant in the test matrix: its two compressed ones must compute alike
+    for package in ("encoder", "decoder"):
+        assert _computing_ops(variants["joint-ios18"].package_path(package)) == \
+            _computing_ops(variants["int4-ios18"].package_path(package)), package
+
+
+@pytest.mark.parametrize("recipe", [{"prune": {"sparsity": 0.5}}, {"quantize": {"bits": 8}},
+                                    {"palettize": {"bits": 2, "mode": "uniform"}}])
+def test_compressing_without_reoptimising_stores_coremltools_own_values(variants, tmp_path, monkeypatch, recipe):
+    """`compress._compressed` runs coremltools' compression pass without its re-optimisation (bug 6), and the pruner's
+    sparse packing is vectorised (bug 5): every stored value must equal what coremltools' public function stores."""
+    import json
+
+    import numpy as np
+
+    import coremltools.optimize.coreml as cto
+
+    from bench.build import compress
+    from bench.build.analyze import ConstantReader, analyze_package
+    from bench.build.builder import _compress_package
+    from bench.build.matrix import matrix_from_dict
+
+    source = variants["fp32"].package_path("decoder")
+    mapping = json.loads((variants["fp32"].directory / "weights_map.json").read_text())["packages"]["decoder"]
+    cands = compress.candidates(analyze_package(source, hash_duplicates=False), ConstantReader(source), mapping)
+    planned = matrix_from_dict({"source": "x", "variants": [{"name": "v", **recipe}]}).planned()[0].recipe
+    ours = tmp_path / "ours.mlpackage"
+    _compress_package(source, ours, planned, cands, "decoder", False)
+
+    public = {"prune": cto.prune_weights, "palettize": cto.palettize_weights, "quantize": cto.linear_quantize_weights}
+    monkeypatch.setattr(compress, "_compressed",
+                        lambda model, kind, config, joint_compression=False: public[kind](model, config,
+                                                                                          joint_compression))
+    from coremltools.optimize.coreml._quantization_passes import prune_weights
+
+    compress.patch_sparse_param_packing()
+    for attribute in ("compress_by_threshold", "_produce_sparse_param"):  # coremltools' own packing too
+        monkeypatch.setattr(prune_weights, attribute, prune_weights.__dict__[f"_coremltools_{attribute.lstrip('_')}"])
+    monkeypatch.setattr(compress, "patch_sparse_param_packing", lambda: None)
+    theirs = tmp_path / "theirs.mlpackage"
+    _compress_package(source, theirs, planned, cands, "decoder", False)
+
+    stored, expected = _coremltools_decompressed(ours), _coremltools_decompressed(theirs)
+    assert stored.keys() == expected.keys()
+    compressed = 0
+    for constant, value in expected.items():
+        np.testing.assert_array_equal(stored[constant], value, err_msg=constant)
+        compressed += constant in compress.select(cands, planned)
+    assert compressed >= 10  # the comparison covered the compressed weights, not only untouched ones
+
+
 def test_resizing_the_mapped_source_model_copies_no_weight(checkpoint):
     """Building at another image size must not turn the memory-mapped source weights into a second copy (issue 16):
     only the interpolated position embedding is new."""

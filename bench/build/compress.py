@@ -18,6 +18,18 @@ Two coremltools problems are worked around here (shared/notes/coreml-on-linux.md
   resident memory. `patch_fp16_overflow_check` answers the same question per block of elements.
   Upstream: apple/coremltools, coremltools/converters/mil/mil/passes/defs/quantization.py,
   `FP16ComputePrecision.fp16_overflow` (9.0); drop the patch once a release checks without the index.
+- Bug 5 (slow, memory): the threshold pruner builds its sparse form through int64 arrays (`np.where(...)` index of
+  every non-zero element, and a 0/1 int64 copy of the whole weight before `np.packbits`): 8 bytes per element twice,
+  about a quarter of a BLIP-base prune build. `patch_sparse_param_packing` swaps in the same result from one boolean
+  mask. Upstream: coremltools/optimize/coreml/_quantization_passes.py, `prune_weights.compress_by_threshold` and
+  `prune_weights._produce_sparse_param` (9.0); drop the patch once a release packs the mask directly.
+- Bug 6 (slow, and changes the program): `prune_weights`, `palettize_weights` and `linear_quantize_weights` convert
+  the compressed program back through the whole default optimisation pipeline (92 passes) although the program was
+  optimised when it was converted. That costs seconds per package at BLIP-base size, and it is not a no-op: on our
+  decoder it adds a second negative-index guard (`greater_equal`, `select`, `add`) in front of the embedding gather,
+  so every compressed decoder ran five ops its uncompressed twin does not, and latency differences between variants
+  were not only the weights'. `_compressed` runs the same compression pass and converts back with only the backend
+  passes that serialisation needs. Upstream: coremltools/models/utils.py, `_apply_graph_pass` (9.0).
 Only constants that map to a PyTorch parameter are ever compressed: the causal mask the exporter bakes in is not a
 weight and pruning it would break attention.
 """
@@ -207,16 +219,117 @@ def patch_fp16_overflow_check() -> None:
 
 
 def float32_threshold(value, sparsity: float) -> float:
-    """The magnitude at or below which `sparsity` of the elements lie, computed in float32 (bug 1) and snapped to
-    a magnitude that actually occurs, so comparing it in the weight's own dtype (fp16) is exact."""
+    """The magnitude at or below which `sparsity` of the elements lie, computed in float32 (bug 1): the k-th smallest
+    magnitude, k = floor(sparsity * (n - 1)), i.e. numpy's (linear) percentile snapped down to a magnitude that
+    actually occurs, so comparing it in the weight's own dtype (fp16) is exact."""
     import numpy as np
 
     magnitudes = np.abs(np.asarray(value, dtype=np.float32)).reshape(-1)  # our own array: free to reorder
     if sparsity <= 0 or not magnitudes.size:
         return 0.0
-    # In place and without a filtered copy: on a BLIP-base prune build the threshold was a third of compressing.
-    cut = np.percentile(magnitudes, sparsity * 100, overwrite_input=True)
-    return float(np.max(magnitudes, where=magnitudes <= cut, initial=0.0))
+    return kth_smallest(magnitudes, int(np.floor(min(sparsity, 1.0) * (magnitudes.size - 1))))
+
+
+# Below this many elements a selection sorts in place; above it, `kth_smallest` narrows it down from a sample first.
+_SELECT_DIRECT = 1 << 16
+_SELECT_SAMPLE = 1 << 14
+_SELECT_SPREAD = 4.0  # the sampled bracket's half-width, in standard deviations of the k-th value's sample rank
+
+
+def kth_smallest(values, k: int) -> float:
+    """The k-th smallest (0-based) of a 1-D float array, exactly; `values` may be reordered.
+
+    Why not np.partition alone: on BLIP-base (138 M pruned elements) introselect over every element was a fifth of the
+    prune build. A seeded sample brackets the k-th value between two sample values (Floyd and Rivest's selection);
+    one counting pass and one gathering pass then leave a few thousand candidates to partition. When the bracket
+    misses (improbable; equal values at the bracket's edges are counted, not lost) the answer comes from a full
+    partition, so the result never depends on the sample."""
+    import numpy as np
+
+    n = values.size
+    if n <= _SELECT_DIRECT:
+        return float(np.partition(values, k)[k])
+    sample = np.sort(values[np.random.default_rng(0).integers(0, n, _SELECT_SAMPLE)])
+    position = k / (n - 1) * (_SELECT_SAMPLE - 1)
+    spread = _SELECT_SPREAD * np.sqrt(_SELECT_SAMPLE) + 2
+    low_index, high_index = int(position - spread), int(position + spread) + 1
+    low = sample[low_index] if low_index > 0 else -np.inf
+    high = sample[high_index] if high_index < _SELECT_SAMPLE else np.inf
+    below = int(np.count_nonzero(values < low))
+    inside = values[(values >= low) & (values <= high)]
+    if below <= k < below + inside.size:
+        return float(np.partition(inside, k - below)[k - below])
+    return float(np.partition(values, k)[k])
+
+
+def sparse_param(val, keep=None):
+    """coremltools' iOS16 sparse form of `val` (non-zero values, little-endian bit mask, shape), from one boolean mask;
+    `keep` (same shape) is False where pruning zeroes an element. Bug 5 (module docstring)."""
+    import numpy as np
+    from coremltools.optimize import _utils as optimize_utils
+
+    flat = np.asarray(val).reshape(-1)
+    mask = flat != 0
+    if keep is not None:
+        mask &= np.asarray(keep).reshape(-1)
+    return optimize_utils.SparseParamsIos16(nonzero_data=flat[mask], mask=np.packbits(mask, bitorder="little"),
+                                            shape=np.shape(val))
+
+
+def _compress_by_threshold(val, threshold, minimum_sparsity_percentile):
+    """coremltools 9.0's `prune_weights.compress_by_threshold`, same result and warning, without its int64 arrays."""
+    import numpy as np
+    from coremltools.optimize.coreml._quantization_passes import logger
+
+    keep = ~(np.abs(val) <= threshold)  # NaN stays, as in coremltools' `np.where(np.abs(val) <= threshold, 0, val)`
+    params = sparse_param(val, keep)
+    sparsity_percentile = 1 - params.nonzero_data.size / np.size(val)
+    if sparsity_percentile < minimum_sparsity_percentile:
+        logger.warning(f"weight value has sparsity of {sparsity_percentile} < "
+                       f"minimum_sparsity_percentile {minimum_sparsity_percentile}. Skipped.")
+        return None
+    return params
+
+
+def patch_sparse_param_packing() -> None:
+    """Bug 5 (module docstring): install the boolean-mask sparse packing on coremltools' pruning pass (idempotent);
+    the magnitude and n:m pruners reach it through `_produce_sparse_param`."""
+    from coremltools.optimize.coreml._quantization_passes import prune_weights
+
+    if prune_weights.__dict__["compress_by_threshold"].__func__ is not _compress_by_threshold:
+        prune_weights._coremltools_compress_by_threshold = prune_weights.__dict__["compress_by_threshold"]
+        prune_weights._coremltools_produce_sparse_param = prune_weights.__dict__["_produce_sparse_param"]
+        prune_weights.compress_by_threshold = staticmethod(_compress_by_threshold)
+        prune_weights._produce_sparse_param = staticmethod(sparse_param)
+
+
+# coremltools' post-training compression passes, by the public function that runs each.
+COMPRESSION_PASSES = {"prune": "compression::prune_weights", "palettize": "compression::palettize_weights",
+                      "quantize": "compression::linear_quantize_weights"}
+
+
+def _compressed(mlmodel, compression: str, config, *, joint_compression: bool = False):
+    """What `coremltools.optimize.coreml.<compression>_weights(mlmodel, config, joint_compression)` returns, without
+    re-running the default optimisation pipeline on the already optimised program (bug 6): the same pass with the
+    same options, then only the backend passes that serialising the program needs."""
+    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as model_utils
+
+    if mlmodel._is_multifunction():  # as coremltools' `_multifunction_unsupported` refuses
+        raise ValueError(f"{compression}_weights is not supported for a multifunction model.")
+    graph_pass = PASS_REGISTRY[COMPRESSION_PASSES[compression]]
+    graph_pass.set_options([PassOption("config", config), PassOption("joint_compression", joint_compression)])
+    spec = mlmodel.get_spec()
+    program = model_utils._apply_graph_pass(mlmodel, graph_pass, return_pymil_prog=True)
+    return mil_convert(program, convert_from="milinternal", convert_to="mlprogram",
+                       compute_units=mlmodel.compute_unit,
+                       specification_version=max(spec.specificationVersion,
+                                                 model_utils._SPECIFICATION_VERSION_IOS_16),
+                       model_description=spec.description, skip_model_load=mlmodel.__proxy__ is None,
+                       pass_pipeline=PassPipeline.EMPTY)
 
 
 def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package: str,
@@ -231,6 +344,7 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
     from bench.build.builder import give_back_memory
 
     patch_sparse_mask_popcount()
+    patch_sparse_param_packing()
     chosen = select(cands, recipe)
     skipped = {name: why for name in chosen if (why := not_applicable(cands[name], recipe))}
     chosen = [name for name in chosen if name not in skipped]
@@ -257,9 +371,9 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
                 if index:  # continue from the saved package: the in-memory program held every dense weight
                     model = _reloaded(model, Path(scratch) / f"step{index}.mlpackage")
                     give_back_memory()  # the previous program's objects refer to each other: collect them now
-                model = cto.palettize_weights(
-                    model, cto.OptimizationConfig(global_config=None,
-                                                  op_name_configs={names[n]: config for n in group}),
+                model = _compressed(
+                    model, "palettize", cto.OptimizationConfig(global_config=None,
+                                                               op_name_configs={names[n]: config for n in group}),
                     joint_compression=joint,
                 )
         for name in chosen:
@@ -270,8 +384,9 @@ def compress_model(mlmodel, recipe: Recipe, cands: dict[str, Candidate], package
             mode=q.mode, dtype=f"int{q.bits}", granularity=q.granularity,
             block_size=q.block_size if q.granularity == "per_block" else None, weight_threshold=0,
         )
-        model = cto.linear_quantize_weights(
-            model, cto.OptimizationConfig(global_config=None, op_name_configs={names[n]: config for n in chosen}),
+        model = _compressed(
+            model, "quantize",
+            cto.OptimizationConfig(global_config=None, op_name_configs={names[n]: config for n in chosen}),
             joint_compression=joint,
         )
         for name in chosen:
@@ -325,4 +440,4 @@ def _prune(model, recipe: Recipe, cands, chosen, trust_coremltools_pruner: bool,
                 minimum_sparsity_percentile=0.0, weight_threshold=0,
             )
         plan.selected[name]["prune"] = prune.sparsity
-    return cto.prune_weights(model, cto.OptimizationConfig(global_config=None, op_name_configs=configs))
+    return _compressed(model, "prune", cto.OptimizationConfig(global_config=None, op_name_configs=configs))
