@@ -143,6 +143,28 @@ def test_inputs_that_do_not_fit_are_one_line_naming_file_array_and_input(interfa
     assert "\n" not in str(caught.value)
 
 
+def test_a_shape_outside_an_inputs_ranges_names_them(byo_packages, workspace, tmp_path):
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import get_new_symbol
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, get_new_symbol(), get_new_symbol()))],
+                opset_version=ct.target.iOS17)
+    def pooled(x):
+        return mb.reduce_mean(x=x, axes=[2, 3], name="pooled")
+
+    package = tmp_path / "ranged.mlpackage"
+    ct.convert(pooled, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, inputs=[ct.TensorType(
+        name="x", shape=(1, 3, ct.RangeDim(8, 32, default=8), ct.RangeDim(8, 64, default=8)))]).save(str(package))
+    (ranged,) = imported.import_models([package], workspace)
+    interface = ranged.manifest["interface"]
+    fits = npz(x=np.zeros((2, 1, 3, 16, 64), np.float32))(tmp_path)
+    assert [s.features["x"].shape for s in make_inputs(interface, GenericSettings(source=str(fits)))] == [(1, 3, 16, 64)] * 2
+    with pytest.raises(InputError, match=r"in.npz: array 'x' has shape \[1, 3, 40, 8\]; input 'x' takes float32 "
+                                         r"\[1, 3, 8..32, 8..64\] \(or \[N, …\] for N inputs\)$"):
+        make_inputs(interface, GenericSettings(source=str(npz(x=np.zeros((1, 3, 40, 8), np.float32))(tmp_path))))
+
+
 def test_casts_that_keep_every_value_are_fed(interfaces, tmp_path):
     # numpy's defaults (int64, float64) are what users save: fed when every value survives the cast, in the input's
     # dtype; float64 is rounded to float16 (all the model receives), never a finite value made infinite
