@@ -266,3 +266,42 @@ def test_a_resume_feeds_the_inputs_the_run_began_with_or_is_refused(byo_packages
     source.write_bytes(original)
     resumed = resume_run(outcome.run_id, workspace, **measure)
     assert resumed.status == "complete", resumed.failures
+
+
+class EditsTheInputsOnce(FakeCoreML):
+    """The scenario: while the first job compiles, the user rewrites the run's .npz (other values, same shapes)."""
+
+    def __init__(self, source: Path):
+        super().__init__()
+        self.source = source
+
+    def compile(self, package):
+        if not self.compiled:
+            npz(a=np.full((2, 1, 4), 3.0), b=np.arange(8).reshape(2, 1, 4))(self.source.parent)
+        return super().compile(package)
+
+
+def test_inputs_changed_while_the_run_measures_fail_the_later_jobs_not_feed_them(byo_packages, workspace, tmp_path):
+    # was: every job made its inputs from the file as it was then; jobs after the edit fed other values, and the
+    # drift of those variants or units compared outputs of different inputs without a word
+    from bench.run.api import resume_run, start_run
+    from bench.run.config import RunConfig
+    from bench.run.targets.base import ImageItem
+    from bench.run.targets.macos_coreml import MacCoreMLTarget
+
+    imported.import_models([byo_packages["two_inputs"]], workspace)
+    source = npz(a=np.ones((2, 1, 4)), b=np.arange(8).reshape(2, 1, 4))(tmp_path)
+    original = source.read_bytes()
+    core_ml = EditsTheInputsOnce(source)
+    measure = {"targets": [MacCoreMLTarget(core_ml=core_ml)], "images": [ImageItem("unused", lambda: None)],
+               "sleep": lambda seconds: None}
+    config = RunConfig.model_validate({"variants": ["two_inputs"], "targets": ["macos-coreml"], "rounds": 1,
+                                       "compute_units": ["cpuOnly", "cpuAndGPU"], "evaluate": False, "report": False,
+                                       "retry": {"attempts": 1}, "adaptive": {"ci_width": None},
+                                       "generic": {"inputs_from": str(source)}})
+    outcome = start_run(config, workspace, **measure)
+    ((_, why),) = outcome.failures
+    assert why == (f"InputError: {source}: changed since the run began (sha256 of the input set differs); not "
+                   "measured — restore it, then resume the run")
+    source.write_bytes(original)
+    assert resume_run(outcome.run_id, workspace, **measure).status == "complete"

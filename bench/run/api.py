@@ -193,7 +193,9 @@ def open_images(config: RunConfig, *, limit: int | None = None) -> tuple[list[Im
                    "signature": getattr(dataset, "signature", None)}
 
 
-def _settings(config: RunConfig) -> MeasureSettings:
+def _settings(config: RunConfig, input_digests: dict[str, str] | None = None) -> MeasureSettings:
+    """How jobs measure; `input_digests`: the input-set sha256 per imported variant from the run's plan, which every
+    job checks the inputs it makes against (bench.run.generic.planned_inputs)."""
     adaptive = config.adaptive
     rule = StopRule(ci_width=adaptive.ci_width, min_rounds=config.rounds, min_samples=adaptive.min_samples,
                     max_samples=adaptive.max_samples, max_seconds=adaptive.max_seconds, confidence=adaptive.confidence)
@@ -204,7 +206,8 @@ def _settings(config: RunConfig) -> MeasureSettings:
                            repeats=config.repeats, compute_plan=config.compute_plan,
                            generic=GenericSettings(inputs=generic.inputs, source=generic.inputs_from,
                                                    function=generic.function, shapes=dict(generic.shapes),
-                                                   output_cap_bytes=generic.output_cap_bytes))
+                                                   output_cap_bytes=generic.output_cap_bytes,
+                                                   input_digests=dict(input_digests or {})))
 
 
 def _base_conditions() -> dict[str, Any]:
@@ -546,7 +549,8 @@ def _measure(manifest: RunManifest, config: RunConfig, series: list[Series], tar
     for target in targets:  # device targets keep each job's runner log beside its records (jobs/<job id>.log)
         if hasattr(target, "keep_logs_in"):
             target.keep_logs_in(manifest.run_dir / run_store.JOBS_DIR)
-    scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, _settings(config), manifest.data["seed"],
+    settings = _settings(config, manifest.data["plan"].get("generic_inputs"))
+    scheduler = Scheduler(manifest.run_dir, manifest, series, targets, images, settings, manifest.data["seed"],
                           observer=observer, base_conditions=_base_conditions(), sleep=sleep, executor=executor)
     scheduler.execute()  # Ctrl-C propagates after the manifest says "interrupted"
     if device_quality:

@@ -41,6 +41,7 @@ class GenericSettings:
     shapes: dict[str, list[int]] = field(default_factory=dict)  # input name -> a shape it allows (default: its own)
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
     seed: int = INPUT_SEED
+    input_digests: dict[str, str] = field(default_factory=dict)  # variant id -> input-set sha256 its run planned
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,18 @@ def make_inputs(interface: dict[str, Any], settings: GenericSettings) -> list[In
         return _from_npz(source, io["inputs"], settings.inputs, settings.shapes)
     return [InputSet(f"input-{index:03d}", {f["name"]: _generated(f, settings, index) for f in fed})
             for index in range(settings.inputs)]
+
+
+def planned_inputs(variant: Any, settings: GenericSettings) -> list[InputSet]:
+    """A job's inputs for an imported variant: make_inputs, checked against the sha256 its run planned (when there is
+    one). An .npz or image folder changed while the run measures fails the job in one line instead of feeding some
+    variants other values than the rest (drift would compare outputs of different inputs); restore it and resume."""
+    sets = make_inputs(variant.source["interface"], settings)
+    planned = settings.input_digests.get(variant.variant_id)
+    if planned and input_set_digest(sets) != planned:
+        raise InputError(f"{settings.source or 'the generated inputs'}: changed since the run began (sha256 of the "
+                         "input set differs); not measured — restore it, then resume the run")
+    return sets
 
 
 def input_set_digest(sets: list[InputSet]) -> str:

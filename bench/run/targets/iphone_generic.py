@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from bench.errors import BenchError, InputError
-from bench.run.generic import GenericSettings, function_of, make_inputs
+from bench.run.generic import GenericSettings, function_of, planned_inputs
 from bench.run.targets.base import RoundRequest, StepResult
 from bench.store.environment import now_iso
 
@@ -30,7 +30,7 @@ def generic_spec(request: RoundRequest, job_id: str | None = None):
         function, io = function_of(manifest["interface"], settings.function)
         functions[variant.variant_id] = function
         inputs = []
-        for item in make_inputs(manifest["interface"], settings):
+        for item in planned_inputs(variant, settings):
             features = []
             for name, array in item.features.items():
                 kind = next(f["kind"] for f in io["inputs"] if f["name"] == name)

@@ -16,7 +16,7 @@ from typing import Any
 from pathlib import Path
 
 from bench.errors import BenchError, PlatformUnavailable
-from bench.run.generic import GenericSettings, InputSet, capped, function_of, is_imported, make_inputs
+from bench.run.generic import GenericSettings, InputSet, capped, function_of, is_imported, planned_inputs
 from bench.run.targets.base import Conditions, Interrupted, RoundRequest, Step, StepResult, variant_decoding
 from bench.store.environment import now_iso
 
@@ -178,7 +178,7 @@ class MacCoreMLTarget:
         started, clock = now_iso(), time.perf_counter()
         try:
             function, io = function_of(manifest["interface"], settings.function)
-            inputs = make_inputs(manifest["interface"], settings)
+            inputs = planned_inputs(step.variant, settings)
             package = Path(step.variant.path) / manifest["package"]["path"]
             stateful = bool(io["states"])
             begin = time.perf_counter_ns()
