@@ -305,3 +305,28 @@ def test_inputs_changed_while_the_run_measures_fail_the_later_jobs_not_feed_them
                    "measured — restore it, then resume the run")
     source.write_bytes(original)
     assert resume_run(outcome.run_id, workspace, **measure).status == "complete"
+
+
+def test_a_relative_inputs_from_is_the_same_file_when_resumed_from_another_folder(byo_packages, workspace, tmp_path,
+                                                                                  monkeypatch):
+    # was: run.json kept "in.npz" as typed; a resume started elsewhere (a nightly script's folder) found no file
+    from bench.run.api import resume_run, start_run
+    from bench.run.config import RunConfig
+    from bench.run.targets.base import ImageItem
+    from bench.run.targets.macos_coreml import MacCoreMLTarget
+
+    imported.import_models([byo_packages["two_inputs"]], workspace)
+    npz(a=np.ones((1, 1, 4)), b=np.arange(4).reshape(1, 1, 4))(tmp_path)
+    core_ml = FailingGPU()
+    measure = {"targets": [MacCoreMLTarget(core_ml=core_ml)], "images": [ImageItem("unused", lambda: None)],
+               "sleep": lambda seconds: None}
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig.model_validate({"variants": ["two_inputs"], "targets": ["macos-coreml"], "rounds": 1,
+                                       "compute_units": ["cpuOnly", "cpuAndGPU"], "evaluate": False, "report": False,
+                                       "retry": {"attempts": 1}, "adaptive": {"ci_width": None},
+                                       "generic": {"inputs_from": "in.npz"}})
+    outcome = start_run(config, workspace, **measure)
+    assert outcome.status == "incomplete"
+    core_ml.gpu_fails = False
+    monkeypatch.chdir(workspace.root)
+    assert resume_run(outcome.run_id, workspace, **measure).status == "complete"

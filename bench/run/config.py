@@ -56,6 +56,13 @@ class GenericConfig(_Strict):
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # input name -> an enumerated / in-range shape
     output_cap_bytes: int = Field(1 << 20, ge=0)
 
+    @field_validator("inputs_from")
+    @classmethod
+    def _absolute(cls, source: Optional[str]) -> Optional[str]:
+        """Relative to where the run starts, kept absolute in run.json: a resume from another folder (a nightly
+        script's) feeds the same file, where a relative path would find none, or another one."""
+        return str(Path(source).expanduser().absolute()) if source else source
+
 
 class RunConfig(_Strict):
     variants: list[str] = Field(default_factory=list)  # names or ids; empty = every built variant (or the matrix)
