@@ -1,9 +1,11 @@
 """Bring your own model, fed the user's own inputs (run.yaml `generic: {inputs_from: FILE.npz | FOLDER}`): every way
 such a file can fail to fit the model ends in one line naming the file, the array and the input — before a run is
-stored, whether `bench run` or the library's start_run is asked — and values are never changed on the way in.
+stored, whether `bench run` or the library's start_run is asked — and values are never changed on the way in; a run
+(and its resume) feeds every job the input set it began with.
 
-Real models made with coremltools inside the session (tests/byo_fixtures.py); the Core ML runtime (a Mac's) is the
-only fake, tests/byo_fixtures.FakeCoreML, and it is never reached here: refusing comes first."""
+Real models made with coremltools inside the session (tests/byo_fixtures.py). Faked: only the Core ML runtime (a
+Mac's), tests/byo_fixtures.FakeCoreML, which cannot exist on Linux; refusals never reach it, and where a run measures,
+its scenario is set by the test (a GPU load that fails until fixed, a user who edits the .npz during the first job)."""
 
 from __future__ import annotations
 
