@@ -147,12 +147,15 @@ def test_kth_smallest_equals_a_full_sort(monkeypatch, direct, sample, spread):
         values = values.astype(np.float32)
         k = int(rng.integers(0, size))
         assert kth_smallest(values.copy(), k) == np.sort(values)[k], (trial, size, k)
+        pair = [k, min(k + 1, size - 1)]  # the percentile's two neighbours (float32_threshold)
+        assert compress.order_statistics(values.copy(), pair) == [np.sort(values)[i] for i in pair], (trial, size, k)
 
 
 def test_float32_threshold_through_the_sampled_selection(monkeypatch):
     monkeypatch.setattr(compress, "_SELECT_DIRECT", 64)
     monkeypatch.setattr(compress, "_SELECT_SAMPLE", 256)
     test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude()
+    test_threshold_pruning_stores_what_coremltools_magnitude_pruner_stores_for_fp32()
 
 
 def _sparse_cases():
@@ -228,3 +231,28 @@ def test_patched_fp16_overflow_check_answers_like_the_original(monkeypatch):
             assert compress._fp16_overflow(op) == expected, (values, op.op_type)
             answers.add(expected)
     assert answers == {True, False}
+
+
+def test_threshold_pruning_stores_what_coremltools_magnitude_pruner_stores_for_fp32():
+    """For fp32 weights bug 1 does not arise, so the threshold must prune exactly the elements coremltools' own
+    `compress_by_magnitude` prunes: numpy's percentile computed in the weight's dtype (float32 index and
+    interpolation), e.g. 1,361 elements at 0.7 keep 408, not 409 (a float64 index floor(0.7 * 1360) = 951 is one
+    short of float32's 952)."""
+    from coremltools.optimize.coreml._quantization_passes import prune_weights
+
+    rng = np.random.default_rng(6)
+    cases = [(1361, 0.7), (1401, 0.57), (1501, 0.29), (101, 0.29)]
+    cases += [(int(rng.integers(2, 3000)), float(rng.choice([0.07, 0.29, 0.3, 0.57, 0.672, 0.7, 0.9, 1.0])))
+              for _ in range(150)]
+    for trial, (size, sparsity) in enumerate(cases):
+        value = (rng.standard_normal(size) * 0.02).astype(np.float32)
+        if trial % 4 == 1:
+            value = np.round(value, 3)  # ties
+        if trial % 4 == 2:  # neighbouring float32 magnitudes: the interpolation rounds onto the next one
+            value = (np.float32(0.5) + np.arange(size, dtype=np.float32) * np.float32(2 ** -24)) * rng.choice([-1, 1], size)
+            value = rng.permutation(value.astype(np.float32))
+        expected = prune_weights.compress_by_magnitude(value, sparsity)
+        threshold = float32_threshold(value, sparsity)
+        got = compress._compress_by_threshold(value, threshold, 0.0)
+        assert got.nonzero_data.size == expected.nonzero_data.size, (trial, size, sparsity)
+        np.testing.assert_array_equal(got.mask, expected.mask)

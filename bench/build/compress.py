@@ -219,28 +219,50 @@ def patch_fp16_overflow_check() -> None:
 
 
 def float32_threshold(value, sparsity: float) -> float:
-    """The magnitude at or below which `sparsity` of the elements lie, computed in float32 (bug 1): the k-th smallest
-    magnitude, k = floor(sparsity * (n - 1)), i.e. numpy's (linear) percentile snapped down to a magnitude that
-    actually occurs, so comparing it in the weight's own dtype (fp16) is exact."""
+    """The magnitude at or below which coremltools' magnitude pruner zeroes elements, computed in float32 (bug 1).
+
+    coremltools prunes `|x| <= np.percentile(|x|, 100 * sparsity)`, and numpy computes that percentile in the
+    weight's dtype: the index (n - 1) * q and the interpolation between its two neighbours are float32 arithmetic
+    for fp32 weights (float16, overflowing, for fp16 ones: bug 1). We do the same float32 arithmetic on the two
+    neighbours only, then snap the result down to a magnitude that occurs, so that comparing it in the weight's own
+    dtype (fp16) is exact. A float64 index would differ: 0.7 of 1,361 elements is index 951.99… in float64 but
+    952 in float32, one more weight kept than coremltools keeps."""
     import numpy as np
 
     magnitudes = np.abs(np.asarray(value, dtype=np.float32)).reshape(-1)  # our own array: free to reorder
     if sparsity <= 0 or not magnitudes.size:
         return 0.0
-    return kth_smallest(magnitudes, int(np.floor(min(sparsity, 1.0) * (magnitudes.size - 1))))
+    last = magnitudes.size - 1
+    # numpy.percentile(magnitudes, sparsity * 100) step by step (numpy.lib._function_base_impl, method "linear")
+    quantile = np.float32(min(sparsity, 1.0) * 100) / np.float32(100)
+    index = np.float32(last) * quantile
+    if index >= last:
+        return kth_smallest(magnitudes, last)
+    below = int(np.floor(index))
+    low, high = (np.float32(v) for v in order_statistics(magnitudes, [below, below + 1]))
+    weight = np.float32(index - np.floor(index))
+    step = high - low
+    cut = high - step * (np.float32(1) - weight) if weight >= 0.5 else low + step * weight
+    return float(high if high <= cut else low)
 
 
-# Below this many elements a selection sorts in place; above it, `kth_smallest` narrows it down from a sample first.
+# Below this many elements a selection sorts in place; above it, `order_statistics` narrows it down from a sample first.
 _SELECT_DIRECT = 1 << 16
 _SELECT_SAMPLE = 1 << 14
 _SELECT_SPREAD = 4.0  # the sampled bracket's half-width, in standard deviations of the k-th value's sample rank
 
 
 def kth_smallest(values, k: int) -> float:
-    """The k-th smallest (0-based) of a 1-D float array, exactly; `values` may be reordered.
+    """The k-th smallest (0-based) of a 1-D float array, exactly; `values` may be reordered."""
+    return order_statistics(values, [k])[0]
+
+
+def order_statistics(values, ks: list[int]) -> list[float]:
+    """The ks-th smallest (0-based, ascending, close together) of a 1-D float array, exactly; `values` may be
+    reordered.
 
     Why not np.partition alone: on BLIP-base (138 M pruned elements) introselect over every element was a fifth of the
-    prune build. A seeded sample brackets the k-th value between two sample values (Floyd and Rivest's selection);
+    prune build. A seeded sample brackets the wanted values between two sample values (Floyd and Rivest's selection);
     one counting pass and one gathering pass then leave a few thousand candidates to partition. When the bracket
     misses (improbable; equal values at the bracket's edges are counted, not lost) the answer comes from a full
     partition, so the result never depends on the sample."""
@@ -248,18 +270,21 @@ def kth_smallest(values, k: int) -> float:
 
     n = values.size
     if n <= _SELECT_DIRECT:
-        return float(np.partition(values, k)[k])
+        chosen = np.partition(values, ks)
+        return [float(chosen[k]) for k in ks]
     sample = np.sort(values[np.random.default_rng(0).integers(0, n, _SELECT_SAMPLE)])
-    position = k / (n - 1) * (_SELECT_SAMPLE - 1)
     spread = _SELECT_SPREAD * np.sqrt(_SELECT_SAMPLE) + 2
-    low_index, high_index = int(position - spread), int(position + spread) + 1
+    low_index = int(ks[0] / (n - 1) * (_SELECT_SAMPLE - 1) - spread)
+    high_index = int(ks[-1] / (n - 1) * (_SELECT_SAMPLE - 1) + spread) + 1
     low = sample[low_index] if low_index > 0 else -np.inf
     high = sample[high_index] if high_index < _SELECT_SAMPLE else np.inf
     below = int(np.count_nonzero(values < low))
     inside = values[(values >= low) & (values <= high)]
-    if below <= k < below + inside.size:
-        return float(np.partition(inside, k - below)[k - below])
-    return float(np.partition(values, k)[k])
+    if below <= ks[0] and ks[-1] < below + inside.size:
+        chosen = np.partition(inside, [k - below for k in ks])
+        return [float(chosen[k - below]) for k in ks]
+    chosen = np.partition(values, ks)
+    return [float(chosen[k]) for k in ks]
 
 
 def sparse_param(val, keep=None):
