@@ -282,7 +282,7 @@ def _coremltools_decompressed(package):
         return {base_constant_name(k): v for k, v in constant_values(Path(tmp) / "dense.mlpackage").items()}
 
 
-@pytest.mark.parametrize("name", ["fp16", "int8", "prune-0.5", "palettize-2", "int4-ios18", "joint-ios18"])
+@pytest.mark.parametrize("name", ["fp32", "fp16", "int8", "prune-0.5", "palettize-2", "int4-ios18", "joint-ios18"])
 def test_mapped_host_weights_equal_the_decompressed_packages_exactly(variants, name):
     import numpy as np
 

@@ -259,6 +259,8 @@ def _write(handle, plan: list[_Slot], shapes: dict[str, tuple], directory: Path,
         handle.write(data)
 
     emit(struct.pack("<Q", len(text)) + text)
+    from bench.build.builder import give_back_memory
+
     with _SourceTensors(source) as originals:
         current_package, constants = None, None
         for slot in plan:
@@ -267,7 +269,10 @@ def _write(handle, plan: list[_Slot], shapes: dict[str, tuple], directory: Path,
                 value = originals.get(slot.param)
             else:
                 if slot.package != current_package:
-                    constants = None  # release the previous package before decompressing the next
+                    if constants is not None:  # release the previous package before decompressing the next
+                        constants.close()
+                        constants = None
+                        give_back_memory()
                     constants = _PackageConstants(directory / manifest.packages[slot.package].path)
                     current_package = slot.package
                 value = constants.get(slot.const)
@@ -280,35 +285,50 @@ def _write(handle, plan: list[_Slot], shapes: dict[str, tuple], directory: Path,
                 raise BuildError(f"{manifest.variant_id}: {slot.param} has {value.size} values in "
                                  f"{slot.package or 'the source checkpoint'}, the captioner needs shape {list(shape)}")
             emit(memoryview(value.reshape(-1)).cast("B"))
+        if constants is not None:
+            constants.close()
     return digest.hexdigest()
 
 
 class _PackageConstants:
-    """The dense value of every weight of one stored package, decompressed by coremltools on demand.
+    """The dense value of every weight of one stored package, one at a time.
 
-    The package is read into coremltools' MIL program (its stored, compressed bytes); each weight is the output of
-    a `const` or of the last op of a `constexpr_*` chain, materialised with that op's own decompression
+    A package without `constexpr_*` ops (fp32, fp16) stores its weights as they are: each is read from the weight
+    file by bench's own reader, one tensor at a time, and coremltools is not involved (on BLIP-base its program
+    loader held the whole package in memory at once, a gigabyte for fp32, and took seconds). A compressed package is
+    read into coremltools' MIL program (its stored, compressed bytes); each weight is the output of a `const` or of
+    the last op of a `constexpr_*` chain, materialised with that op's own decompression
     (`materialized_val_inference`, what `coremltools.optimize.coreml.decompress_weights` runs), one at a time."""
 
     def __init__(self, package: Path):
+        from bench.build.analyze import ConstantReader, load_program
+
+        self.package = package
+        self._reader = None
+        self._heads: dict[str, Any] = {}
+        spec = load_program(package)
+        if _compressed_ops(spec):
+            self._load_program(spec)
+        else:
+            self._reader = ConstantReader(package)
+            self._names = set(self._reader.names())
+
+    def _load_program(self, spec) -> None:
         import coremltools as ct  # noqa: F401  (registers the ops the loader needs)
         from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
 
-        from bench.build.analyze import load_program, package_files
+        from bench.build.analyze import package_files
         from bench.build.compress import patch_sparse_mask_popcount
         from bench.build.torch_weights import base_constant_name
 
         patch_sparse_mask_popcount()
-        spec = load_program(package)
-        _, weights_dir = package_files(package)
+        _, weights_dir = package_files(self.package)
         try:
             program = load_milproto(spec, spec.specificationVersion, str(weights_dir))
         except (ValueError, RuntimeError) as err:  # coremltools' blob reader on a truncated or overwritten
             # weight.bin; its C++ package reader on a garbled Manifest.json (nlohmann::json's parse error)
             raise InputError(f"cannot read the stored weights ({' '.join(str(err).split())}); the package is "
-                             "corrupt, rebuild the variant", file=str(package)) from None
-        self.package = package
-        self._heads: dict[str, Any] = {}
+                             "corrupt, rebuild the variant", file=str(self.package)) from None
         for function in program.functions.values():
             for op in function.operations:
                 if op.op_type == "const" or op.op_type.startswith("constexpr_"):
@@ -317,10 +337,28 @@ class _PackageConstants:
                         self._heads[base_constant_name(op.outputs[0].name)] = op
 
     def get(self, const: str):
+        if self._reader is not None:
+            if const not in self._names:
+                raise BuildError(f"{self.package}: constant {const!r} missing from the stored package")
+            return self._reader.read(const)
         op = self._heads.get(const)
         if op is None:
             raise BuildError(f"{self.package}: constant {const!r} missing from the stored package")
         return op.outputs[0].val if op.op_type == "const" else op.materialized_val_inference()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._heads.clear()
+
+
+def _compressed_ops(spec) -> bool:
+    """Whether a stored program holds any `constexpr_*` op (a compressed weight)."""
+    from bench.build.analyze import _walk_operations
+
+    return any(op.type.startswith("constexpr_")
+               for function in spec.mlProgram.functions.values()
+               for op in _walk_operations(function.block_specializations[function.opset]))
 
 
 def _is_constant(op_type: str) -> bool:
@@ -396,6 +434,7 @@ def materialise_in_child(manifests: list) -> None:
 def main(directories: list[str]) -> int:
     import sys
 
+    from bench.build.builder import give_back_memory
     from bench.build.variants import load_variant
     from bench.errors import BenchError
 
@@ -404,6 +443,7 @@ def main(directories: list[str]) -> int:
             manifest = load_variant(Path(directory))
             if stored(manifest.directory) is None:
                 materialise(manifest, manifest.directory)
+                give_back_memory()  # what the variant's packages left in the heap, before the next variant
     except BenchError as err:
         print(f"{_ERROR_PREFIX}{err}", file=sys.stderr)
         return 2
