@@ -98,6 +98,84 @@ def test_host_torch_keeps_a_bounded_number_of_variants_and_labels_every_load(tin
         assert host_weights.stored(variant.path) is not None  # materialised once, next to the variant
 
 
+@pytest.mark.slow
+def test_host_torch_timed_loads_neither_hash_nor_rebuild_host_weights(tiny_workspace, tmp_path, monkeypatch):
+    """A load's figure excludes hashing and decompression (LOAD_METHOD): host weights whose stat changed mid-run are
+    re-hashed, and deleted ones rebuilt, before the timed window, never inside it. Faked: the child process that
+    materialises (`materialise_in_child` runs the same `materialise` here: a child costs seconds of imports)."""
+    import shutil
+
+    from bench.build import host_weights, integrity
+    from bench.build.variants import load_variant
+    from bench.run.targets.host_torch import HostTorchTarget, captioner_for_variant
+
+    work = {"timed": False, "hashed": 0, "in_window": 0}
+    digest_file, materialise = integrity.digest_file, host_weights.materialise
+
+    def counting(function):
+        def counted(*args, **kwargs):
+            work["hashed"] += function is digest_file
+            work["in_window"] += work["timed"]
+            return function(*args, **kwargs)
+        return counted
+
+    def timed_load(variant):
+        work["timed"] = True
+        try:
+            return captioner_for_variant(variant)
+        finally:
+            work["timed"] = False
+
+    monkeypatch.setattr(integrity, "digest_file", counting(digest_file))
+    monkeypatch.setattr(host_weights, "materialise", counting(materialise))
+    monkeypatch.setattr(host_weights, "materialise_in_child",
+                        lambda manifests: [host_weights.materialise(m, m.directory) for m in manifests])
+    copies = []
+    for variant in built_variants(Workspace(tiny_workspace)):  # copies: this test deletes and touches their files
+        shutil.copytree(variant.path, tmp_path / variant.path.name)
+        copies.append(variant_ref(load_variant(tmp_path / variant.path.name), tmp_path / variant.path.name))
+    target = HostTorchTarget(load_captioner=timed_load, resident_variants=1, measure_warm_load=False)
+    target._sizes = target._prepare(copies)
+    first, second = copies
+    target._captioner(first)
+    stored = host_weights.stored(first.path)
+    stored.path.unlink()  # deleted mid-run ...
+    target._captioner(second)  # ... while `first` is evicted
+    _, load = target._captioner(first)
+    assert load["warm_load_ns"]["total"] > 0 and host_weights.stored(first.path).path == stored.path  # rebuilt
+    os.utime(host_weights.stored(second.path).path)  # its stat changes: hashed again before its next load
+    hashed = work["hashed"]
+    target._captioner(second)
+    assert work["hashed"] > hashed and work["in_window"] == 0
+
+
+def test_host_weights_of_another_variant_are_refused(tiny_workspace, tmp_path):
+    """A host-weights file copied over from another variant hashes to its own name like an intact one: it must be
+    refused, not measured as this variant."""
+    import shutil
+
+    from bench.build import host_weights
+    from bench.build.variants import load_variant
+    from bench.errors import DamagedError
+    from bench.run.targets.host_torch import prepare_variants
+
+    copies = {}
+    for variant in built_variants(Workspace(tiny_workspace)):
+        shutil.copytree(variant.path, tmp_path / variant.path.name, ignore=shutil.ignore_patterns(host_weights.DIRECTORY))
+        copies[variant.name] = load_variant(tmp_path / variant.path.name)
+    foreign = host_weights.materialise(copies["fp32"], copies["fp32"].directory).path
+    mine = copies["int8"].directory
+    (mine / host_weights.DIRECTORY).mkdir()
+    shutil.copy2(foreign, mine / host_weights.DIRECTORY / foreign.name)
+    with pytest.raises(DamagedError, match=r"host weights of another variant \(fp32-[0-9a-f]{12}\), not int8-"):
+        prepare_variants([variant_ref(load_variant(mine), mine)])
+    with open(foreign, "r+b") as handle:  # a damaged header length (its top byte): refused in one line too
+        handle.seek(7)
+        handle.write(b"\x10")
+    with pytest.raises(DamagedError, match="host weights header damaged"):
+        prepare_variants([variant_ref(copies["fp32"], copies["fp32"].directory)])
+
+
 def test_host_torch_keeps_every_variant_only_when_all_fit_the_memory_budget():
     """The default residency: all of the run's variants when they fit in the budget together, else one at a time
     (keeping two of five would hold their weights and, over a round of all five, never save a load). Faked: the
@@ -115,7 +193,7 @@ def test_host_torch_keeps_every_variant_only_when_all_fit_the_memory_budget():
     variants = [VariantRef(variant_id=f"v{i}-000000000000", name=f"v{i}", variant_hash=str(i), path=Path("."))
                 for i in range(5)]
     for budget, resident_after_a_round in ((5 * 900, 5), (4 * 900, 1)):
-        target = HostTorchTarget(load_captioner=load, measure_warm_load=False)
+        target = HostTorchTarget(load_captioner=load, measure_warm_load=False, ready=lambda variant: None)
         target.resident_budget_bytes = budget
         target._sizes = {v.variant_id: 900 for v in variants}
         loads.clear()
@@ -124,7 +202,8 @@ def test_host_torch_keeps_every_variant_only_when_all_fit_the_memory_budget():
                 target._captioner(variant)
         assert len(target._captioners) == resident_after_a_round
         assert len(loads) == (5 if resident_after_a_round == 5 else 10)
-    target = HostTorchTarget(load_captioner=load, measure_warm_load=False, resident_variants=2)
+    target = HostTorchTarget(load_captioner=load, measure_warm_load=False, resident_variants=2,
+                             ready=lambda variant: None)
     target._sizes = {v.variant_id: 900 for v in variants}
     for variant in variants:
         target._captioner(variant)

@@ -35,6 +35,7 @@ from bench.errors import BuildError, InputError, RecordError
 DIRECTORY = "host-weights"
 SUFFIX = ".safetensors"
 FORMAT = "bench.host_weights/1"
+REBUILT = "delete it and it is rebuilt from the variant's packages"  # what to do about a refused file
 _HEADER_ALIGN = 8
 
 @dataclass(frozen=True)
@@ -60,17 +61,19 @@ def verify(weights: HostWeights) -> HostWeights:
     from bench.build import integrity
 
     integrity.check_file(weights.path, {"bytes": _expected_bytes(weights.path), "sha256": weights.sha256},
-                         hint="delete it and it is rebuilt from the variant's packages")
+                         hint=REBUILT)
     return weights
 
 
-def _expected_bytes(path: Path) -> int | None:
-    """The size the header promises (a truncated file is refused without hashing it); None if unreadable."""
+def _expected_bytes(path: Path) -> int:
+    """The size the header promises (a truncated file is refused without hashing it)."""
+    from bench.errors import DamagedError
+
     try:
         header, data_start = read_header(path)
-    except RecordError:
-        return None
-    return data_start + max((entry["data_offsets"][1] for entry in header.values()), default=0)
+        return data_start + max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (RecordError, KeyError, IndexError, TypeError, ValueError):
+        raise DamagedError(f"{path}: host weights header damaged (unreadable) — {REBUILT}", path=str(path)) from None
 
 
 def ensure(manifest, directory: Path) -> HostWeights:
@@ -78,7 +81,20 @@ def ensure(manifest, directory: Path) -> HostWeights:
     existing = stored(directory)
     if existing is None:
         existing = materialise(manifest, directory)
-    return verify(existing)
+    return belongs_to(verify(existing), manifest)
+
+
+def belongs_to(weights: HostWeights, manifest) -> HostWeights:
+    """Refuse (DamagedError) host weights materialised for another variant: a file copied over from another variant
+    folder hashes to its own name like any intact file, so the hash alone would let it be measured as this one."""
+    from bench.errors import DamagedError
+
+    made_for = read_metadata(weights.path)
+    if made_for.get("variant_hash") != manifest.variant_hash:
+        raise DamagedError(f"{weights.path}: host weights of another variant ({made_for.get('variant_id') or 'unknown'}"
+                           f"), not {manifest.variant_id} — {REBUILT}",
+                           path=str(weights.path))
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------------- skeleton
@@ -163,17 +179,30 @@ def _assign(model, state: dict[str, Any]):
 
 def read_header(path: Path) -> tuple[dict[str, dict], int]:
     """(tensor entries, offset of the data) of a safetensors file."""
+    header, length = _read_raw_header(path)
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The `__metadata__` of a safetensors file ({} when it has none)."""
+    metadata = _read_raw_header(path)[0].get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _read_raw_header(path: Path) -> tuple[dict[str, Any], int]:
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) != 8:
             raise RecordError(f"{path}: truncated host weights; delete the file and it is rebuilt")
         (length,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(handle.read(length))
+        try:  # a damaged length field may promise more than the file holds: never allocate for it
+            header = json.loads(handle.read(length)) if length <= os.fstat(handle.fileno()).st_size - 8 else None
         except (ValueError, UnicodeDecodeError):
-            raise RecordError(f"{path}: corrupt host weights header; delete the file and it is rebuilt") from None
-    header.pop("__metadata__", None)
-    return header, 8 + length
+            header = None
+    if not isinstance(header, dict):
+        raise RecordError(f"{path}: corrupt host weights header; delete the file and it is rebuilt")
+    return header, length
 
 
 # ---------------------------------------------------------------------------------------------------- materialise

@@ -13,7 +13,8 @@ caption (`state_ns`, the device's makeState), then one single-token step per gen
 Loads, and what their figures include (`load["method"]` says so in every job record):
 - Before any timed window, once per process: the imports (torch, transformers' BLIP) and, per variant, its host
   weights materialised (first use ever, in a child process whose exit gives the memory back) and hash-verified
-  (bench.build.host_weights).
+  (bench.build.host_weights). Before every load, still untimed, they are checked again (`ready_variant`: rebuilt
+  in a child if deleted mid-run, re-hashed if their stat changed, refused if damaged or another variant's).
 - cold load = the first load of this variant's files in this process: build the module skeleton and memory-map
   the verified host weights (their pages are in the page cache: the hash check just read them). warm load = the same
   again right after, or a reload after the variant was evicted. Neither includes reading the weights: the pages are
@@ -53,10 +54,25 @@ RESIDENT_MEMORY_FRACTION = 0.10
 
 
 def captioner_for_variant(variant: VariantRef) -> Any:
-    """The variant's stored weights in the PyTorch captioner (bench/build), memory-mapped."""
-    from bench.build.torch_weights import captioner_from_variant
+    """The timed load: the variant's host weights memory-mapped into the PyTorch captioner. `ready_variant` verified
+    them just before, outside the timed window, so nothing here hashes, decompresses or materialises."""
+    from bench.build import host_weights
+    from bench.build.torch_weights import captioner_from_host_weights
+    from bench.errors import DamagedError
 
-    return captioner_from_variant(variant.source if variant.source is not None else variant.path)
+    manifest = _manifest(variant)
+    weights = host_weights.stored(manifest.directory)
+    if weights is None:
+        folder = manifest.directory / host_weights.DIRECTORY
+        raise DamagedError(f"{folder}: host weights deleted while loading {manifest.variant_id} — run again (they are "
+                           "rebuilt from the variant's packages)", path=str(folder))
+    return captioner_from_host_weights(manifest, manifest.directory, weights)
+
+
+def ready_variant(variant: VariantRef) -> None:
+    """Untimed, before every load of a variant: its host weights are still there (deleted mid-run: rebuilt in a child
+    process) and verified (hashed again when their stat changed, refused if damaged or another variant's)."""
+    prepare_variants([variant])
 
 
 def prepare_variants(variants: list[VariantRef]) -> dict[str, int]:
@@ -88,12 +104,13 @@ class HostTorchTarget:
 
     def __init__(self, *, threads: int = 1, load_captioner: LoadCaptioner = captioner_for_variant,
                  prepare: PrepareVariants = prepare_variants, measure_warm_load: bool = True,
-                 resident_variants: int | None = None):
+                 resident_variants: int | None = None, ready: Callable[[VariantRef], None] = ready_variant):
         self.id = "host-torch"
         self.name = f"{platform.node() or 'host'} (PyTorch CPU, {threads} thread{'s' if threads > 1 else ''})"
         self.threads = threads
         self._load_captioner = load_captioner
         self._prepare = prepare
+        self._ready = ready
         self._measure_warm_load = measure_warm_load
         self.resident_variants = resident_variants
         self.resident_budget_bytes = int(RESIDENT_MEMORY_FRACTION * machine_memory_bytes())
@@ -167,6 +184,7 @@ class HostTorchTarget:
             return self._captioners[variant.variant_id], load
         self._make_room()
         first = variant.variant_id not in self._loaded_before
+        self._ready(variant)  # outside the timed window: what a load must not include (LOAD_METHOD)
         captioner, elapsed = self._timed_load(variant)
         if first:
             load["cold_load_ns"] = {"encoder": None, "decoder": None, "total": elapsed}
