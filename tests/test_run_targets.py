@@ -65,6 +65,12 @@ def test_host_torch_run_measures_the_deployed_weights_and_labels_them_emulation(
     records = [r for r in outcome.data.job_records.values() if r["round"] == 0]
     assert all(r["load"]["compile_ns"] is None and r["load"]["cold_load_ns"]["total"] > 0 for r in records)
     assert all(r["load"]["warm_load_ns"]["total"] > 0 for r in records)
+    # Both tiny models stay resident: round 1 loads nothing, so it has no first prediction (that one faults the
+    # mapped weights in) to mix into the report's median.
+    assert all(r["load"]["first_prediction_ns"] > 0 for r in records)
+    resident = [r["load"] for r in outcome.data.job_records.values() if r["round"] == 1]
+    assert resident and all(load["cold_load_ns"] is None and load["warm_load_ns"] is None
+                            and load["first_prediction_ns"] is None for load in resident)
     measured = samples[~samples["is_warmup"]]
     assert (measured["latency_ns"] == measured["encoder_ns"] + measured["decoder_ns"]).all()
     assert (measured["decoder_steps"] >= 1).all() and measured["thermal_state"].isna().all()

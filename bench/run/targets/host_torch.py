@@ -18,7 +18,7 @@ Loads, and what their figures include (`load["method"]` says so in every job rec
 - cold load = the first load of this variant's files in this process: build the module skeleton and memory-map
   the verified host weights (their pages are in the page cache: the hash check just read them). warm load = the same
   again right after, or a reload after the variant was evicted. Neither includes reading the weights: the pages are
-  faulted in by the first prediction (`first_prediction_ns`).
+  faulted in by the first prediction (`first_prediction_ns`, recorded only for a job that loaded its model).
 - At most `resident_variants` models stay loaded (least recently used evicted first). By default: every variant of
   the run when all of them fit in a tenth of this machine's memory, else one at a time. Why not "as many as fit": a
   round measures every variant once, so keeping some but not all of them loaded rarely saves a load (least recently
@@ -161,7 +161,7 @@ class HostTorchTarget:
                 yield StepResult(step.job_key, error=str(err), started_at=started, finished_at=now_iso(),
                                  elapsed_s=time.perf_counter() - clock)
                 continue
-            if warmup:
+            if warmup and (load["cold_load_ns"] or load["warm_load_ns"]):  # a resident model's is not a first one
                 load["first_prediction_ns"] = warmup[0]["total_ns"]
             yield StepResult(step.job_key, samples=samples, warmup=warmup, load=load, quality=quality,
                              started_at=started, finished_at=now_iso(), elapsed_s=time.perf_counter() - clock,
