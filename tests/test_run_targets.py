@@ -155,6 +155,42 @@ def test_host_torch_timed_loads_neither_hash_nor_rebuild_host_weights(tiny_works
     assert work["hashed"] > hashed and work["in_window"] == 0
 
 
+@pytest.mark.slow
+def test_host_torch_measures_the_intact_variants_when_one_is_damaged(tiny_workspace, tmp_path, monkeypatch):
+    """One variant whose host weights are damaged fails its own jobs (one line); the others of the round are still
+    measured. Faked: the child process that materialises (the same `materialise`, in this process)."""
+    import shutil
+
+    from PIL import Image
+
+    from bench.build import host_weights
+    from bench.build.variants import load_variant
+    from bench.run.targets.base import RoundRequest, Step
+    from bench.run.targets.host_torch import HostTorchTarget
+
+    monkeypatch.setattr(host_weights, "materialise_in_child",
+                        lambda manifests: [host_weights.materialise(m, m.directory) for m in manifests])
+    refs = {}
+    for variant in built_variants(Workspace(tiny_workspace)):
+        copy = tmp_path / variant.path.name
+        shutil.copytree(variant.path, copy, ignore=shutil.ignore_patterns(host_weights.DIRECTORY))
+        manifest = load_variant(copy)
+        host_weights.materialise(manifest, copy)
+        refs[variant.name] = variant_ref(manifest, copy)
+    damaged = host_weights.stored(refs["int8"].path).path
+    with open(damaged, "r+b") as handle:
+        handle.seek(damaged.stat().st_size - 1)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([last[0] ^ 1]))
+    steps = [Step(f"{name}-job", f"{name}-series", ref, "cpuOnly", 0) for name, ref in refs.items()]
+    image = ImageItem("black", load=lambda: Image.new("RGB", (32, 32)))
+    results = {r.job_key: r for r in HostTorchTarget().run_round(RoundRequest(0, steps, [image], warmup=0),
+                                                                 lambda: False)}
+    assert "content changed since it was built" in results["int8-job"].error
+    assert results["fp32-job"].error is None and len(results["fp32-job"].samples) == 1
+
+
 def test_host_weights_of_another_variant_are_refused(tiny_workspace, tmp_path):
     """A host-weights file copied over from another variant hashes to its own name like an intact one: it must be
     refused, not measured as this variant."""

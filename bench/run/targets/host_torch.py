@@ -136,12 +136,7 @@ class HostTorchTarget:
         torch.set_num_threads(self.threads)  # pinned: timings must not depend on what else runs
         self._one_time_setup()
         unprepared = {s.variant.variant_id: s.variant for s in request.steps if s.variant.variant_id not in self._sizes}
-        failed: dict[str, str] = {}
-        if unprepared:
-            try:
-                self._sizes.update(self._prepare(list(unprepared.values())) or {})
-            except BenchError as err:  # reported on every step of these variants; the others still run
-                failed = {vid: str(err) for vid in unprepared}
+        failed = self._prepare_all(unprepared)
         for step in request.steps:
             captioner = None  # the previous job's model: an evicted one must not stay mapped through the next load
             if should_stop():
@@ -166,6 +161,22 @@ class HostTorchTarget:
             yield StepResult(step.job_key, samples=samples, warmup=warmup, load=load, quality=quality,
                              started_at=started, finished_at=now_iso(), elapsed_s=time.perf_counter() - clock,
                              extra_conditions={"torch_threads": self.threads, "emulation": True})
+
+    def _prepare_all(self, unprepared: dict[str, VariantRef]) -> dict[str, str]:
+        """Prepare these variants (one child process for all); {variant_id: error} of those that cannot be. When the
+        batch fails, each is prepared on its own, so that one damaged variant fails only its own jobs."""
+        batches = [list(unprepared.values())] if unprepared else []
+        failed: dict[str, str] = {}
+        while batches:
+            batch = batches.pop(0)
+            try:
+                self._sizes.update(self._prepare(batch) or {})
+            except BenchError as err:  # reported on every step of these variants; the others still run
+                if len(batch) == 1:
+                    failed[batch[0].variant_id] = str(err)
+                else:
+                    batches += [[variant] for variant in batch]
+        return failed
 
     def _one_time_setup(self) -> None:
         """Imports every load needs, outside any timed window (they cost seconds once per process)."""
