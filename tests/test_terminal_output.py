@@ -74,13 +74,23 @@ def test_usage_errors_are_one_line(capsys):
 
 @pytest.mark.slow
 def test_library_noise_only_with_verbose(bad_input_template, tmp_path):
-    """coremltools logs "Failed to load …" at import on Linux (no Core ML runtime) when a variant's weights are first
-    decompressed: a healthy `bench eval` prints none of it on stderr; with -v it shows. Each run gets a fresh copy
-    of the workspace (a second eval reads cached host weights and never imports coremltools)."""
+    """coremltools logs "Failed to load …" at import on Linux (no Core ML runtime) when a compressed variant's
+    weights are first decompressed (an fp32 or fp16 one is read without coremltools): a healthy `bench eval` prints
+    none of it on stderr; with -v it shows. Each run gets a fresh copy of the workspace (a second eval reads cached
+    host weights and never imports coremltools)."""
+    from bench.build.builder import build_matrix
+    from bench.build.matrix import matrix_from_dict
+
+    base = tmp_path / "base"
+    shutil.copytree(bad_input_template, base)
+    built = build_matrix(matrix_from_dict({"source": str(base / "tiny-ckpt"),
+                                           "variants": [{"name": "q8", "quantize": {"bits": 8}}]}), base)
+    assert not built.failed, built.failed
+
     def evaluate(name: str, *flags: str) -> subprocess.CompletedProcess:
         root = tmp_path / name
-        shutil.copytree(bad_input_template, root)
-        variant = next((root / "models" / "variants").glob("tiny-*"))
+        shutil.copytree(base, root)
+        variant = next((root / "models" / "variants").glob("q8-*"))
         env = {**os.environ, "BENCH_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         return subprocess.run([sys.executable, "-m", "bench", *flags, "eval", str(variant), "--data",
                                f"manifest:{root}/data/manifest.jsonl", "--limit", "1", "--resamples", "100"],
