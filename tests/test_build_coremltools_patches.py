@@ -107,7 +107,17 @@ def test_a_pruned_program_builds_through_the_patched_op():
             return mb.linear(x=x, weight=dense)
 
 
-def test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude():
+@pytest.fixture(params=["direct", "sampled"])
+def selection(request, monkeypatch):
+    """The threshold's selection as it runs on small weights (a partition), and as on large ones (the sampled
+    bracket), made to decide on these small test arrays."""
+    if request.param == "sampled":
+        monkeypatch.setattr(compress, "_SELECT_DIRECT", 64)
+        monkeypatch.setattr(compress, "_SELECT_SAMPLE", 256)
+    return request.param
+
+
+def test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude(selection):
     rng = np.random.default_rng(2)
     for trial in range(200):
         value = rng.standard_normal(int(rng.integers(1, 3000))).astype(np.float32) * 0.02
@@ -149,13 +159,6 @@ def test_kth_smallest_equals_a_full_sort(monkeypatch, direct, sample, spread):
         assert kth_smallest(values.copy(), k) == np.sort(values)[k], (trial, size, k)
         pair = [k, min(k + 1, size - 1)]  # the percentile's two neighbours (float32_threshold)
         assert compress.order_statistics(values.copy(), pair) == [np.sort(values)[i] for i in pair], (trial, size, k)
-
-
-def test_float32_threshold_through_the_sampled_selection(monkeypatch):
-    monkeypatch.setattr(compress, "_SELECT_DIRECT", 64)
-    monkeypatch.setattr(compress, "_SELECT_SAMPLE", 256)
-    test_float32_threshold_is_the_percentile_snapped_to_an_occurring_magnitude()
-    test_threshold_pruning_stores_what_coremltools_magnitude_pruner_stores_for_fp32()
 
 
 def _sparse_cases():
@@ -233,7 +236,7 @@ def test_patched_fp16_overflow_check_answers_like_the_original(monkeypatch):
     assert answers == {True, False}
 
 
-def test_threshold_pruning_stores_what_coremltools_magnitude_pruner_stores_for_fp32():
+def test_threshold_pruning_stores_what_coremltools_magnitude_pruner_stores_for_fp32(selection):
     """For fp32 weights bug 1 does not arise, so the threshold must prune exactly the elements coremltools' own
     `compress_by_magnitude` prunes: numpy's percentile computed in the weight's dtype (float32 index and
     interpolation), e.g. 1,361 elements at 0.7 keep 408, not 409 (a float64 index floor(0.7 * 1360) = 951 is one
