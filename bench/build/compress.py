@@ -1,6 +1,6 @@
 """Post-training compression of a converted package, following one recipe (coremltools.optimize.coreml).
 
-Two coremltools problems are worked around here (shared/notes/coreml-on-linux.md):
+coremltools problems worked around here (bugs 1 and 2: shared/notes/coreml-on-linux.md; 3 to 6 found at BLIP-base size, issue 16):
 - Bug 1: magnitude pruning of float16 weights with more than 65,504 elements prunes nothing (the percentile is
   computed in float16 and overflows). We compute each weight's threshold in float32 ourselves and hand coremltools
   a per-constant threshold pruner, which keeps the fp16 non-zero values.
